@@ -1,0 +1,32 @@
+# make demo: create/refresh .venv, install, run the end-to-end demo on CPU (outputs/demo/).
+# make test: same venv, run the test suite (slow end-to-end tests included).
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+DEMO_OUT ?= outputs/demo
+
+.PHONY: venv demo demo-check test test-fast clean
+
+$(STAMP): pyproject.toml constraints.txt
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --disable-pip-version-check -q -c constraints.txt -e ".[test]"
+	touch $(STAMP)
+
+venv: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/diffheads demo --out $(DEMO_OUT)
+
+# The demo's learning check: fails unless lip sync was learned (see docs/demo.md).
+demo-check: demo
+	$(BIN)/python -m diffheads.demo_check $(DEMO_OUT)/report.json
+
+test: $(STAMP)
+	$(BIN)/python -m pytest
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -m "not slow"
+
+clean:
+	rm -rf $(VENV) outputs .pytest_cache

@@ -1,0 +1,121 @@
+"""Per-frame audio encoders: one embedding row per 25 fps video frame (SPEC, audio embeddings)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+SAMPLE_RATE = 16000
+FPS = 25
+
+
+class AudioEncoder(Protocol):
+    """Maps 16 kHz mono audio to a (n_frames, dim) tensor, row i describing video frame i."""
+
+    name: str
+    dim: int
+
+    def encode(self, audio: np.ndarray, n_frames: int) -> torch.Tensor:
+        """Embeddings for the first `n_frames` video frames of `audio`."""
+        ...
+
+    def describe(self) -> dict[str, Any]:
+        """Everything needed to rebuild the encoder, stored beside the embeddings."""
+        ...
+
+
+def frames_in_audio(n_samples: int, sample_rate: int = SAMPLE_RATE, fps: float = FPS) -> int:
+    """Number of whole video frames the audio covers (at least 1)."""
+    return max(1, int(round(n_samples * fps / sample_rate)))
+
+
+def hz_to_mel(f: np.ndarray | float) -> np.ndarray:
+    """HTK mel scale."""
+    return 2595.0 * np.log10(1.0 + np.asarray(f, dtype=np.float64) / 700.0)
+
+
+def mel_to_hz(m: np.ndarray | float) -> np.ndarray:
+    """Inverse of hz_to_mel."""
+    return 700.0 * (10.0 ** (np.asarray(m, dtype=np.float64) / 2595.0) - 1.0)
+
+
+def mel_filterbank(n_mels: int, n_fft: int, sample_rate: int, f_min: float, f_max: float) -> torch.Tensor:
+    """(n_mels, n_fft // 2 + 1) triangular filters, equally spaced on the mel scale, area-normalised (Slaney)."""
+    freqs = np.linspace(0.0, sample_rate / 2, n_fft // 2 + 1)
+    edges = mel_to_hz(np.linspace(hz_to_mel(f_min), hz_to_mel(f_max), n_mels + 2))
+    lower, center, upper = edges[:-2, None], edges[1:-1, None], edges[2:, None]
+    rising = (freqs[None] - lower) / (center - lower)
+    falling = (upper - freqs[None]) / (upper - center)
+    fb = np.clip(np.minimum(rising, falling), 0.0, None)
+    fb *= (2.0 / (upper - lower))
+    return torch.from_numpy(fb).float()
+
+
+@dataclass
+class LogMelEncoder:
+    """Log-mel features of a window centred on each video frame, split into time slots (no weights).
+
+    With the defaults each row covers 0.2 s (5 slots of 40 ms x n_mels bands), Whisper-style
+    compressed: log10, floor at (clip max - 8), then (x + 4) / 4.
+    """
+
+    n_mels: int = 40
+    window_s: float = 0.2
+    n_slots: int = 5
+    n_fft: int = 512
+    win_length: int = 400  # 25 ms
+    hop_length: int = 160  # 10 ms
+    f_min: float = 60.0
+    f_max: float = 7600.0
+    sample_rate: int = SAMPLE_RATE
+    fps: float = FPS
+    name: str = "logmel"
+
+    @property
+    def dim(self) -> int:
+        """Width of one row: n_slots * n_mels."""
+        return self.n_slots * self.n_mels
+
+    def describe(self) -> dict[str, Any]:
+        """Constructor arguments (stored in EMB/encoder.json)."""
+        return asdict(self) | {"dim": self.dim}
+
+    def log_mel(self, audio: np.ndarray) -> torch.Tensor:
+        """(n_mels, n_stft_frames) compressed log-mel spectrogram, frame j centred at sample j * hop."""
+        wav = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))
+        window = torch.hann_window(self.win_length)
+        spec = torch.stft(
+            wav, self.n_fft, self.hop_length, self.win_length, window, center=True, return_complex=True
+        ).abs() ** 2
+        fb = mel_filterbank(self.n_mels, self.n_fft, self.sample_rate, self.f_min, self.f_max)
+        mel = torch.log10((fb @ spec).clamp(min=1e-10))
+        mel = torch.maximum(mel, mel.max() - 8.0)
+        return (mel + 4.0) / 4.0
+
+    def encode(self, audio: np.ndarray, n_frames: int) -> torch.Tensor:
+        """(n_frames, n_slots * n_mels): slot s of row i averages the STFT frames in its part of frame i's window."""
+        mel = self.log_mel(audio)
+        samples_per_frame = self.sample_rate / self.fps
+        per_window = int(round(self.window_s * self.sample_rate / self.hop_length))
+        per_slot = max(1, per_window // self.n_slots)
+        centers = (torch.arange(n_frames) + 0.5) * samples_per_frame / self.hop_length
+        start = torch.round(centers - per_slot * self.n_slots / 2).long()
+        offsets = torch.arange(per_slot * self.n_slots)
+        cols = (start[:, None] + offsets[None]).clamp(0, mel.shape[1] - 1)  # (T, slots * per_slot)
+        windows = mel[:, cols]  # (n_mels, T, slots * per_slot)
+        slots = windows.view(self.n_mels, n_frames, self.n_slots, per_slot).mean(dim=-1)
+        return slots.permute(1, 2, 0).reshape(n_frames, self.dim).contiguous()
+
+
+def build_encoder(spec: dict[str, Any]) -> AudioEncoder:
+    """Rebuild an encoder from its `describe()` dict."""
+    spec = dict(spec)
+    name = spec.pop("name", "logmel")
+    spec.pop("dim", None)
+    if name == "logmel":
+        return LogMelEncoder(**spec)
+    raise ValueError(f"unknown audio encoder '{name}'; available: logmel")
+

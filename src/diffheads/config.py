@@ -1,0 +1,329 @@
+"""Typed run configuration: dataclasses loaded from YAML with `key.sub=value` overrides.
+
+Unknown keys and values of the wrong type are rejected with a message naming the key and
+its source, so a typo never silently falls back to a default (STYLE rule 4).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import types
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from diffheads.errors import DiffheadsError
+
+
+class IdCondition(str, enum.Enum):
+    """How the identity frame enters the network (paper, ablation of identity conditioning)."""
+
+    FRAME = "frame"  # concatenated with the noisy frame along channels (default)
+    PRE_GN = "pre_gn"  # identity encoder vector added to the time embedding
+    POST_GN = "post_gn"  # identity encoder vector scales the normalised features
+
+
+class AudioCondition(str, enum.Enum):
+    """How the audio window enters every residual block."""
+
+    PRE_GN = "pre_gn"  # audio embedding added to the time embedding
+    POST_GN = "post_gn"  # multiplicative audio gate after the norm
+    DOUBLE_PRE_GN = "double_pre_gn"  # separate scale/shift from time then audio (default)
+    ATTENTION = "attention"  # cross-attention from features to the audio vectors
+
+
+class Prediction(str, enum.Enum):
+    """What the mean half of the network output predicts."""
+
+    EPS = "eps"  # noise, the reference default
+    V = "v"  # velocity v = sqrt(abar) eps - sqrt(1 - abar) x0 (Salimans & Ho 2022)
+    X0 = "x0"  # the clean frame
+
+
+class IdentityFrameMode(str, enum.Enum):
+    """How a training example picks its identity frame (SPEC, one training example)."""
+
+    RANDOM = "random"
+    FIRST = "first"
+
+
+class Solver(str, enum.Enum):
+    """Per-frame solvers available to the video sampler."""
+
+    ANCESTRAL = "ancestral"  # respaced DDPM with the learned variance (reference)
+    DDIM = "ddim"
+
+
+@dataclass
+class ModelConfig:
+    """The conditional UNet (SPEC, network); names follow the reference constructor."""
+
+    image_size: int = 128  # frame side in pixels; frames are resized to it
+    in_channels: int = 3  # channels of the noisy frame
+    model_channels: int = 256  # C, width of the first level
+    out_channels: int = 6  # 3 mean channels + 3 variance-interpolation channels
+    num_res_blocks: int = 2  # residual blocks per level
+    attention_resolutions: list[int] = field(default_factory=lambda: [32])  # feature-map sides with self-attention
+    dropout: float = 0.1
+    channel_mult: list[int] = field(default_factory=lambda: [1, 2, 3])
+    num_heads: int = 4  # used only when num_head_channels is -1
+    num_head_channels: int = 64  # channels per attention head
+    resblock_updown: bool = True  # resample inside residual blocks
+    n_motion_frames: int = 2  # previous frames fed as motion context
+    grayscale_motion: bool = True  # 1 channel per motion frame instead of 3
+    n_audio_motion_embs: int = 2  # k: audio rows on each side of the target frame
+    audio_dim: int | None = None  # width of one audio embedding row; null: taken from the embeddings
+    id_condition_type: IdCondition = IdCondition.FRAME
+    audio_condition_type: AudioCondition = AudioCondition.DOUBLE_PRE_GN
+
+    @property
+    def motion_channels(self) -> int:
+        """Channels per motion frame."""
+        return 1 if self.grayscale_motion else 3
+
+    @property
+    def audio_window_len(self) -> int:
+        """Rows in the audio window: 2k + 1."""
+        return 2 * self.n_audio_motion_embs + 1
+
+
+@dataclass
+class DiffusionConfig:
+    """Noise schedule and training loss (SPEC, diffusion and loss)."""
+
+    n_timesteps: int = 1000
+    cosine_s: float = 0.008  # offset of the cosine schedule (Nichol & Dhariwal 2021, eq. 17)
+    max_beta: float = 0.999
+    prediction: Prediction = Prediction.EPS
+    learn_sigma: bool = True  # learned-range variance from the extra 3 output channels
+    vlb_weight: float = 1e-4
+    lip_loss_weight: float = 0.2  # 0 disables the lip loss
+    lip_padding: int = 5  # pixels added around the mouth box (at 128 px; scaled with image_size)
+    legacy_float32_schedule: bool = True  # derive the schedule in float32 like the reference
+
+
+@dataclass
+class DataConfig:
+    """Where training data lives and how examples are drawn (SPEC, data contract)."""
+
+    root: str = "data"  # DATA: video/, audio/, file lists, optional lmks/
+    embeddings: str = ""  # EMB: per-clip embedding files; empty means ROOT/emb
+    identity_frame: IdentityFrameMode = IdentityFrameMode.RANDOM
+    motion_blur: bool = False  # Gaussian blur (kernel 5, sigma 2) on motion frames
+    use_landmarks: bool = True  # read lmks/ for the lip loss when the loss is on
+    examples_per_clip: int = 1  # training examples drawn per clip and epoch
+    num_workers: int = 0
+    cache_frames: bool = True  # decode every clip once and keep it in memory
+
+
+@dataclass
+class OptimConfig:
+    """Adam with step decay (SPEC: lr 5e-5, x0.8 every epochs/18 epochs)."""
+
+    lr: float = 5e-5
+    batch_size: int = 10  # per device
+    lr_decay: float = 0.8
+    lr_decay_every: int = 0  # in epochs; 0 means max_epochs // 18 (at least 1)
+    weight_decay: float = 0.0
+    grad_clip: float = 0.0  # 0 disables clipping
+    ema_decay: float = 0.0  # 0 disables the exponential moving average of weights
+    swa: bool = False  # stochastic weight averaging (Lightning callback)
+    swa_lr: float = 1e-5
+
+
+@dataclass
+class TrainerConfig:
+    """Lightning trainer settings and run bookkeeping."""
+
+    out_dir: str = "runs/default"
+    seed: int = 0
+    max_epochs: int = 100
+    max_steps: int = -1  # -1: limited by epochs only
+    max_time: str = ""  # "DD:HH:MM:SS" wall limit; empty for none
+    accelerator: str = "auto"  # cpu, gpu, auto
+    devices: Any = 1  # int, list or "auto"
+    num_nodes: int = 1
+    strategy: str = "auto"  # auto, ddp, ddp_spawn, ...
+    precision: str = "32-true"  # 32-true, 16-mixed, bf16-mixed
+    log_every_n_steps: int = 50
+    checkpoint_every_n_steps: int = 1000
+    sample_every_n_steps: int = 0  # 0 disables periodic sample videos
+    sample_frames: int = 25  # frames per periodic sample video
+    wandb_project: str = ""  # empty disables Weights & Biases logging
+    resume: str = ""  # checkpoint path, or "last" for OUT_DIR/checkpoints/last.ckpt
+
+
+@dataclass
+class SampleConfig:
+    """How frames are sampled (SPEC, sampling a video)."""
+
+    solver: Solver = Solver.ANCESTRAL
+    steps: int = 100  # respaced steps per frame
+    eta: float = 0.0  # DDIM noise scale
+    stabilize_every: int = 0  # every N frames put the identity frame in the oldest motion slot; 0: never
+    clip_denoised: bool = True  # clamp the x0 prediction to [-1, 1]
+    batch_size: int = 8  # clips sampled together
+    max_frames: int = 0  # cap on generated frames per clip; 0: no cap
+
+
+@dataclass
+class RunConfig:
+    """One complete run: everything a checkpoint needs to rebuild and sample its model."""
+
+    model: ModelConfig = field(default_factory=ModelConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+
+
+def _type_name(tp: Any) -> str:
+    return getattr(tp, "__name__", str(tp).replace("typing.", ""))
+
+
+def _coerce(value: Any, tp: Any, where: str) -> Any:
+    """Check (and gently convert) one value against a dataclass field type."""
+    if tp is Any:
+        return value
+    origin = typing.get_origin(tp)
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(tp)
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _coerce(value, arg, where)
+            except DiffheadsError as exc:
+                errors.append(str(exc))
+        raise DiffheadsError(errors[0] if errors else f"{where}: invalid value {value!r}")
+    if origin is list:
+        (item_tp,) = typing.get_args(tp)
+        if isinstance(value, tuple):
+            value = list(value)
+        if not isinstance(value, list):
+            raise DiffheadsError(f"{where}: expected a list, got {value!r}")
+        return [_coerce(v, item_tp, f"{where}[{i}]") for i, v in enumerate(value)]
+    if isinstance(tp, type) and issubclass(tp, enum.Enum):
+        if isinstance(value, tp):
+            return value
+        try:
+            return tp(value)
+        except ValueError:
+            choices = ", ".join(m.value for m in tp)
+            raise DiffheadsError(f"{where}: {value!r} is not one of: {choices}") from None
+    if tp is bool:
+        if isinstance(value, bool):
+            return value
+        raise DiffheadsError(f"{where}: expected true or false, got {value!r}")
+    if tp is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        raise DiffheadsError(f"{where}: expected an integer, got {value!r}")
+    if tp is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise DiffheadsError(f"{where}: expected a number, got {value!r}")
+    if tp is str:
+        if isinstance(value, (str, int, float)) and not isinstance(value, bool):
+            return str(value)
+        raise DiffheadsError(f"{where}: expected a string, got {value!r}")
+    raise DiffheadsError(f"{where}: unsupported type {_type_name(tp)}")
+
+
+def _build(cls: type, data: dict[str, Any], source: str, prefix: str = "") -> Any:
+    """Build dataclass `cls` from a nested dict, rejecting unknown keys."""
+    if not isinstance(data, dict):
+        raise DiffheadsError(f"{source}: '{prefix.rstrip('.') or 'top level'}' must be a mapping, got {data!r}")
+    hints = typing.get_type_hints(cls)
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in data.items():
+        name = f"{prefix}{key}"
+        if key not in fields:
+            known = ", ".join(sorted(fields))
+            raise DiffheadsError(f"{source}: unknown config key '{name}' (known here: {known})")
+        tp = hints[key]
+        if dataclasses.is_dataclass(tp):
+            kwargs[key] = _build(tp, value or {}, source, f"{name}.")
+        else:
+            kwargs[key] = _coerce(value, tp, f"{source}: '{name}'")
+    return cls(**kwargs)
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    """Plain nested dict (enums as strings): what YAML files and checkpoints store."""
+
+    def plain(v: Any) -> Any:
+        if isinstance(v, enum.Enum):
+            return v.value
+        if isinstance(v, dict):
+            return {k: plain(x) for k, x in v.items()}
+        if isinstance(v, (list, tuple)):
+            return [plain(x) for x in v]
+        return v
+
+    return plain(dataclasses.asdict(cfg))
+
+
+def from_dict(data: dict[str, Any], source: str = "config") -> RunConfig:
+    """RunConfig from a nested dict, e.g. one stored in a checkpoint."""
+    return _build(RunConfig, data, source)
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b=value` -> (["a", "b"], value parsed as YAML)."""
+    if "=" not in text:
+        raise DiffheadsError(f"override '{text}' must look like section.key=value, e.g. optim.lr=1e-4")
+    key, raw = text.split("=", 1)
+    try:
+        value = yaml.safe_load(raw) if raw != "" else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def _merge(base: dict[str, Any], path: list[str], value: Any) -> None:
+    node = base
+    for part in path[:-1]:
+        node = node.setdefault(part, {})
+        if not isinstance(node, dict):
+            raise DiffheadsError(f"override '{'.'.join(path)}': '{part}' is not a section")
+    node[path[-1]] = value
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()) -> RunConfig:
+    """Load a YAML config, apply `key=value` overrides, and validate everything."""
+    data: dict[str, Any] = {}
+    source = "defaults"
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise DiffheadsError(f"config file {path} does not exist; pass a YAML file such as configs/demo.yaml")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            line = getattr(getattr(exc, "problem_mark", None), "line", None)
+            where = f" at line {line + 1}" if line is not None else ""
+            raise DiffheadsError(f"config file {path} is not valid YAML{where}; fix its syntax") from None
+        source = str(path)
+    cfg = _build(RunConfig, data, source)
+    merged = to_dict(cfg)
+    for text in overrides:
+        keys, value = parse_override(text)
+        _merge(merged, keys, value)
+    return _build(RunConfig, merged, f"{source} + overrides" if overrides else source)
+
+
+def save_config(cfg: RunConfig, path: str | Path) -> None:
+    """Write the resolved config as YAML (atomically)."""
+    from diffheads.io.atomic import atomic_write_text
+
+    atomic_write_text(Path(path), yaml.safe_dump(to_dict(cfg), sort_keys=False))

@@ -1,0 +1,40 @@
+"""The motion-frame transform shared by training examples and the video sampler (SPEC)."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+# ITU-R 601 luma weights, as torchvision's rgb_to_grayscale uses.
+_LUMA = (0.2989, 0.587, 0.114)
+
+
+def gaussian_kernel1d(kernel_size: int = 5, sigma: float = 2.0) -> torch.Tensor:
+    """Normalised 1-D Gaussian taps."""
+    half = (kernel_size - 1) / 2
+    x = torch.linspace(-half, half, kernel_size)
+    k = torch.exp(-0.5 * (x / sigma) ** 2)
+    return k / k.sum()
+
+
+def blur(frames: torch.Tensor, kernel_size: int = 5, sigma: float = 2.0) -> torch.Tensor:
+    """Separable Gaussian blur of (N, C, H, W) with reflect padding (as torchvision's GaussianBlur)."""
+    n, c, h, w = frames.shape
+    k = gaussian_kernel1d(kernel_size, sigma).to(frames)
+    pad = kernel_size // 2
+    x = F.pad(frames.reshape(n * c, 1, h, w), (pad, pad, pad, pad), mode="reflect")
+    x = F.conv2d(x, k.view(1, 1, 1, -1))
+    x = F.conv2d(x, k.view(1, 1, -1, 1))
+    return x.reshape(n, c, h, w)
+
+
+def motion_transform(frames: torch.Tensor, grayscale: bool, blurred: bool) -> torch.Tensor:
+    """(..., 3, H, W) frames -> (..., 1 or 3, H, W) motion frames: optional grayscale then optional blur."""
+    lead = frames.shape[:-3]
+    x = frames.reshape(-1, *frames.shape[-3:])
+    if grayscale:
+        w = torch.tensor(_LUMA, dtype=x.dtype, device=x.device).view(1, 3, 1, 1)
+        x = (x * w).sum(dim=1, keepdim=True)
+    if blurred:
+        x = blur(x)
+    return x.reshape(*lead, *x.shape[-3:])

@@ -1,0 +1,200 @@
+"""UNet building blocks: conditioned residual block, self-attention and audio cross-attention (SPEC, network).
+
+Parameter names follow the reference (guided-diffusion family) so its weights load unchanged.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from diffheads.config import AudioCondition, IdCondition
+
+
+def zero_init(module: nn.Module) -> nn.Module:
+    """Zero every parameter, so a residual branch starts as the identity (guided-diffusion convention)."""
+    for p in module.parameters():
+        p.detach().zero_()
+    return module
+
+
+def head_count(channels: int, num_heads: int, num_head_channels: int) -> int:
+    """Heads of width num_head_channels, or num_heads when num_head_channels is -1 (reference rule)."""
+    if num_head_channels == -1:
+        if channels % num_heads:
+            raise ValueError(f"{channels} attention channels do not split into {num_heads} heads")
+        return num_heads
+    if channels % num_head_channels:
+        raise ValueError(f"{channels} attention channels do not split into heads of {num_head_channels}")
+    return channels // num_head_channels
+
+
+@dataclass
+class BlockEmbeddings:
+    """The per-call vectors the residual blocks read; each block uses only the fields of its variant.
+
+    time: (B, E) time embedding, with the audio / identity vectors already added for the pre_gn variants.
+    audio: (B, E) audio embedding (audio double_pre_gn and post_gn).
+    audio_tokens: (B, 2k+1, E) one token per audio row (audio attention).
+    identity: (B, E) identity-encoder vector (identity post_gn).
+    """
+
+    time: torch.Tensor
+    audio: torch.Tensor | None = None
+    audio_tokens: torch.Tensor | None = None
+    identity: torch.Tensor | None = None
+
+
+def _spatial(v: torch.Tensor) -> torch.Tensor:
+    """(B, C) -> (B, C, 1, 1) for broadcasting over feature maps."""
+    return v[:, :, None, None]
+
+
+class AttentionBlock(nn.Module):
+    """Multi-head self-attention over all positions, residual, with the legacy per-head [q, k, v] qkv layout.
+
+    The qkv conv output (3C channels) is n_heads groups of 3d channels, each ordered [q | k | v]
+    (guided-diffusion QKVAttentionLegacy); softmax(q k^T / sqrt(d)) v via scaled_dot_product_attention,
+    whose kernels accumulate the softmax in float32.
+    """
+
+    def __init__(self, channels: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.norm = nn.GroupNorm(32, channels)
+        self.qkv = nn.Conv1d(channels, 3 * channels, 1)
+        self.proj_out = zero_init(nn.Conv1d(channels, channels, 1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B, C, H, W)."""
+        b, c, *spatial = x.shape
+        x = x.reshape(b, c, -1)
+        qkv = self.qkv(self.norm(x))
+        d = c // self.num_heads
+        qkv = qkv.reshape(b, self.num_heads, 3 * d, -1).transpose(2, 3)
+        q, k, v = qkv.split(d, dim=-1)
+        h = F.scaled_dot_product_attention(q, k, v)
+        h = h.transpose(2, 3).reshape(b, c, -1)
+        return (x + self.proj_out(h)).reshape(b, c, *spatial)
+
+
+class AudioCrossAttention(nn.Module):
+    """Residual cross-attention from every feature position to the 2k+1 audio tokens (audio `attention` variant).
+
+    Queries: 1x1 conv of the group-normalised features; keys and values: one Linear of the audio
+    tokens (B, 2k+1, E) to 2C channels, laid out [k | v], each head-major. Output projection zero-initialised.
+    """
+
+    def __init__(self, channels: int, context_dim: int, num_heads: int) -> None:
+        super().__init__()
+        self.num_heads = num_heads
+        self.norm = nn.GroupNorm(32, channels)
+        self.q = nn.Conv1d(channels, channels, 1)
+        self.kv = nn.Linear(context_dim, 2 * channels)
+        self.proj_out = zero_init(nn.Conv1d(channels, channels, 1))
+
+    def forward(self, x: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W), (B, S, E) -> (B, C, H, W)."""
+        b, c, *spatial = x.shape
+        x = x.reshape(b, c, -1)
+        d = c // self.num_heads
+        q = self.q(self.norm(x)).reshape(b, self.num_heads, d, -1).transpose(2, 3)
+        k, v = self.kv(tokens).reshape(b, -1, 2, self.num_heads, d).permute(2, 0, 3, 1, 4)
+        h = F.scaled_dot_product_attention(q, k, v)
+        h = h.transpose(2, 3).reshape(b, c, -1)
+        return (x + self.proj_out(h)).reshape(b, c, *spatial)
+
+
+class CondResBlock(nn.Module):
+    """Residual block conditioned on time, audio and optionally identity (paper, sec. 3; SPEC, network).
+
+    After the second GroupNorm: h = GN(h) * (1 + s_t) + b_t, then by audio variant
+      double_pre_gn: h = h * (1 + s_a) + b_a      (`audio_emb_layers`: SiLU, Linear E -> 2*out)
+      post_gn:       h = h * (1 + s_a)            (`audio_emb_layers`: SiLU, Linear E -> out)
+      pre_gn:        nothing here (the audio vector is already in the time embedding)
+      attention:     nothing here; `audio_attn` cross-attends to the audio tokens after the residual sum,
+    then for identity post_gn h = h * (1 + s_id) (`id_emb_layers`: SiLU, Linear E -> out);
+    then SiLU, dropout, zero-initialised conv, plus the skip path. Up/down blocks resample after
+    the first norm + SiLU (nearest x2 / 2x2 average pooling), on both paths, before the first conv.
+    The reference multiplies by s_a and s_id directly in its post_gn variants; 1 + s keeps the
+    block well-conditioned at initialisation like the other modulations.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        emb_dim: int,
+        dropout: float,
+        out_channels: int | None = None,
+        up: bool = False,
+        down: bool = False,
+        audio_condition: AudioCondition = AudioCondition.DOUBLE_PRE_GN,
+        id_condition: IdCondition = IdCondition.FRAME,
+        num_heads: int = 1,  # heads of the audio cross-attention (audio attention variant only)
+    ) -> None:
+        super().__init__()
+        out_channels = out_channels or channels
+        self.audio_condition = AudioCondition(audio_condition)
+        self.id_condition = IdCondition(id_condition)
+        self.in_layers = nn.Sequential(
+            nn.GroupNorm(32, channels),
+            nn.SiLU(),
+            nn.Conv2d(channels, out_channels, 3, padding=1),
+        )
+        if up:
+            self.resample: nn.Module | None = nn.Upsample(scale_factor=2, mode="nearest")
+        elif down:
+            self.resample = nn.AvgPool2d(2)
+        else:
+            self.resample = None
+        self.t_emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, 2 * out_channels))
+        if self.audio_condition is AudioCondition.DOUBLE_PRE_GN:
+            self.audio_emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, 2 * out_channels))
+        elif self.audio_condition is AudioCondition.POST_GN:
+            self.audio_emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, out_channels))
+        if self.id_condition is IdCondition.POST_GN:
+            self.id_emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, out_channels))
+        self.out_layers = nn.Sequential(
+            nn.GroupNorm(32, out_channels),
+            nn.SiLU(),
+            nn.Dropout(p=dropout),
+            zero_init(nn.Conv2d(out_channels, out_channels, 3, padding=1)),
+        )
+        self.skip_connection = nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
+        if self.audio_condition is AudioCondition.ATTENTION:
+            self.audio_attn = AudioCrossAttention(out_channels, emb_dim, num_heads)
+
+    def forward(self, x: torch.Tensor, emb: BlockEmbeddings) -> torch.Tensor:
+        """(B, C_in, H, W) -> (B, C_out, H', W')."""
+        if self.resample is None:
+            h = self.in_layers(x)
+        else:
+            h = self.resample(self.in_layers[:-1](x))
+            x = self.resample(x)
+            h = self.in_layers[-1](h)
+        scale, shift = _spatial(self.t_emb_layers(emb.time)).chunk(2, dim=1)
+        h = self.out_layers[0](h) * (1 + scale) + shift
+        if self.audio_condition is AudioCondition.DOUBLE_PRE_GN:
+            scale, shift = _spatial(self.audio_emb_layers(emb.audio)).chunk(2, dim=1)
+            h = h * (1 + scale) + shift
+        elif self.audio_condition is AudioCondition.POST_GN:
+            h = h * (1 + _spatial(self.audio_emb_layers(emb.audio)))
+        if self.id_condition is IdCondition.POST_GN:
+            h = h * (1 + _spatial(self.id_emb_layers(emb.identity)))
+        h = self.skip_connection(x) + self.out_layers[1:](h)
+        if self.audio_condition is AudioCondition.ATTENTION:
+            h = self.audio_attn(h, emb.audio_tokens)
+        return h
+
+
+class EmbedSequential(nn.Sequential):
+    """Sequential that hands the block embeddings to the residual blocks and plain inputs to the rest."""
+
+    def forward(self, x: torch.Tensor, emb: BlockEmbeddings) -> torch.Tensor:  # type: ignore[override]
+        """Apply the layers in order."""
+        for layer in self:
+            x = layer(x, emb) if isinstance(layer, CondResBlock) else layer(x)
+        return x

@@ -1,0 +1,194 @@
+"""The conditional UNet of Diffused Heads (paper, sec. 3; SPEC, network), weight-compatible with the reference."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from diffheads.conditioning import Conditioning
+from diffheads.config import AudioCondition, IdCondition, ModelConfig
+from diffheads.errors import DiffheadsError
+from diffheads.models.blocks import (
+    AttentionBlock,
+    BlockEmbeddings,
+    CondResBlock,
+    EmbedSequential,
+    head_count,
+    zero_init,
+)
+from diffheads.models.embeddings import AudioTokenEmbedding, IdentityEncoder, TimestepEmbedding, audio_mlp
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of scalar parameters."""
+    return sum(p.numel() for p in model.parameters())
+
+
+def _check(cfg: ModelConfig) -> None:
+    """Reject widths and sizes the network cannot be built with, naming the config key."""
+    widths = [cfg.model_channels * m for m in cfg.channel_mult]
+    if any(w % 32 for w in widths):
+        raise DiffheadsError(
+            f"model.model_channels * model.channel_mult gives widths {widths}; "
+            "each must be a multiple of 32 (GroupNorm(32))"
+        )
+    if cfg.image_size % 2 ** (len(widths) - 1):
+        raise DiffheadsError(
+            f"model.image_size {cfg.image_size} must be divisible by {2 ** (len(widths) - 1)} for {len(widths)} levels"
+        )
+    if any(r <= 0 for r in cfg.attention_resolutions):
+        raise DiffheadsError(f"model.attention_resolutions {cfg.attention_resolutions} must hold feature-map sides > 0")
+
+
+class UNet(nn.Module):
+    """Predicts noise (and variance interpolation) of x_t given timestep, identity, motion frames and audio.
+
+    Layout of the reference: `input_blocks` (first conv, then per level num_res_blocks residual blocks with
+    self-attention at the attention resolutions, and a resampling residual block between levels),
+    `middle_block` (res, attention, res), `output_blocks` (num_res_blocks + 1 per level on the skip stack),
+    head `out`. attention_resolutions are feature-map sides: attention sits where
+    image_size // downsample factor equals one of them (reference stores image_size // r).
+    Only identity `frame` + audio `double_pre_gn` is the reference; the other variants add
+    `id_encoder` (identity pre_gn / post_gn), per-block `id_emb_layers` (identity post_gn),
+    per-block `audio_emb_layers` of width out (audio post_gn), per-block `audio_attn` and
+    `audio_embed.pos` (audio attention), and drop `audio_emb_layers` for audio pre_gn / attention.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        _check(cfg)
+        self.cfg = cfg
+        self.id_condition = IdCondition(cfg.id_condition_type)
+        self.audio_condition = AudioCondition(cfg.audio_condition_type)
+        self.audio_dim = cfg.audio_dim if cfg.audio_dim is not None else cfg.model_channels
+        c = cfg.model_channels
+        emb_dim = 4 * c
+        attention_factors = {cfg.image_size // r for r in cfg.attention_resolutions}
+
+        def heads(ch: int) -> int:
+            try:
+                return head_count(ch, cfg.num_heads, cfg.num_head_channels)
+            except ValueError as exc:
+                raise DiffheadsError(f"{exc}; change model.num_head_channels or model.num_heads") from None
+
+        def cross_heads(ch: int) -> int:
+            # audio cross-attention runs in every block; widths the head rule cannot split get one head
+            try:
+                return head_count(ch, cfg.num_heads, cfg.num_head_channels)
+            except ValueError:
+                return 1
+
+        def res_block(ch: int, out_ch: int, **updown: bool) -> CondResBlock:
+            return CondResBlock(
+                ch,
+                emb_dim,
+                cfg.dropout,
+                out_ch,
+                audio_condition=self.audio_condition,
+                id_condition=self.id_condition,
+                num_heads=cross_heads(out_ch),
+                **updown,
+            )
+
+        def resample(ch: int, up: bool) -> nn.Module:
+            if cfg.resblock_updown:
+                return res_block(ch, ch, up=up, down=not up)
+            return nn.Upsample(scale_factor=2, mode="nearest") if up else nn.AvgPool2d(2)
+
+        self.in_channels = cfg.in_channels + cfg.n_motion_frames * cfg.motion_channels
+        if self.id_condition is IdCondition.FRAME:
+            self.in_channels += cfg.in_channels
+
+        self.time_embed = TimestepEmbedding(c)
+        if self.audio_condition is AudioCondition.ATTENTION:
+            self.audio_embed: nn.Module = AudioTokenEmbedding(cfg.audio_window_len, self.audio_dim, emb_dim)
+        else:
+            self.audio_embed = audio_mlp(cfg.audio_window_len, self.audio_dim, emb_dim)
+        if self.id_condition is not IdCondition.FRAME:
+            self.id_encoder = IdentityEncoder(cfg.in_channels, [c * m for m in cfg.channel_mult], emb_dim)
+
+        ch = c * cfg.channel_mult[0]
+        self.input_blocks = nn.ModuleList([EmbedSequential(nn.Conv2d(self.in_channels, ch, 3, padding=1))])
+        skip_widths = [ch]
+        ds = 1
+        for level, mult in enumerate(cfg.channel_mult):
+            for _ in range(cfg.num_res_blocks):
+                layers: list[nn.Module] = [res_block(ch, c * mult)]
+                ch = c * mult
+                if ds in attention_factors:
+                    layers.append(AttentionBlock(ch, heads(ch)))
+                self.input_blocks.append(EmbedSequential(*layers))
+                skip_widths.append(ch)
+            if level != len(cfg.channel_mult) - 1:
+                self.input_blocks.append(EmbedSequential(resample(ch, up=False)))
+                skip_widths.append(ch)
+                ds *= 2
+
+        self.middle_block = EmbedSequential(res_block(ch, ch), AttentionBlock(ch, heads(ch)), res_block(ch, ch))
+
+        self.output_blocks = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(cfg.channel_mult))):
+            for i in range(cfg.num_res_blocks + 1):
+                layers = [res_block(ch + skip_widths.pop(), c * mult)]
+                ch = c * mult
+                if ds in attention_factors:
+                    layers.append(AttentionBlock(ch, heads(ch)))
+                if level and i == cfg.num_res_blocks:
+                    layers.append(resample(ch, up=True))
+                    ds //= 2
+                self.output_blocks.append(EmbedSequential(*layers))
+
+        self.out = nn.Sequential(
+            nn.GroupNorm(32, ch),
+            nn.SiLU(),
+            zero_init(nn.Conv2d(ch, cfg.out_channels, 3, padding=1)),
+        )
+
+    def embed(self, t: torch.Tensor, cond: Conditioning) -> BlockEmbeddings:
+        """Time, audio and identity vectors for the residual blocks, combined as the variants prescribe."""
+        emb = BlockEmbeddings(time=self.time_embed(t))
+        window = cond.audio_window
+        if self.audio_condition is AudioCondition.ATTENTION:
+            emb.audio_tokens = self.audio_embed(window)
+        else:
+            audio = self.audio_embed(window.reshape(window.shape[0], -1))
+            if self.audio_condition is AudioCondition.PRE_GN:
+                emb.time = emb.time + audio
+            else:
+                emb.audio = audio
+        if self.id_condition is not IdCondition.FRAME:
+            identity = self.id_encoder(cond.identity_frame)
+            if self.id_condition is IdCondition.PRE_GN:
+                emb.time = emb.time + identity
+            else:
+                emb.identity = identity
+        return emb
+
+    def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
+        """(B, 3, H, W) noisy frame, (B,) original timesteps -> (B, out_channels, H, W)."""
+        window = cond.audio_window
+        if tuple(window.shape[1:]) != (self.cfg.audio_window_len, self.audio_dim):
+            raise DiffheadsError(
+                f"audio window has shape {tuple(window.shape)}, the model expects (B, {self.cfg.audio_window_len}, "
+                f"{self.audio_dim}); set model.audio_dim / model.n_audio_motion_embs to match the embeddings"
+            )
+        if t.ndim == 0:
+            t = t.expand(x_t.shape[0])
+        emb = self.embed(t, cond)
+        parts = [x_t, cond.motion_frames]
+        if self.id_condition is IdCondition.FRAME:
+            parts.append(cond.identity_frame)
+        h = torch.cat(parts, dim=1)
+        if h.shape[1] != self.in_channels:
+            raise DiffheadsError(
+                f"network input has {h.shape[1]} channels (x_t, motion frames, identity), the model expects "
+                f"{self.in_channels}; check model.grayscale_motion and model.n_motion_frames"
+            )
+        skips = []
+        for block in self.input_blocks:
+            h = block(h, emb)
+            skips.append(h)
+        h = self.middle_block(h, emb)
+        for block in self.output_blocks:
+            h = block(torch.cat([h, skips.pop()], dim=1), emb)
+        return self.out(h)

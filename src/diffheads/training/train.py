@@ -1,0 +1,140 @@
+"""`diffheads train`: build data, network and Lightning trainer from a RunConfig and fit."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import torch
+from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, StochasticWeightAveraging
+from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from torch.utils.data import DataLoader
+
+from diffheads.audio.embed import read_encoder_spec
+from diffheads.checkpoint import save_model
+from diffheads.config import RunConfig, save_config
+from diffheads.data.dataset import TalkingFaceDataset
+from diffheads.data.layout import DataLayout
+from diffheads.errors import DiffheadsError
+from diffheads.models.unet import UNet
+from diffheads.training.module import DiffusionModule
+from diffheads.training.samples import SampleVideos
+
+
+@dataclass
+class TrainResult:
+    """Where a finished run left its outputs."""
+
+    out_dir: Path
+    model_path: Path  # exported model (EMA weights when enabled)
+    last_checkpoint: Path | None
+    steps: int
+    final_loss: float | None
+
+
+def resolve_config(cfg: RunConfig) -> tuple[RunConfig, dict[str, Any]]:
+    """Fill what the data decides (audio_dim) and return the encoder description."""
+    layout = DataLayout.of(cfg.data.root, cfg.data.embeddings or None)
+    encoder = read_encoder_spec(layout)
+    dim = int(encoder["dim"])
+    if cfg.model.audio_dim is not None and cfg.model.audio_dim != dim:
+        raise DiffheadsError(
+            f"model.audio_dim={cfg.model.audio_dim} but the embeddings in {layout.embeddings} have width {dim}; "
+            "remove model.audio_dim or re-embed"
+        )
+    model = dataclasses.replace(cfg.model, audio_dim=dim)
+    return dataclasses.replace(cfg, model=model), encoder
+
+
+def _resume_path(cfg: RunConfig, ckpt_dir: Path) -> str | None:
+    if not cfg.trainer.resume:
+        return None
+    path = ckpt_dir / "last.ckpt" if cfg.trainer.resume == "last" else Path(cfg.trainer.resume)
+    if not path.is_file():
+        raise DiffheadsError(f"cannot resume: {path} not found; train without trainer.resume first")
+    return str(path)
+
+
+def build_trainer(cfg: RunConfig, out_dir: Path, val_data: TalkingFaceDataset | None) -> L.Trainer:
+    """Lightning Trainer with loggers, checkpointing and optional SWA / sample videos."""
+    t = cfg.trainer
+    loggers: list[Any] = [TensorBoardLogger(str(out_dir), name="tensorboard"), CSVLogger(str(out_dir), name="csv")]
+    if t.wandb_project:
+        from lightning.pytorch.loggers import WandbLogger
+
+        loggers.append(WandbLogger(project=t.wandb_project, save_dir=str(out_dir)))
+    callbacks: list[Any] = [
+        ModelCheckpoint(
+            dirpath=str(out_dir / "checkpoints"),
+            every_n_train_steps=t.checkpoint_every_n_steps,
+            save_last=True,
+            save_top_k=-1,
+            filename="step{step:07d}",
+            auto_insert_metric_name=False,
+        ),
+        LearningRateMonitor(logging_interval="epoch"),
+    ]
+    if cfg.optim.swa:
+        callbacks.append(StochasticWeightAveraging(swa_lrs=cfg.optim.swa_lr))
+    if t.sample_every_n_steps > 0 and val_data is not None:
+        callbacks.append(SampleVideos(val_data, out_dir / "samples", t.sample_every_n_steps, t.sample_frames, cfg))
+    return L.Trainer(
+        default_root_dir=str(out_dir),
+        accelerator=t.accelerator,
+        devices=t.devices,
+        num_nodes=t.num_nodes,
+        strategy=t.strategy,
+        precision=t.precision,
+        max_epochs=t.max_epochs,
+        max_steps=t.max_steps,
+        max_time=t.max_time or None,
+        log_every_n_steps=t.log_every_n_steps,
+        gradient_clip_val=cfg.optim.grad_clip or None,
+        logger=loggers,
+        callbacks=callbacks,
+        enable_progress_bar=True,
+        enable_model_summary=False,
+        num_sanity_val_steps=0,
+        limit_val_batches=0,
+        use_distributed_sampler=True,
+    )
+
+
+def train(cfg: RunConfig) -> TrainResult:
+    """Train a model as configured; returns the exported model path."""
+    cfg, encoder = resolve_config(cfg)
+    out_dir = Path(cfg.trainer.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
+    lip = cfg.diffusion.lip_loss_weight > 0
+    data = TalkingFaceDataset(cfg.data, cfg.model, "train", lip_loss=lip)
+    loader = DataLoader(
+        data,
+        batch_size=cfg.optim.batch_size,
+        shuffle=True,
+        num_workers=cfg.data.num_workers,
+        persistent_workers=cfg.data.num_workers > 0,
+        drop_last=len(data) > cfg.optim.batch_size,
+    )
+    val = TalkingFaceDataset(cfg.data, cfg.model, "test", lip_loss=False) if cfg.trainer.sample_every_n_steps else None
+    module = DiffusionModule(UNet(cfg.model), cfg, encoder)
+    trainer = build_trainer(cfg, out_dir, val)
+    if trainer.is_global_zero:
+        save_config(cfg, out_dir / "config.yaml")
+    ckpt_dir = out_dir / "checkpoints"
+    trainer.fit(module, loader, ckpt_path=_resume_path(cfg, ckpt_dir))
+    model_path = out_dir / "model.ckpt"
+    if trainer.is_global_zero:
+        save_model(model_path, module.sampling_network(), cfg, encoder)
+    loss = trainer.callback_metrics.get("train/loss")
+    last = ckpt_dir / "last.ckpt"
+    return TrainResult(
+        out_dir=out_dir,
+        model_path=model_path,
+        last_checkpoint=last if last.is_file() else None,
+        steps=int(trainer.global_step),
+        final_loss=float(loss) if loss is not None else None,
+    )
