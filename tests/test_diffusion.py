@@ -223,3 +223,13 @@ def test_golden_lip_loss(golden):
     assert lip_loss(g["eps"], g["eps_pred"], g["landmarks_border"], 5).item() == pytest.approx(
         g["loss_border"].item(), rel=1e-6
     )
+
+
+@pytest.mark.parametrize("steps", [2, 3, 5, 10])
+def test_few_step_float32_respacing_stays_finite(steps):
+    """The reference's float32 cumprod underflows for few kept steps; ours keeps every array finite."""
+    sp = cosine_schedule(float32=True).respace(steps)
+    for name in ("alpha_bar", "coef1_x0", "coef2_x0", "coef1_q", "coef2_q", "log_beta_tilde_clipped"):
+        assert torch.isfinite(getattr(sp, name)).all(), name
+    full = cosine_schedule(float32=True)
+    torch.testing.assert_close(sp.alpha_bar, full.alpha_bar[sp.timesteps], rtol=1e-5, atol=0)

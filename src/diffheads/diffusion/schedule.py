@@ -58,10 +58,18 @@ class Schedule:
         return int(self.beta.shape[0])
 
     @staticmethod
-    def from_betas(beta: torch.Tensor, timesteps: torch.Tensor | None = None) -> "Schedule":
-        """Derive every array from betas in the betas' own dtype (float32 reproduces the reference)."""
+    def from_betas(
+        beta: torch.Tensor, timesteps: torch.Tensor | None = None, alpha_bar: torch.Tensor | None = None
+    ) -> "Schedule":
+        """Derive every array from betas in the betas' own dtype (float32 reproduces the reference).
+
+        A respaced process also passes the kept alpha_bar: the reference's cumulative product of
+        the respaced betas underflows to 0 in float32 when few steps are kept (the last beta rounds
+        to 1), so there the kept value is used instead.
+        """
         alpha = 1.0 - beta
-        alpha_bar = torch.cumprod(alpha, dim=0)
+        product = torch.cumprod(alpha, dim=0)
+        alpha_bar = product if alpha_bar is None else torch.where(product > 0, product, alpha_bar)
         one = torch.ones(1, dtype=beta.dtype)
         alpha_bar_prev = torch.cat([one, alpha_bar[:-1]])
         beta_tilde = beta * (1.0 - alpha_bar_prev) / (1.0 - alpha_bar)
@@ -89,7 +97,7 @@ class Schedule:
         kept = respaced_timesteps(self.n_steps, n_steps)
         abar = self.alpha_bar[kept]
         prev = torch.cat([torch.ones(1, dtype=abar.dtype), abar[:-1]])
-        return Schedule.from_betas(1.0 - abar / prev, torch.tensor(kept, dtype=torch.int64))
+        return Schedule.from_betas(1.0 - abar / prev, torch.tensor(kept, dtype=torch.int64), abar)
 
 
 def cosine_schedule(

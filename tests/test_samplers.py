@@ -1,0 +1,112 @@
+"""Per-frame solvers on a toy Gaussian model (closed-form denoiser) and the autoregressive video loop."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from diffheads.config import DiffusionConfig, ModelConfig, Prediction, SampleConfig, Solver
+from diffheads.data.motion import motion_transform
+from diffheads.diffusion.gaussian import GaussianDiffusion
+from diffheads.diffusion.samplers import sample_ancestral, sample_ddim
+from diffheads.diffusion.video import sample_video
+
+MU, S = 0.3, 0.4  # data: every pixel i.i.d. N(MU, S^2)
+
+
+def gaussian_denoiser(full: GaussianDiffusion, log_var_frac: float):  # noqa: ANN201
+    """Exact E[eps | x_t] for Gaussian data; the variance half is a constant interpolation value."""
+    abar_of_t = full.schedule.alpha_bar.double()
+
+    def denoise(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        ab = abar_of_t[t].view(-1, 1, 1, 1).to(x.dtype)
+        eps = (1 - ab).sqrt() * (x - ab.sqrt() * MU) / (ab * S**2 + 1 - ab)
+        return torch.cat([eps, torch.full_like(eps, log_var_frac)], dim=1)
+
+    return denoise
+
+
+@pytest.mark.parametrize(
+    "solver,steps,tol_mean,tol_std",
+    [("ddim", 50, 0.02, 0.03), ("ancestral", 200, 0.03, 0.05)],
+)
+def test_solvers_reproduce_gaussian_data(solver, steps, tol_mean, tol_std):
+    full = GaussianDiffusion.from_config(DiffusionConfig(legacy_float32_schedule=False))
+    process = full.respace(steps)
+    g = torch.Generator().manual_seed(0)
+    noise = torch.randn(4000, 3, 1, 1, generator=g, dtype=torch.float64)
+    denoise = gaussian_denoiser(full, log_var_frac=0.0)
+    if solver == "ddim":
+        x = sample_ddim(denoise, noise, process, g, clip_denoised=False)
+    else:
+        x = sample_ancestral(denoise, noise, process, g, clip_denoised=False)
+    assert abs(x.mean().item() - MU) < tol_mean
+    assert abs(x.std().item() - S) / S < tol_std
+
+
+def test_ddim_eta0_is_deterministic_and_eta1_is_not():
+    full = GaussianDiffusion.from_config(DiffusionConfig(legacy_float32_schedule=False))
+    process = full.respace(10)
+    denoise = gaussian_denoiser(full, 0.0)
+    noise = torch.randn(8, 3, 2, 2, dtype=torch.float64)
+    a = sample_ddim(denoise, noise, process, torch.Generator().manual_seed(1))
+    b = sample_ddim(denoise, noise, process, torch.Generator().manual_seed(2))
+    assert torch.equal(a, b)
+    c = sample_ddim(denoise, noise, process, torch.Generator().manual_seed(1), eta=1.0)
+    d = sample_ddim(denoise, noise, process, torch.Generator().manual_seed(2), eta=1.0)
+    assert not torch.equal(c, d)
+
+
+class FrameIndexModel(torch.nn.Module):
+    """Predicts x0 = (row of the centre audio embedding) / 100 and records every conditioning it sees."""
+
+    def __init__(self, k: int):
+        super().__init__()
+        self.k = k
+        self.seen: list = []
+
+    def forward(self, x, t, cond):  # noqa: ANN001, ANN201
+        self.seen.append(cond)
+        value = cond.audio_window[:, self.k, 0] / 100.0
+        x0 = value.view(-1, 1, 1, 1).expand_as(x)
+        return torch.cat([x0, torch.zeros_like(x0)], dim=1)
+
+
+@pytest.mark.parametrize("grayscale", [True, False])
+def test_video_loop_feeds_motion_frames_and_audio_windows(grayscale):
+    k, n_motion, steps = 2, 2, 3
+    mcfg = ModelConfig(n_motion_frames=n_motion, n_audio_motion_embs=k, grayscale_motion=grayscale)
+    process = GaussianDiffusion.from_config(DiffusionConfig(prediction=Prediction.X0)).respace(steps)
+    lengths = [7, 4]
+    # embeddings: row r of every clip holds r in all its columns
+    embs = [torch.arange(n, dtype=torch.float32)[:, None].repeat(1, 3) for n in lengths]
+    identity = torch.stack([torch.full((3, 4, 4), -0.5), torch.full((3, 4, 4), 0.7)])
+    model = FrameIndexModel(k)
+    sample = SampleConfig(solver=Solver.DDIM, steps=steps, stabilize_every=3, clip_denoised=True)
+    out = sample_video(model, process, identity, embs, mcfg, sample, torch.Generator().manual_seed(0), progress=False)
+    assert [len(o) for o in out] == lengths
+    for clip, n in zip(out, lengths):
+        np.testing.assert_allclose(clip[:, 0, 0, 0].numpy(), np.arange(n) / 100.0, atol=1e-6)
+    per_frame = model.seen[::steps]  # every step of one frame sees the same conditioning
+    assert len(per_frame) == max(lengths)
+    to_m = lambda f: motion_transform(f, grayscale, False)  # noqa: E731
+    c = 1 if grayscale else 3
+    for t, cond in enumerate(per_frame):
+        active = [i for i, n in enumerate(lengths) if n > t]
+        assert cond.identity_frame.shape[0] == len(active)
+        for row, i in enumerate(active):
+            # audio rows t-k..t+k clamped into the clip's own length
+            want_rows = np.clip(np.arange(t - k, t + k + 1), 0, lengths[i] - 1)
+            np.testing.assert_allclose(cond.audio_window[row, :, 0].numpy(), want_rows)
+            # motion slots, oldest first: generated frames t-2, t-1, or the identity frame before the start
+            for slot in range(n_motion):
+                src = t - n_motion + slot
+                # stabilisation: at frames 3, 6, ... the oldest slot holds the identity frame
+                stabilised = slot == 0 and t > 0 and t % 3 == 0
+                if src < 0 or stabilised:
+                    want = to_m(identity[i : i + 1])[0]
+                else:
+                    want = to_m(torch.full((1, 3, 4, 4), src / 100.0))[0]
+                got = cond.motion_frames[row, slot * c : (slot + 1) * c]
+                torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
