@@ -103,7 +103,7 @@ class DiffusionConfig:
     vlb_weight: float = 1e-4
     lip_loss_weight: float = 0.2  # 0 disables the lip loss
     lip_padding: int = 5  # pixels added around the mouth box (at 128 px; scaled with image_size)
-    legacy_float32_schedule: bool = True  # derive the schedule in float32 like the reference
+    legacy_float32_schedule: bool = False  # derive the schedule in float32 exactly as the reference (less precise)
 
 
 @dataclass
