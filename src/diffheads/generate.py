@@ -12,7 +12,7 @@ import torch
 from diffheads.audio.encoders import SAMPLE_RATE, build_encoder, frames_in_audio
 from diffheads.checkpoint import LoadedModel, load_model
 from diffheads.config import SampleConfig
-from diffheads.data.dataset import TestClips, to_model_frames
+from diffheads.data.dataset import SplitClips, to_model_frames
 from diffheads.diffusion.gaussian import GaussianDiffusion
 from diffheads.diffusion.video import sample_video
 from diffheads.errors import DiffheadsError
@@ -81,7 +81,7 @@ def generate_test_set(
     model = load_model(checkpoint, device)
     sample = sample or model.cfg.sample
     data_cfg = dataclasses.replace(model.cfg.data, root=str(data_root), embeddings=str(embeddings or ""))
-    clips = TestClips(data_cfg, model.cfg.model, split)
+    clips = SplitClips(data_cfg, model.cfg.model, split)
     out_dir = Path(out_dir)
     targets = [out_dir / f"{cid}.mp4" for cid in clips.ids]
     todo = [i for i, p in enumerate(targets) if not (skip_existing and p.is_file())]

@@ -133,7 +133,7 @@ class TalkingFaceDataset(Dataset):
         return example
 
 
-class TestClips(Dataset):
+class SplitClips(Dataset):
     """Test split: identity frame (frame 0), full audio embeddings, audio path and clip id."""
 
     def __init__(self, data: DataConfig, model: ModelConfig, split: str = "test"):
