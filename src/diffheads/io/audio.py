@@ -21,7 +21,9 @@ def _decode_mono(path: Path) -> tuple[np.ndarray, int]:
         raise DiffheadsError(f"audio {path} cannot be read ({err}); convert it to wav") from None
     try:
         if not container.streams.audio:
-            raise DiffheadsError(f"{path} has no audio stream; pass a file with speech (wav, mp3, flac, m4a or mp4 with sound)")
+            raise DiffheadsError(
+                f"{path} has no audio stream; pass a file with speech (wav, mp3, flac, m4a or mp4 with sound)"
+            )
         stream = container.streams.audio[0]
         to_float = av.AudioResampler(format="fltp")
         chunks, rate = [], stream.rate

@@ -82,10 +82,13 @@ def _check_frames(frames: np.ndarray) -> np.ndarray:
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or len(frames) == 0 or frames.dtype != np.uint8:
         raise DiffheadsError(
-            f"frames must be a non-empty uint8 array (T, H, W, 3), got {frames.dtype} {frames.shape}; convert before writing"
+            f"frames must be a non-empty uint8 array (T, H, W, 3), got {frames.dtype} {frames.shape}; "
+            "convert before writing"
         )
     if frames.shape[1] % 2 or frames.shape[2] % 2:
-        raise DiffheadsError(f"H.264 (yuv420p) needs an even frame size, got {frames.shape[2]}x{frames.shape[1]}; crop or pad")
+        raise DiffheadsError(
+            f"H.264 (yuv420p) needs an even frame size, got {frames.shape[2]}x{frames.shape[1]}; crop or pad"
+        )
     return np.ascontiguousarray(frames)
 
 

@@ -53,7 +53,9 @@ def mouth_opening(frames: np.ndarray, mouth_landmarks: np.ndarray) -> np.ndarray
     if points.ndim == 2:
         points = np.broadcast_to(points, (n,) + points.shape)
     if points.shape != (n, 20, 2):
-        raise ValueError(f"mouth_landmarks must be (T, 20, 2) or (20, 2) for {n} frames, got {np.shape(mouth_landmarks)}")
+        raise ValueError(
+            f"mouth_landmarks must be (T, 20, 2) or (20, 2) for {n} frames, got {np.shape(mouth_landmarks)}"
+        )
     opening = np.zeros(n, np.float32)
     for t in range(n):
         rows, cols = _box(points[t], height, width)

@@ -64,12 +64,12 @@ def sample_head_motion(rng: np.random.Generator, n_frames: int, fps: float) -> n
 
 
 def make_clip(
-    identity_rng_seed: list[int], clip_rng_seed: list[int], *, seconds: float, size: int, fps: float, sample_rate: int
+    seed: int, identity_index: int, clip_index: int, *, seconds: float, size: int, fps: float, sample_rate: int
 ) -> SyntheticClip:
-    """Render one clip of one identity from its two seed sequences."""
-    id_rng = np.random.default_rng(identity_rng_seed)
+    """Render clip `clip_index` of identity `identity_index`: the face and voice depend on (seed, identity) only."""
+    id_rng = np.random.default_rng([seed, IDENTITY_STREAM, identity_index])
     identity, voice = sample_identity(id_rng), sample_voice(id_rng)
-    rng = np.random.default_rng(clip_rng_seed)
+    rng = np.random.default_rng([seed, CLIP_STREAM, identity_index, clip_index])
     speech = synth_speech(rng, voice, seconds, sample_rate, fps)
     n = len(speech.mouth_open)
     eye_open, blink = sample_blinks(rng, n, fps)
@@ -129,8 +129,12 @@ def make_synthetic_dataset(
     sample_rate: int = 16000,  # audio sample rate
     progress: bool = True,  # show a progress bar
 ) -> dict[str, Any]:
-    """Render identities x clips into out_dir (video/, audio/, lmks/, truth/, file lists, synth.json); return synth.json."""
-    counts = {"n_train_identities": n_train_identities, "n_test_identities": n_test_identities, "clips_per_identity": clips_per_identity}
+    """Render identities x clips into out_dir (video/, audio/, lmks/, truth/, file lists); return synth.json."""
+    counts = {
+        "n_train_identities": n_train_identities,
+        "n_test_identities": n_test_identities,
+        "clips_per_identity": clips_per_identity,
+    }
     _validate(counts, seconds, size, fps, sample_rate)
     if int(seed) != seed or seed < 0:
         raise DiffheadsError(f"seed must be a non-negative whole number, got {seed}")
@@ -141,9 +145,7 @@ def make_synthetic_dataset(
     jobs = [(i, c) for i in range(n_ids) for c in range(clips_per_identity)]
     for i, c in tqdm(jobs, desc="synth", unit="clip", disable=not progress):
         rel = f"{names[i]}/clip{c:02d}"
-        clip = make_clip(
-            [seed, IDENTITY_STREAM, i], [seed, CLIP_STREAM, i, c], seconds=seconds, size=size, fps=fps, sample_rate=sample_rate
-        )
+        clip = make_clip(seed, i, c, seconds=seconds, size=size, fps=fps, sample_rate=sample_rate)
         _write_clip(root, rel, clip, fps, sample_rate)
         lists["train" if i < n_train_identities else "test"].append(f"./{rel}.mp4")
     for split, lines in lists.items():

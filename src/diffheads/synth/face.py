@@ -17,9 +17,12 @@ UPPER_SHARE = 0.15  # share of the opening taken by the upper lip rising; the ja
 SCLERA = np.array([0.93, 0.92, 0.89])
 PUPIL = np.array([0.03, 0.03, 0.04])
 HAIR_PALETTE = np.array(
-    [[0.08, 0.07, 0.06], [0.25, 0.15, 0.09], [0.45, 0.30, 0.18], [0.55, 0.22, 0.10], [0.85, 0.72, 0.45], [0.62, 0.62, 0.62]]
+    [[0.08, 0.07, 0.06], [0.25, 0.15, 0.09], [0.45, 0.30, 0.18], [0.55, 0.22, 0.10], [0.85, 0.72, 0.45],
+     [0.62, 0.62, 0.62]]
 )
-IRIS_PALETTE = np.array([[0.35, 0.20, 0.10], [0.30, 0.50, 0.75], [0.35, 0.55, 0.35], [0.50, 0.55, 0.60], [0.50, 0.40, 0.20]])
+IRIS_PALETTE = np.array(
+    [[0.35, 0.20, 0.10], [0.30, 0.50, 0.75], [0.35, 0.55, 0.35], [0.50, 0.55, 0.60], [0.50, 0.40, 0.20]]
+)
 HAIR_STYLES = ("short", "bob", "long")
 
 
@@ -50,7 +53,7 @@ class FaceIdentity:
     nose_tip: float  # nostril line below the centre / face half height
     nostril_spacing: float  # / face half width
     mouth_height: float  # lip line below the centre / face half height
-    mouth_width: float  # neutral mouth width / face width (0.40..0.45)
+    mouth_span: float  # neutral mouth width / face width (0.40..0.45)
     lip_thickness: tuple[float, float]  # upper, lower lip / face half height
 
 
@@ -70,7 +73,8 @@ def _sample_colors(rng: np.random.Generator) -> dict[str, np.ndarray]:
         skin = _color(rng, np.array([0.62, 0.42, 0.30]) + rng.uniform(0.05, 1.0) * np.array([0.36, 0.44, 0.46]), 0.03)
         if 0.47 <= luminance(skin) <= 0.9:
             break
-    lips = np.clip((1 - (m := rng.uniform(0.35, 0.6))) * skin + m * _color(rng, np.array([0.85, 0.40, 0.45]), 0.05), 0, 1)
+    red = rng.uniform(0.35, 0.6)
+    lips = np.clip((1 - red) * skin + red * _color(rng, np.array([0.85, 0.40, 0.45]), 0.05), 0, 1)
     while luminance(lips) < 0.45:
         lips = 0.8 * lips + 0.2
     while True:
@@ -79,11 +83,11 @@ def _sample_colors(rng: np.random.Generator) -> dict[str, np.ndarray]:
             break
     while True:
         background = rng.uniform(0.05, 0.95, 3)
-        if min(np.linalg.norm(background - skin), np.linalg.norm(background - hair), np.linalg.norm(background - lips)) > 0.35:
+        if min(np.linalg.norm(background - other) for other in (skin, hair, lips)) > 0.35:
             break
     interior = np.array([0.18, 0.04, 0.06]) * rng.uniform(0.4, 1.0)
     iris = _color(rng, IRIS_PALETTE[rng.integers(len(IRIS_PALETTE))], 0.05)
-    return {"skin": skin, "lips": lips, "hair": hair, "background": background, "mouth_interior": interior, "iris": iris}
+    return dict(skin=skin, lips=lips, hair=hair, background=background, mouth_interior=interior, iris=iris)
 
 
 def sample_identity(rng: np.random.Generator) -> FaceIdentity:
@@ -108,7 +112,7 @@ def sample_identity(rng: np.random.Generator) -> FaceIdentity:
         nose_tip=u(0.17, 0.21),
         nostril_spacing=u(0.08, 0.11),
         mouth_height=u(0.42, 0.47),
-        mouth_width=u(0.40, 0.45),
+        mouth_span=u(0.40, 0.45),
         lip_thickness=(u(0.06, 0.08), u(0.08, 0.1)),
         **colors,
     )
@@ -175,7 +179,7 @@ def _geometry(ident: FaceIdentity, size: int, mouth_open, mouth_width, eye_open)
     """Pixel sizes of every part for the given expression."""
     a, b = ident.face_axes[0] * size, ident.face_axes[1] * size
     opening = np.clip(mouth_open, 0, 1) * MAX_OPENING * 2 * b
-    mouth_half = ident.mouth_width * a * (0.88 + 0.24 * np.clip(mouth_width, 0, 1))
+    mouth_half = ident.mouth_span * a * (0.88 + 0.24 * np.clip(mouth_width, 0, 1))
     eye_w = ident.eye_half_width * a
     eye = np.clip(eye_open, 0, 1)
     lid_up, lid_down = ident.eye_lids[0] * eye_w * eye, ident.eye_lids[1] * eye_w * eye
@@ -202,14 +206,15 @@ def _hair_back(ident: FaceIdentity, u, v, g: _Geometry):
     return np.minimum(skull, np.maximum(np.abs(u) - 1.12 * g.a, -0.2 * g.b - v))
 
 
-def _draw(ident: FaceIdentity, size: int, g: _Geometry, u, v) -> np.ndarray:
+def _draw(ident: FaceIdentity, g: _Geometry, u, v) -> np.ndarray:
     """Paint one batch of frames given face-frame coordinates u, v of every pixel."""
     skin, hair = np.array(ident.skin), np.array(ident.hair)
     image = np.empty(u.shape + (3,), np.float32)
     image[:] = np.asarray(ident.background, np.float32)
     _paint(image, _cover(_hair_back(ident, u, v, g)), hair)
     for side in (-1, 1):
-        _paint(image, _cover(_ellipse(u - side * 0.98 * g.a, v + 0.05 * g.b, 0.13 * g.a, 0.2 * g.b, 0.2 * g.b)), 0.92 * skin)
+        ear = _ellipse(u - side * 0.98 * g.a, v + 0.05 * g.b, 0.13 * g.a, 0.2 * g.b, 0.2 * g.b)
+        _paint(image, _cover(ear), 0.92 * skin)
     face = _ellipse(u, v, g.a, g.b, g.chin)
     shade = 1.0 - 0.12 * np.clip(1.0 + face / g.a, 0, 1) ** 4
     _paint(image, _cover(face), shade[..., None] * skin.astype(np.float32))
@@ -232,7 +237,8 @@ def _draw(ident: FaceIdentity, size: int, g: _Geometry, u, v) -> np.ndarray:
         _paint(image, _span(du, dv, g.eye_w, lid - 0.12 * g.eye_w, lid + 0.03 * g.eye_w), 0.45 * hair + 0.02)
     _paint(image, _cover(_ellipse(u, v - g.nose_y + 0.04 * g.b, 0.14 * g.a, 0.08 * g.b, 0.06 * g.b)), 0.93 * skin)
     for side in (-1, 1):
-        _paint(image, _cover(_ellipse(u - side * g.nostril_x, v - g.nose_y, 0.07 * g.a, 0.035 * g.b, 0.035 * g.b)), 0.78 * skin)
+        nostril = _ellipse(u - side * g.nostril_x, v - g.nose_y, 0.07 * g.a, 0.035 * g.b, 0.035 * g.b)
+        _paint(image, _cover(nostril), 0.78 * skin)
     centre = v - g.mouth_y - (0.5 - UPPER_SHARE) * g.opening
     half_h = 0.5 * g.opening
     t_up, t_down = ident.lip_thickness[0] * g.b, ident.lip_thickness[1] * g.b
@@ -244,11 +250,13 @@ def _draw(ident: FaceIdentity, size: int, g: _Geometry, u, v) -> np.ndarray:
 
 def _landmarks(ident: FaceIdentity, g: _Geometry, n: int) -> np.ndarray:
     """The 68 points (T, 68, 2) in face-frame pixel coordinates (u right, v down)."""
-    col = lambda x: np.broadcast_to(np.asarray(x, np.float64).reshape(-1, 1), (n, 1)) if np.ndim(x) else np.full((n, 1), float(x))
+    def col(x):
+        return np.asarray(x, np.float64).reshape(-1, 1) * np.ones((n, 1))
+
     pts = np.zeros((n, 68, 2))
     theta = np.linspace(-0.18, np.pi + 0.18, 17)
     pts[:, 0:17, 0] = -g.a * np.cos(theta)
-    pts[:, 0:17, 1] = np.where(np.sin(theta) > 0, col(g.chin.reshape(-1)), g.b) * np.sin(theta)
+    pts[:, 0:17, 1] = np.where(np.sin(theta) > 0, col(g.chin), g.b) * np.sin(theta)
     for side, first in ((-1, 17), (1, 22)):
         du = np.linspace(-1, 1, 5) * g.brow_len
         pts[:, first : first + 5, 0] = side * 1.05 * g.eye_x + du
@@ -261,13 +269,13 @@ def _landmarks(ident: FaceIdentity, g: _Geometry, n: int) -> np.ndarray:
     eu = np.array([-1.0, -1 / 3, 1 / 3, 1.0, 1 / 3, -1 / 3])
     lid_sign = np.array([0.0, -1, -1, 0, 1, 1])
     arc = np.sqrt(1 - eu**2)
-    up, down = col(g.lid_up.reshape(-1)), col(g.lid_down.reshape(-1))
+    up, down = col(g.lid_up), col(g.lid_down)
     for side, first in ((-1, 36), (1, 42)):
         pts[:, first : first + 6, 0] = side * g.eye_x + eu * g.eye_w
         pts[:, first : first + 6, 1] = g.eye_y + arc * np.where(lid_sign < 0, -up, down) * np.abs(lid_sign)
-    half_h = col(0.5 * g.opening.reshape(-1))
-    centre = g.mouth_y + (0.5 - UPPER_SHARE) * col(g.opening.reshape(-1))
-    outer = col(g.mouth_half.reshape(-1))
+    half_h = col(0.5 * g.opening)
+    centre = g.mouth_y + (0.5 - UPPER_SHARE) * col(g.opening)
+    outer = col(g.mouth_half)
     ou = np.array([-1.0, -0.6, -0.25, 0, 0.25, 0.6, 1.0, 0.6, 0.25, 0, -0.25, -0.6])
     o_sign = np.array([0, -1, -1, -1, -1, -1, 0, 1, 1, 1, 1, 1])
     o_thick = np.where(o_sign < 0, ident.lip_thickness[0] * g.b, ident.lip_thickness[1] * g.b)
@@ -289,7 +297,9 @@ def render_faces(
     head: np.ndarray,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Render T frames: uint8 (T, size, size, 3) and float32 landmarks (T, 68, 2); head is (T, 3) of (dx, dy, roll)."""
-    mouth_open, mouth_width, eye_open = (np.asarray(x, np.float32).reshape(-1) for x in (mouth_open, mouth_width, eye_open))
+    mouth_open, mouth_width, eye_open = (
+        np.asarray(x, np.float32).reshape(-1) for x in (mouth_open, mouth_width, eye_open)
+    )
     head = np.asarray(head, np.float32).reshape(-1, 3)
     n = len(mouth_open)
     frames = np.empty((n, size, size, 3), np.uint8)
@@ -304,7 +314,7 @@ def render_faces(
         cos, sin = _column(np.cos(head[sl, 2])), _column(np.sin(head[sl, 2]))
         x, y = grid[None, None, :] - cx, grid[None, :, None] - cy
         u, v = cos * x + sin * y, cos * y - sin * x
-        image = _draw(identity, size, g, u, v)
+        image = _draw(identity, g, u, v)
         frames[sl] = np.clip(np.rint(image * 255), 0, 255).astype(np.uint8)
         local = _landmarks(identity, g, sl.stop - sl.start)
         c, s = cos[:, :, 0], sin[:, :, 0]
@@ -321,6 +331,6 @@ def render_face(
     eye_open: float = 1.0,
     head: tuple[float, float, float] = (0.0, 0.0, 0.0),
 ) -> tuple[np.ndarray, np.ndarray]:
-    """One frame: uint8 (size, size, 3) and landmarks (68, 2) in pixel (x, y); head = (dx, dy) / size and roll in radians."""
+    """One frame: uint8 (size, size, 3) and landmarks (68, 2) pixel (x, y); head = (dx, dy) / size, roll (rad)."""
     frames, landmarks = render_faces(identity, size, [mouth_open], [mouth_width], [eye_open], [head])
     return frames[0], landmarks[0]

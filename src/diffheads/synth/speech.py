@@ -8,7 +8,9 @@ import numpy as np
 
 # (F1, F2, F3) in Hz of a typical adult voice, and how far each vowel opens the mouth and spreads the lips
 VOWELS = ("a", "e", "i", "o", "u")
-FORMANTS = np.array([[730, 1090, 2440], [530, 1840, 2480], [290, 2250, 3000], [570, 840, 2410], [320, 870, 2240]], float)
+FORMANTS = np.array(
+    [[730, 1090, 2440], [530, 1840, 2480], [290, 2250, 3000], [570, 840, 2410], [320, 870, 2240]], float
+)
 BANDWIDTHS = np.array([90.0, 110.0, 170.0])
 VOWEL_OPENING = np.array([1.0, 0.75, 0.5, 0.8, 0.55])
 VOWEL_WIDTH = np.array([0.6, 0.8, 0.95, 0.3, 0.15])
@@ -48,7 +50,8 @@ def sample_voice(rng: np.random.Generator) -> Voice:
 def _pitch_contour(rng: np.random.Generator, voice: Voice, n: int, sample_rate: int) -> np.ndarray:
     """Smooth f0 per sample: slow random wander and a falling declination, kept in 85..260 Hz."""
     t = np.arange(n) / sample_rate
-    wander = sum(rng.uniform(0.03, 0.08) * np.sin(2 * np.pi * rng.uniform(0.3, 2.5) * t + rng.uniform(0, 2 * np.pi)) for _ in range(3))
+    depth, rate, phase = rng.uniform(0.03, 0.08, 3), rng.uniform(0.3, 2.5, 3), rng.uniform(0, 2 * np.pi, 3)
+    wander = depth @ np.sin(2 * np.pi * rate[:, None] * t + phase[:, None])
     declination = -0.08 * (t / max(t[-1], 1e-6))
     return np.clip(voice.pitch_hz * np.exp(wander + declination), 85.0, 260.0)
 
@@ -97,7 +100,8 @@ def _vowel(f0: np.ndarray, phase: np.ndarray, formants: np.ndarray, sample_rate:
     k = np.arange(1, int(min(5000.0, 0.45 * sample_rate) / mean_f0) + 1)
     f = k * mean_f0
     # magnitude of a cascade of 2-pole resonators at each harmonic, on a 1/k (sawtooth) source
-    gain = np.prod(formants[:, None] ** 2 / np.sqrt((formants[:, None] ** 2 - f**2) ** 2 + (BANDWIDTHS[:, None] * f) ** 2), 0)
+    centre, width = formants[:, None], BANDWIDTHS[:, None]
+    gain = np.prod(centre**2 / np.sqrt((centre**2 - f**2) ** 2 + (width * f) ** 2), axis=0)
     amp = gain / k
     amp /= np.sqrt(0.5 * np.sum(amp**2))
     return amp @ np.sin(np.outer(k, phase))
