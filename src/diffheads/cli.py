@@ -47,6 +47,7 @@ def cmd_synth(args: argparse.Namespace) -> dict:
         n_train_identities=args.train_identities,
         n_test_identities=args.test_identities,
         clips_per_identity=args.clips_per_identity,
+        test_clips_per_identity=args.test_clips_per_identity,
         seconds=args.seconds,
         size=args.size,
         seed=args.seed,
@@ -131,6 +132,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--train-identities", type=int, default=8)
     p.add_argument("--test-identities", type=int, default=2)
     p.add_argument("--clips-per-identity", type=int, default=4)
+    p.add_argument("--test-clips-per-identity", type=int, help="clips per held-out identity (default: as train)")
     p.add_argument("--seconds", type=float, default=4.0, help="length of each clip")
     p.add_argument("--size", type=int, default=64, help="frame side in pixels")
     p.add_argument("--seed", type=int, default=0)

@@ -36,6 +36,13 @@ class AudioCondition(str, enum.Enum):
     ATTENTION = "attention"  # cross-attention from features to the audio vectors
 
 
+class TimeFrequencies(str, enum.Enum):
+    """Frequencies of the sinusoidal timestep features."""
+
+    REFERENCE = "reference"  # 10000^(-i / 2C): the reference's (needed for its weights)
+    STANDARD = "standard"  # 10000^(-i / (C/2)): DDPM / guided-diffusion, spans all 1000 steps
+
+
 class Prediction(str, enum.Enum):
     """What the mean half of the network output predicts."""
 
@@ -79,6 +86,7 @@ class ModelConfig:
     audio_dim: int | None = None  # width of one audio embedding row; null: taken from the embeddings
     id_condition_type: IdCondition = IdCondition.FRAME
     audio_condition_type: AudioCondition = AudioCondition.DOUBLE_PRE_GN
+    time_frequencies: TimeFrequencies = TimeFrequencies.REFERENCE
 
     @property
     def motion_channels(self) -> int:

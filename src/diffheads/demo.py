@@ -28,11 +28,14 @@ class DemoData:
     n_train_identities: int = 6
     n_test_identities: int = 3
     clips_per_identity: int = 6
+    test_clips_per_identity: int = 2
     seconds: float = 4.0
     seed: int = 0
 
 
-QUICK_DATA = DemoData(n_train_identities=2, n_test_identities=1, clips_per_identity=1, seconds=1.0)
+QUICK_DATA = DemoData(
+    n_train_identities=2, n_test_identities=1, clips_per_identity=1, test_clips_per_identity=1, seconds=1.0
+)
 QUICK_OVERRIDES = [
     "trainer.max_steps=3",
     "trainer.max_epochs=1",
@@ -120,6 +123,7 @@ def run_demo(
         n_train_identities=data.n_train_identities,
         n_test_identities=data.n_test_identities,
         clips_per_identity=data.clips_per_identity,
+        test_clips_per_identity=data.test_clips_per_identity,
         seconds=data.seconds,
         size=size,
         seed=data.seed,

@@ -8,15 +8,20 @@ import torch
 from torch import nn
 
 
-def timestep_features(t: torch.Tensor, channels: int, max_period: float = 10000.0) -> torch.Tensor:
+def timestep_features(
+    t: torch.Tensor, channels: int, max_period: float = 10000.0, standard: bool = False
+) -> torch.Tensor:
     """Sinusoidal features [cos(t w_i) | sin(t w_i)], w_i = max_period^(-i / 2C), as the reference (float32).
 
-    The divisor is 2C (not C/2 as in guided-diffusion), so the frequencies span 1 .. 10000^(-(C/2-1)/2C).
-    The float32 order of the reference is kept: integer index times -ln(max_period), divided by 2C, exp.
+    The reference divides by 2C (not C/2 as guided-diffusion), so its frequencies only span
+    1 .. 10000^(-(C/2-1)/2C) ~ 0.1: every feature has a period under ~63 steps, and a small network
+    struggles to tell t = 300 from t = 900. `standard=True` divides by C/2 (Vaswani et al. 2017;
+    DDPM), reaching 1/max_period. The float32 order of the reference is kept: integer index times
+    -ln(max_period), divided by the divisor, exp.
     """
     half = channels // 2
     index = torch.arange(half, device=t.device)
-    freqs = torch.exp(index * -math.log(max_period) / (2 * channels))
+    freqs = torch.exp(index * -math.log(max_period) / (half if standard else 2 * channels))
     args = t.to(torch.float32)[:, None] * freqs[None]
     return torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
 
@@ -24,11 +29,12 @@ def timestep_features(t: torch.Tensor, channels: int, max_period: float = 10000.
 class TimestepEmbedding(nn.Module):
     """Timestep features of width C, then Linear(C, 4C), SiLU, Linear(4C, 4C) (reference `time_embed`)."""
 
-    def __init__(self, channels: int) -> None:
+    def __init__(self, channels: int, standard: bool = False) -> None:
         super().__init__()
         if channels % 2:
             raise ValueError(f"timestep embedding width must be even, got {channels}")
         self.channels = channels
+        self.standard = standard
         self.fc = nn.Sequential(
             nn.Linear(channels, 4 * channels),
             nn.SiLU(),
@@ -37,7 +43,7 @@ class TimestepEmbedding(nn.Module):
 
     def forward(self, t: torch.Tensor) -> torch.Tensor:
         """(B,) timesteps (int or float, original unspaced values) -> (B, 4C)."""
-        features = timestep_features(t, self.channels)
+        features = timestep_features(t, self.channels, standard=self.standard)
         return self.fc(features.to(self.fc[0].weight.dtype))
 
 

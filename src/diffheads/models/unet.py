@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from diffheads.conditioning import Conditioning
-from diffheads.config import AudioCondition, IdCondition, ModelConfig
+from diffheads.config import AudioCondition, IdCondition, ModelConfig, TimeFrequencies
 from diffheads.errors import DiffheadsError
 from diffheads.models.blocks import (
     AttentionBlock,
@@ -99,7 +99,7 @@ class UNet(nn.Module):
         if self.id_condition is IdCondition.FRAME:
             self.in_channels += cfg.in_channels
 
-        self.time_embed = TimestepEmbedding(c)
+        self.time_embed = TimestepEmbedding(c, standard=cfg.time_frequencies is TimeFrequencies.STANDARD)
         if self.audio_condition is AudioCondition.ATTENTION:
             self.audio_embed: nn.Module = AudioTokenEmbedding(cfg.audio_window_len, self.audio_dim, emb_dim)
         else:

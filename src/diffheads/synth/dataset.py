@@ -122,6 +122,7 @@ def make_synthetic_dataset(
     n_train_identities: int = 8,  # identities whose clips go to file_list_train.txt
     n_test_identities: int = 2,  # held-out identities, only in file_list_test.txt
     clips_per_identity: int = 4,  # clips (different speech) per identity
+    test_clips_per_identity: int | None = None,  # clips per held-out identity; None: clips_per_identity
     seconds: float = 4.0,  # clip length, rounded to whole frames
     size: int = 32,  # frame width and height in pixels (even)
     seed: int = 0,  # everything is a function of this seed
@@ -134,6 +135,7 @@ def make_synthetic_dataset(
         "n_train_identities": n_train_identities,
         "n_test_identities": n_test_identities,
         "clips_per_identity": clips_per_identity,
+        "test_clips_per_identity": clips_per_identity if test_clips_per_identity is None else test_clips_per_identity,
     }
     _validate(counts, seconds, size, fps, sample_rate)
     if int(seed) != seed or seed < 0:
@@ -142,7 +144,8 @@ def make_synthetic_dataset(
     n_ids = n_train_identities + n_test_identities
     names = [f"id{i:03d}" for i in range(n_ids)]
     lists: dict[str, list[str]] = {"train": [], "test": []}
-    jobs = [(i, c) for i in range(n_ids) for c in range(clips_per_identity)]
+    per_identity = [clips_per_identity] * n_train_identities + [counts["test_clips_per_identity"]] * n_test_identities
+    jobs = [(i, c) for i in range(n_ids) for c in range(per_identity[i])]
     for i, c in tqdm(jobs, desc="synth", unit="clip", disable=not progress):
         rel = f"{names[i]}/clip{c:02d}"
         clip = make_clip(seed, i, c, seconds=seconds, size=size, fps=fps, sample_rate=sample_rate)
