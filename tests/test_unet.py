@@ -312,3 +312,29 @@ def test_attention_matches_legacy_formula(channels, heads):
             permuted.qkv.weight.copy_(block.qkv.weight[order])
             permuted.qkv.bias.copy_(block.qkv.bias[order])
             assert (permuted(x) - legacy_attention(block, x)).abs().max() > 1e-3
+
+
+def test_standard_time_frequencies_span_all_steps():
+    """time_frequencies=standard: w_i = 10000^(-i/(C/2)) (DDPM), checked against numpy in float64."""
+    from diffheads.models.embeddings import timestep_features
+
+    c = 32
+    t = torch.tensor([0, 7, 999])
+    got = timestep_features(t, c, standard=True).double().numpy()
+    w = 10000.0 ** (-np.arange(c // 2) / (c // 2))
+    args = t.numpy()[:, None].astype(np.float64) * w[None]
+    np.testing.assert_allclose(got, np.concatenate([np.cos(args), np.sin(args)], axis=1), atol=2e-4)
+    assert w[-1] < 2e-4  # the slowest feature changes little over 1000 steps
+
+
+def test_norm_groups_option():
+    """model.norm_groups sets every GroupNorm; widths must divide by it (reference: 32)."""
+    from diffheads.errors import DiffheadsError
+    from diffheads.models.unet import UNet
+
+    cfg = ModelConfig(image_size=16, model_channels=32, channel_mult=[1, 2], num_res_blocks=1,
+                      attention_resolutions=[8], num_head_channels=32, norm_groups=8)
+    norms = [m for m in UNet(cfg).modules() if isinstance(m, torch.nn.GroupNorm)]
+    assert norms and all(m.num_groups == 8 for m in norms)
+    with pytest.raises(DiffheadsError, match="multiple of model.norm_groups"):
+        UNet(dataclasses.replace(cfg, norm_groups=24))

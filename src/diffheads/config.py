@@ -87,6 +87,7 @@ class ModelConfig:
     id_condition_type: IdCondition = IdCondition.FRAME
     audio_condition_type: AudioCondition = AudioCondition.DOUBLE_PRE_GN
     time_frequencies: TimeFrequencies = TimeFrequencies.REFERENCE
+    norm_groups: int = 32  # GroupNorm groups; with 32 channels, 32 groups is a per-channel norm that drops colour offsets
 
     @property
     def motion_channels(self) -> int:

@@ -61,10 +61,10 @@ class AttentionBlock(nn.Module):
     whose kernels accumulate the softmax in float32.
     """
 
-    def __init__(self, channels: int, num_heads: int) -> None:
+    def __init__(self, channels: int, num_heads: int, norm_groups: int = 32) -> None:
         super().__init__()
         self.num_heads = num_heads
-        self.norm = nn.GroupNorm(32, channels)
+        self.norm = nn.GroupNorm(norm_groups, channels)
         self.qkv = nn.Conv1d(channels, 3 * channels, 1)
         self.proj_out = zero_init(nn.Conv1d(channels, channels, 1))
 
@@ -88,10 +88,10 @@ class AudioCrossAttention(nn.Module):
     tokens (B, 2k+1, E) to 2C channels, laid out [k | v], each head-major. Output projection zero-initialised.
     """
 
-    def __init__(self, channels: int, context_dim: int, num_heads: int) -> None:
+    def __init__(self, channels: int, context_dim: int, num_heads: int, norm_groups: int = 32) -> None:
         super().__init__()
         self.num_heads = num_heads
-        self.norm = nn.GroupNorm(32, channels)
+        self.norm = nn.GroupNorm(norm_groups, channels)
         self.q = nn.Conv1d(channels, channels, 1)
         self.kv = nn.Linear(context_dim, 2 * channels)
         self.proj_out = zero_init(nn.Conv1d(channels, channels, 1))
@@ -134,13 +134,14 @@ class CondResBlock(nn.Module):
         audio_condition: AudioCondition = AudioCondition.DOUBLE_PRE_GN,
         id_condition: IdCondition = IdCondition.FRAME,
         num_heads: int = 1,  # heads of the audio cross-attention (audio attention variant only)
+        norm_groups: int = 32,  # GroupNorm groups (the reference's 32)
     ) -> None:
         super().__init__()
         out_channels = out_channels or channels
         self.audio_condition = AudioCondition(audio_condition)
         self.id_condition = IdCondition(id_condition)
         self.in_layers = nn.Sequential(
-            nn.GroupNorm(32, channels),
+            nn.GroupNorm(norm_groups, channels),
             nn.SiLU(),
             nn.Conv2d(channels, out_channels, 3, padding=1),
         )
@@ -158,14 +159,14 @@ class CondResBlock(nn.Module):
         if self.id_condition is IdCondition.POST_GN:
             self.id_emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, out_channels))
         self.out_layers = nn.Sequential(
-            nn.GroupNorm(32, out_channels),
+            nn.GroupNorm(norm_groups, out_channels),
             nn.SiLU(),
             nn.Dropout(p=dropout),
             zero_init(nn.Conv2d(out_channels, out_channels, 3, padding=1)),
         )
         self.skip_connection = nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
         if self.audio_condition is AudioCondition.ATTENTION:
-            self.audio_attn = AudioCrossAttention(out_channels, emb_dim, num_heads)
+            self.audio_attn = AudioCrossAttention(out_channels, emb_dim, num_heads, norm_groups)
 
     def forward(self, x: torch.Tensor, emb: BlockEmbeddings) -> torch.Tensor:
         """(B, C_in, H, W) -> (B, C_out, H', W')."""

@@ -80,14 +80,14 @@ class IdentityEncoder(nn.Module):
     then GroupNorm, SiLU, global average pooling and a Linear projection.
     """
 
-    def __init__(self, in_channels: int, widths: list[int], emb_dim: int) -> None:
+    def __init__(self, in_channels: int, widths: list[int], emb_dim: int, norm_groups: int = 32) -> None:
         super().__init__()
         self.stem = nn.Conv2d(in_channels, widths[0], 3, padding=1)
         self.down = nn.ModuleList(
-            nn.Sequential(nn.GroupNorm(32, a), nn.SiLU(), nn.Conv2d(a, b, 3, stride=2, padding=1))
+            nn.Sequential(nn.GroupNorm(norm_groups, a), nn.SiLU(), nn.Conv2d(a, b, 3, stride=2, padding=1))
             for a, b in zip(widths[:-1], widths[1:])
         )
-        self.norm = nn.GroupNorm(32, widths[-1])
+        self.norm = nn.GroupNorm(norm_groups, widths[-1])
         self.proj = nn.Linear(widths[-1], emb_dim)
 
     def forward(self, identity_frame: torch.Tensor) -> torch.Tensor:

@@ -27,10 +27,10 @@ def count_parameters(model: nn.Module) -> int:
 def _check(cfg: ModelConfig) -> None:
     """Reject widths and sizes the network cannot be built with, naming the config key."""
     widths = [cfg.model_channels * m for m in cfg.channel_mult]
-    if any(w % 32 for w in widths):
+    if cfg.norm_groups < 1 or any(w % cfg.norm_groups for w in widths):
         raise DiffheadsError(
             f"model.model_channels * model.channel_mult gives widths {widths}; "
-            "each must be a multiple of 32 (GroupNorm(32))"
+            f"each must be a multiple of model.norm_groups ({cfg.norm_groups})"
         )
     if cfg.image_size % 2 ** (len(widths) - 1):
         raise DiffheadsError(
@@ -87,6 +87,7 @@ class UNet(nn.Module):
                 audio_condition=self.audio_condition,
                 id_condition=self.id_condition,
                 num_heads=cross_heads(out_ch),
+                norm_groups=cfg.norm_groups,
                 **updown,
             )
 
@@ -105,7 +106,8 @@ class UNet(nn.Module):
         else:
             self.audio_embed = audio_mlp(cfg.audio_window_len, self.audio_dim, emb_dim)
         if self.id_condition is not IdCondition.FRAME:
-            self.id_encoder = IdentityEncoder(cfg.in_channels, [c * m for m in cfg.channel_mult], emb_dim)
+            widths = [c * m for m in cfg.channel_mult]
+            self.id_encoder = IdentityEncoder(cfg.in_channels, widths, emb_dim, cfg.norm_groups)
 
         ch = c * cfg.channel_mult[0]
         self.input_blocks = nn.ModuleList([EmbedSequential(nn.Conv2d(self.in_channels, ch, 3, padding=1))])
@@ -116,7 +118,7 @@ class UNet(nn.Module):
                 layers: list[nn.Module] = [res_block(ch, c * mult)]
                 ch = c * mult
                 if ds in attention_factors:
-                    layers.append(AttentionBlock(ch, heads(ch)))
+                    layers.append(AttentionBlock(ch, heads(ch), cfg.norm_groups))
                 self.input_blocks.append(EmbedSequential(*layers))
                 skip_widths.append(ch)
             if level != len(cfg.channel_mult) - 1:
@@ -124,7 +126,9 @@ class UNet(nn.Module):
                 skip_widths.append(ch)
                 ds *= 2
 
-        self.middle_block = EmbedSequential(res_block(ch, ch), AttentionBlock(ch, heads(ch)), res_block(ch, ch))
+        self.middle_block = EmbedSequential(
+            res_block(ch, ch), AttentionBlock(ch, heads(ch), cfg.norm_groups), res_block(ch, ch)
+        )
 
         self.output_blocks = nn.ModuleList()
         for level, mult in reversed(list(enumerate(cfg.channel_mult))):
@@ -132,14 +136,14 @@ class UNet(nn.Module):
                 layers = [res_block(ch + skip_widths.pop(), c * mult)]
                 ch = c * mult
                 if ds in attention_factors:
-                    layers.append(AttentionBlock(ch, heads(ch)))
+                    layers.append(AttentionBlock(ch, heads(ch), cfg.norm_groups))
                 if level and i == cfg.num_res_blocks:
                     layers.append(resample(ch, up=True))
                     ds //= 2
                 self.output_blocks.append(EmbedSequential(*layers))
 
         self.out = nn.Sequential(
-            nn.GroupNorm(32, ch),
+            nn.GroupNorm(cfg.norm_groups, ch),
             nn.SiLU(),
             zero_init(nn.Conv2d(ch, cfg.out_channels, 3, padding=1)),
         )
