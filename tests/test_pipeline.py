@@ -91,7 +91,7 @@ def test_swa_and_bf16_precision_run(trained, tmp_path):
     res = run_cli("train", "configs/demo.yaml", f"data.root={trained['data']}", f"trainer.out_dir={run}",
                   *[o for o in TINY if not o.startswith(("trainer.max_steps", "trainer.sample"))],
                   "trainer.max_steps=-1", "optim.swa=true", "trainer.precision=bf16-mixed")
-    assert res["steps"] == 2 * 6  # 2 epochs of 6 clips x 4 examples / batch 4
+    assert res["steps"] == 2 * 4  # 2 epochs of 4 training clips x 4 examples / batch 4
     assert load_model(run / "model.ckpt").cfg.trainer.precision == "bf16-mixed"
 
 
@@ -157,7 +157,8 @@ def test_animate_any_audio_format(trained, tmp_path):
     res = run_cli("animate", "--checkpoint", str(trained["model"]), "--image", str(tmp_path / "face.png"),
                   "--audio", str(tmp_path / "voice.m4a"), "--output", str(out), "--steps", "2", "--quiet")
     frames, fps = read_video(out)
-    assert res["output"] == str(out) and len(frames) == 15 and frames.shape[1:] == (16, 16, 3)
+    # 0.6 s -> 15 frames; AAC priming may add up to a frame of decoded duration
+    assert res["output"] == str(out) and len(frames) in (15, 16) and frames.shape[1:] == (16, 16, 3)
     with av.open(str(out)) as c:
         assert len(c.streams.audio) == 1 and c.streams.audio[0].rate == 16000
     # a wav at 16 kHz and a video as the identity source work too

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import sys
 from collections.abc import Sequence
@@ -63,11 +64,13 @@ def cmd_embed(args: argparse.Namespace) -> dict:
     return embed_dataset(args.data, args.out, encoder, overwrite=args.overwrite, progress=not args.quiet)
 
 
-def cmd_train(args: argparse.Namespace) -> dict:
+def cmd_train(args: argparse.Namespace) -> dict | None:
     from diffheads.config import load_config
     from diffheads.training.train import train
 
     result = train(load_config(args.config, args.overrides))
+    if result.global_rank != 0:
+        return None
     return {
         "out_dir": str(result.out_dir),
         "model": str(result.model_path),
@@ -188,7 +191,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `diffheads` console script."""
     args = build_parser().parse_args(argv)
     try:
-        result = args.func(args)
+        # progress bars and library chatter go to stderr; stdout carries only the JSON result
+        with contextlib.redirect_stdout(sys.stderr):
+            result = args.func(args)
     except DiffheadsError as exc:
         print(f"diffheads {args.command}: error: {exc}", file=sys.stderr)
         return 2

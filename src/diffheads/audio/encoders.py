@@ -28,8 +28,8 @@ class AudioEncoder(Protocol):
 
 
 def frames_in_audio(n_samples: int, sample_rate: int = SAMPLE_RATE, fps: float = FPS) -> int:
-    """Number of whole video frames the audio covers (at least 1)."""
-    return max(1, int(round(n_samples * fps / sample_rate)))
+    """Video frames for this much audio, rounding half a frame up (at least 1)."""
+    return max(1, int(n_samples * fps / sample_rate + 0.5))
 
 
 def hz_to_mel(f: np.ndarray | float) -> np.ndarray:

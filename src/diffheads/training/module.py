@@ -56,7 +56,9 @@ class DiffusionModule(L.LightningModule):
         self.log("loss", losses["loss"].detach(), prog_bar=True, batch_size=bs, logger=False)
         return losses["loss"]
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
+        # EMA right after the weight update, so checkpoints written in the same step include it
+        super().optimizer_step(*args, **kwargs)
         if self.ema_unet is None:
             return
         decay = self.cfg.optim.ema_decay

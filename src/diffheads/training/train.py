@@ -33,6 +33,7 @@ class TrainResult:
     last_checkpoint: Path | None
     steps: int
     final_loss: float | None
+    global_rank: int = 0  # DDP: only rank 0 reports
 
 
 def resolve_config(cfg: RunConfig) -> tuple[RunConfig, dict[str, Any]]:
@@ -137,4 +138,5 @@ def train(cfg: RunConfig) -> TrainResult:
         last_checkpoint=last if last.is_file() else None,
         steps=int(trainer.global_step),
         final_loss=float(loss) if loss is not None else None,
+        global_rank=trainer.global_rank,
     )
