@@ -25,9 +25,9 @@ PRESETS = Path(__file__).resolve().parent / "configs"
 class DemoData:
     """Size of the synthetic dataset the demo makes."""
 
-    n_train_identities: int = 6
+    n_train_identities: int = 30  # many identities: the network must copy the face, not memorise it
     n_test_identities: int = 3
-    clips_per_identity: int = 6
+    clips_per_identity: int = 2
     test_clips_per_identity: int = 2
     seconds: float = 4.0
     seed: int = 0
