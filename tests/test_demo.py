@@ -7,13 +7,15 @@ import json
 import numpy as np
 import pytest
 
-from diffheads.demo import lip_sync_summary, run_demo
+from diffheads.cli import main
+from diffheads.demo import lip_sync_summary
 from diffheads.demo_check import check_report, main as check_main
 
 
-def test_quick_demo_writes_every_artefact(tmp_path):
-    report = run_demo(tmp_path / "demo", quick=True)
+def test_quick_demo_writes_every_artefact(tmp_path, capsys):
     out = tmp_path / "demo"
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    report = json.loads(capsys.readouterr().out)
     for key in ("lip_sync_r", "control_lip_sync_r", "n_clips", "train_seconds", "sample_seconds"):
         assert key in report
     assert report["n_clips"] == 1 and report["train_steps"] == 3

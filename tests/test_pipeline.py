@@ -177,6 +177,8 @@ def test_animate_any_audio_format(trained, tmp_path):
         (["animate", "--checkpoint", "missing.ckpt", "--image", "x.png", "--audio", "a.wav", "--output", "o.mp4"],
          "checkpoint missing.ckpt not found"),
         (["embed", "/nonexistent/data"], "file list"),
+        (["synth", "/tmp/never", "--size", "33"], "size must be an even number"),
+        (["generate", "--checkpoint", "nope.ckpt", "--data", "d", "--out", "o"], "checkpoint nope.ckpt not found"),
     ],
 )
 def test_bad_input_gives_one_line_error(args, message, capsys):

@@ -22,7 +22,9 @@ def _pyplot():  # noqa: ANN202
     return plt
 
 
-def contact_sheet(path: Path, layout: DataLayout, videos: dict[str, Path], n_cols: int = 10, max_clips: int = 4) -> Path:
+def contact_sheet(
+    path: Path, layout: DataLayout, videos: dict[str, Path], n_cols: int = 10, max_clips: int = 6
+) -> Path:
     """PNG grid: for each clip a row of true frames above a row of generated frames, upscaled to >= 96 px."""
     from diffheads.io.video import read_video
 
@@ -51,7 +53,7 @@ def _zscore(x: np.ndarray) -> np.ndarray:
     return (x - x.mean()) / std if std > 0 else x - x.mean()
 
 
-def opening_plot(path: Path, measures: dict[str, dict[str, Any]], max_clips: int = 4) -> Path:
+def opening_plot(path: Path, measures: dict[str, dict[str, Any]], max_clips: int = 6) -> Path:
     """Mouth opening over time, true vs measured on generated frames (z-scored), one panel per clip."""
     plt = _pyplot()
     ids = sorted(measures)[:max_clips]
