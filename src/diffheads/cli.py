@@ -4,20 +4,18 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import sys
 from collections.abc import Sequence
 
+from diffheads.config import SampleConfig, Solver
 from diffheads.errors import DiffheadsError
 
 
-def _sample_overrides(args: argparse.Namespace, base):  # noqa: ANN001, ANN202
+def _sample_overrides(args: argparse.Namespace, base: SampleConfig) -> SampleConfig:
     """SampleConfig from a base one and the sampling flags."""
-    import dataclasses
-
-    from diffheads.config import Solver
-
-    changes = {}
+    changes: dict[str, object] = {}
     if args.steps is not None:
         changes["steps"] = args.steps
     if args.solver is not None:
@@ -84,12 +82,12 @@ def cmd_generate(args: argparse.Namespace) -> dict:
     from diffheads.checkpoint import load_model
     from diffheads.generate import generate_test_set
 
-    base = load_model(args.checkpoint).cfg.sample
+    model = load_model(args.checkpoint, args.device)
     result = generate_test_set(
-        args.checkpoint,
+        model,
         args.data,
         args.out,
-        sample=_sample_overrides(args, base),
+        sample=_sample_overrides(args, model.cfg.sample),
         embeddings=args.embeddings,
         split=args.split,
         skip_existing=not args.overwrite,
@@ -104,14 +102,14 @@ def cmd_animate(args: argparse.Namespace) -> dict:
     from diffheads.checkpoint import load_model
     from diffheads.generate import animate
 
-    base = load_model(args.checkpoint).cfg.sample
+    model = load_model(args.checkpoint, args.device)
     out = animate(
-        args.checkpoint,
+        model,
         args.audio,
         args.output,
         image=args.image,
         video=args.video,
-        sample=_sample_overrides(args, base),
+        sample=_sample_overrides(args, model.cfg.sample),
         seed=args.seed,
         device=args.device,
         progress=not args.quiet,

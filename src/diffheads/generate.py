@@ -29,8 +29,7 @@ def to_uint8(frames: torch.Tensor) -> np.ndarray:
 
 def sampling_process(model: LoadedModel, sample: SampleConfig) -> GaussianDiffusion:
     """The model's diffusion process respaced to `sample.steps`."""
-    full = GaussianDiffusion.from_config(model.cfg.diffusion)
-    return full.respace(sample.steps) if sample.steps < full.n_steps else full
+    return GaussianDiffusion.from_config(model.cfg.diffusion).with_steps(sample.steps)
 
 
 def sample_clips(
@@ -65,8 +64,16 @@ class GenerateResult:
     skipped: list[Path]
 
 
+def _model(checkpoint: str | Path | LoadedModel, device: str) -> LoadedModel:
+    """A loaded model, moved to `device`."""
+    if isinstance(checkpoint, LoadedModel):
+        checkpoint.unet.to(device)
+        return checkpoint
+    return load_model(checkpoint, device)
+
+
 def generate_test_set(
-    checkpoint: str | Path,
+    checkpoint: str | Path | LoadedModel,
     data_root: str | Path,
     out_dir: str | Path,
     sample: SampleConfig | None = None,
@@ -78,14 +85,14 @@ def generate_test_set(
     progress: bool = True,
 ) -> GenerateResult:
     """One mp4 (with its audio) per clip of the split, batched, trimmed back to each clip's length."""
-    model = load_model(checkpoint, device)
+    model = _model(checkpoint, device)
     sample = sample or model.cfg.sample
     data_cfg = dataclasses.replace(model.cfg.data, root=str(data_root), embeddings=str(embeddings or ""))
     clips = SplitClips(data_cfg, model.cfg.model, split)
     out_dir = Path(out_dir)
     targets = [out_dir / f"{cid}.mp4" for cid in clips.ids]
     todo = [i for i, p in enumerate(targets) if not (skip_existing and p.is_file())]
-    skipped = [targets[i] for i in range(len(targets)) if i not in set(todo)]
+    skipped = [p for p in targets if skip_existing and p.is_file()]
     written: list[Path] = []
     for start in range(0, len(todo), sample.batch_size):
         batch = [clips[i] for i in todo[start : start + sample.batch_size]]
@@ -127,7 +134,7 @@ def load_identity_frame(image: str | Path | None, video: str | Path | None, size
 
 
 def animate(
-    checkpoint: str | Path,
+    checkpoint: str | Path | LoadedModel,
     audio: str | Path,
     output: str | Path,
     image: str | Path | None = None,
@@ -138,7 +145,7 @@ def animate(
     progress: bool = True,
 ) -> Path:
     """Make the face of `image` (or of the first frame of `video`) speak `audio`; writes an mp4 with the audio."""
-    model = load_model(checkpoint, device)
+    model = _model(checkpoint, device)
     sample = sample or model.cfg.sample
     if not model.audio_encoder:
         raise DiffheadsError(f"{checkpoint} does not record its audio encoder; retrain or re-export it with diffheads")

@@ -79,6 +79,10 @@ class GaussianDiffusion:
         """The same process restricted to `n_steps` evenly spaced steps."""
         return GaussianDiffusion(self.schedule.respace(n_steps), self.cfg)
 
+    def with_steps(self, n_steps: int) -> "GaussianDiffusion":
+        """This process respaced to `n_steps` (itself when that keeps every step)."""
+        return self if n_steps >= self.n_steps else self.respace(n_steps)
+
     @property
     def n_steps(self) -> int:
         """Number of positions of this process."""

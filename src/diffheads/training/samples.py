@@ -32,9 +32,7 @@ class SampleVideos(L.Callback):
         clip = self.data.clip(0)
         n = min(self.n_frames, clip.n)
         sample = dataclasses.replace(self.cfg.sample, max_frames=n)
-        process = GaussianDiffusion.from_config(self.cfg.diffusion)
-        if sample.steps < process.n_steps:
-            process = process.respace(sample.steps)
+        process = GaussianDiffusion.from_config(self.cfg.diffusion).with_steps(sample.steps)
         net = pl_module.sampling_network()
         was_training = net.training
         net.eval()
