@@ -25,6 +25,10 @@ def test_quick_demo_writes_every_artefact(tmp_path, capsys):
     assert len(list((out / "videos").rglob("*.mp4"))) == 1
     # the measurement itself works: on real frames it tracks the true opening closely
     assert report["lip_sync_r_real_frames"] > 0.95
+    # a second run into the same folder starts clean (no stale checkpoints or embeddings)
+    (out / "train" / "checkpoints" / "stale.ckpt").write_bytes(b"x")
+    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    assert not (out / "train" / "checkpoints" / "stale.ckpt").exists()
 
 
 def test_summary_pools_clips_and_control_is_a_mismatch():

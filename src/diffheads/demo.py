@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import platform
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -111,6 +112,8 @@ def run_demo(
     from diffheads.training.train import train
 
     out = Path(out)
+    for stale in ("data", "train", "videos"):  # the demo owns these; old clips or embeddings would leak in
+        shutil.rmtree(out / stale, ignore_errors=True)
     data = data or (QUICK_DATA if quick else DemoData())
     base: list[str] = [f"data.root={out / 'data'}", f"trainer.out_dir={out / 'train'}"]
     cfg: RunConfig = load_config(config or PRESETS / "demo.yaml", base + (QUICK_OVERRIDES if quick else []) + list(overrides))
