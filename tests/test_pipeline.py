@@ -155,7 +155,7 @@ def test_animate_any_audio_format(trained, tmp_path):
             c.mux(packet)
     out = tmp_path / "talk.mp4"
     res = run_cli("animate", "--checkpoint", str(trained["model"]), "--image", str(tmp_path / "face.png"),
-                  "--audio", str(tmp_path / "voice.m4a"), "--output", str(out), "--steps", "2", "--quiet")
+                  "--audio", str(tmp_path / "voice.m4a"), "--output", str(out), "--steps", "2", "--quiet", "--no-align")
     frames, fps = read_video(out)
     # 0.6 s -> 15 frames; AAC priming may add up to a frame of decoded duration
     assert res["output"] == str(out) and len(frames) in (15, 16) and frames.shape[1:] == (16, 16, 3)
@@ -165,7 +165,7 @@ def test_animate_any_audio_format(trained, tmp_path):
     write_wav(tmp_path / "v.wav", (0.3 * np.sin(np.arange(8000) / 5)).astype(np.float32), 16000)
     clip = next((trained["data"] / "video").rglob("*.mp4"))
     run_cli("animate", "--checkpoint", str(trained["model"]), "--video", str(clip),
-            "--audio", str(tmp_path / "v.wav"), "--output", str(tmp_path / "v.mp4"), "--steps", "2", "--quiet")
+            "--audio", str(tmp_path / "v.wav"), "--output", str(tmp_path / "v.mp4"), "--steps", "2", "--quiet", "--no-align")
     assert len(read_video(tmp_path / "v.mp4")[0]) == 13  # 0.5 s -> 12.5 -> 13 frames
 
 
@@ -191,7 +191,7 @@ def test_animate_errors(trained, tmp_path, capsys):
     write_png(tmp_path / "face.png", np.zeros((16, 16, 3), np.uint8))
     write_wav(tmp_path / "silence.wav", np.zeros(8000, np.float32), 16000)
     code = main(["animate", "--checkpoint", str(trained["model"]), "--image", str(tmp_path / "face.png"),
-                 "--audio", str(tmp_path / "silence.wav"), "--output", str(tmp_path / "o.mp4"), "--quiet"])
+                 "--audio", str(tmp_path / "silence.wav"), "--output", str(tmp_path / "o.mp4"), "--quiet", "--no-align"])
     assert code == 2 and "silent" in capsys.readouterr().err
     assert not (tmp_path / "o.mp4").exists()
     (tmp_path / "bad.png").write_bytes(b"not an image")
@@ -213,7 +213,7 @@ def test_resume_continues_from_last(trained, tmp_path):
 def test_console_script_runs(trained):
     exe = Path(sys.executable).parent / "diffheads"
     out = subprocess.run([str(exe), "--help"], capture_output=True, text=True, check=True).stdout
-    for command in ("synth", "embed", "train", "generate", "animate", "demo"):
+    for command in ("synth", "embed", "prepare", "train", "generate", "animate", "demo"):
         assert command in out
 
 
@@ -232,3 +232,48 @@ def test_ddp_two_processes_on_cpu(trained, tmp_path):
     result = json.loads(proc.stdout[proc.stdout.index("{"):])
     assert result["steps"] == 4
     assert load_model(run / "model.ckpt").cfg.trainer.devices == 2
+
+
+def test_animate_aligns_a_photo_and_pastes_the_face_back(trained, tmp_path, capsys):
+    from facevideo import astronaut
+
+    photo = astronaut()
+    write_png(tmp_path / "astronaut.png", photo)
+    t = np.arange(int(0.8 * 16000)) / 16000
+    write_wav(tmp_path / "speech.wav", (0.3 * np.sin(2 * np.pi * 200 * t) * np.sin(2 * np.pi * 2 * t)).astype(np.float32))
+    common = ["--checkpoint", str(trained["model"]), "--audio", str(tmp_path / "speech.wav"), "--steps", "2", "--quiet"]
+    out = tmp_path / "full.mp4"
+    run_cli("animate", "--image", str(tmp_path / "astronaut.png"), "--output", str(out), *common)
+    frames, fps = read_video(out)
+    assert frames.shape == (20, 512, 512, 3) and fps == 25  # full resolution, 0.8 s at 25 fps
+    import av
+
+    with av.open(str(out)) as c:
+        assert len(c.streams.audio) == 1
+    # the picture away from the face is the photo (up to H.264); the face region is generated
+    corner = np.abs(frames[:, 400:, :100].astype(int) - photo[None, 400:, :100].astype(int)).mean()
+    face = np.abs(frames[:, 100:150, 200:250].astype(int) - photo[None, 100:150, 200:250].astype(int)).mean()
+    assert corner < 4 and face > 3 * corner
+
+    run_cli("animate", "--image", str(tmp_path / "astronaut.png"), "--output", str(tmp_path / "crop.mp4"), "--crop-only", *common)
+    assert read_video(tmp_path / "crop.mp4")[0].shape == (20, 16, 16, 3)
+
+    write_png(tmp_path / "noise.png", np.random.default_rng(0).integers(0, 255, (200, 200, 3), dtype=np.uint8))
+    assert main(["animate", "--image", str(tmp_path / "noise.png"), "--output", str(tmp_path / "x.mp4"), *common]) == 2
+    assert "no face found" in capsys.readouterr().err
+    small = photo[::2, ::2]
+    write_png(tmp_path / "two.png", np.concatenate([small, small], axis=1))
+    assert main(["animate", "--image", str(tmp_path / "two.png"), "--output", str(tmp_path / "x.mp4"), *common]) == 2
+    assert "2 faces found" in capsys.readouterr().err
+    assert not (tmp_path / "x.mp4").exists()
+
+
+def test_animate_a_face_video_follows_its_frames(trained, tmp_path):
+    from facevideo import moving_face_video
+
+    moving_face_video(tmp_path / "face.mp4", seconds=0.6, fps=25.0, size=256, audio=False)
+    write_wav(tmp_path / "v.wav", (0.3 * np.sin(np.arange(16000) / 5)).astype(np.float32), 16000)
+    run_cli("animate", "--checkpoint", str(trained["model"]), "--video", str(tmp_path / "face.mp4"),
+            "--audio", str(tmp_path / "v.wav"), "--output", str(tmp_path / "o.mp4"), "--steps", "2", "--quiet")
+    frames, _ = read_video(tmp_path / "o.mp4")
+    assert frames.shape == (25, 256, 256, 3)  # 1 s of audio over a 0.6 s video played back and forth

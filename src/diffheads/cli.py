@@ -54,12 +54,68 @@ def cmd_synth(args: argparse.Namespace) -> dict:
     )
 
 
+def _encoder(args: argparse.Namespace):
+    """The audio encoder named by --encoder / --encoder-path (log-mel options apply to logmel only)."""
+    from diffheads.audio.encoders import make_encoder
+
+    if args.encoder == "logmel":
+        return make_encoder("logmel", n_mels=args.n_mels, n_slots=args.slots)
+    return make_encoder(args.encoder, args.encoder_path, device=args.encoder_device)
+
+
+def _add_encoder_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--encoder", default="logmel", choices=["logmel", "whisper", "wav2vec2", "hubert", "sda"],
+                   help="audio encoder (default logmel; the others need --encoder-path)")
+    p.add_argument("--encoder-path", help="local weights: a save_pretrained folder (whisper, wav2vec2, hubert) "
+                   "or a TorchScript file (sda)")
+    p.add_argument("--encoder-device", default="cpu", help="device for the encoder network")
+    p.add_argument("--n-mels", type=int, default=40, help="mel bands of the log-mel encoder")
+    p.add_argument("--slots", type=int, default=5, help="time slots per 0.2 s window of the log-mel encoder")
+
+
 def cmd_embed(args: argparse.Namespace) -> dict:
     from diffheads.audio.embed import embed_dataset
-    from diffheads.audio.encoders import LogMelEncoder
 
-    encoder = LogMelEncoder(n_mels=args.n_mels, n_slots=args.slots)
-    return embed_dataset(args.data, args.out, encoder, overwrite=args.overwrite, progress=not args.quiet)
+    return embed_dataset(args.data, args.out, _encoder(args), overwrite=args.overwrite, progress=not args.quiet)
+
+
+def _split_rule(args: argparse.Namespace):
+    """The train/test rule from the split flags (at most one kind)."""
+    from diffheads.prepare.split import SplitRule
+
+    if args.split_preset:
+        return SplitRule.preset(args.split_preset)
+    if args.test_list:
+        return SplitRule.from_list(args.test_list)
+    speakers = tuple(s.strip() for s in (args.test_speakers or "").split(",") if s.strip())
+    return SplitRule(
+        speaker_pattern=args.speaker_pattern or SplitRule.speaker_pattern,
+        test_speakers=speakers,
+        test_fraction=args.test_fraction,
+    )
+
+
+def cmd_prepare(args: argparse.Namespace) -> dict:
+    from diffheads.face.align import AlignConfig
+    from diffheads.prepare.clip import PrepareConfig
+    from diffheads.prepare.run import prepare_dataset, summary
+
+    margins = dict(zip(("margin_x", "margin_top", "margin_bottom"), args.margins)) if args.margins else {}
+    align = AlignConfig(size=args.size, smoothing_window=args.smoothing_window, **margins)
+    cfg = PrepareConfig(align=align, min_frames=args.min_frames, max_missing=args.max_missing)
+    report = prepare_dataset(
+        args.raw_dir,
+        args.out_dir,
+        cfg,
+        split=_split_rule(args),
+        encoder=None if args.no_embed else _encoder(args),
+        mean_face=args.mean_face,
+        workers=args.workers,
+        retry_skipped=args.retry_skipped,
+        progress=not args.quiet,
+    )
+    print(summary(report), file=sys.stderr)
+    return report
 
 
 def cmd_train(args: argparse.Namespace) -> dict | None:
@@ -113,6 +169,8 @@ def cmd_animate(args: argparse.Namespace) -> dict:
         seed=args.seed,
         device=args.device,
         progress=not args.quiet,
+        align=not args.no_align,
+        crop_only=args.crop_only,
     )
     return {"output": str(out)}
 
@@ -143,11 +201,34 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("embed", help="compute per-frame audio embeddings for every listed clip")
     p.add_argument("data", help="DATA folder with audio/ and file lists")
     p.add_argument("--out", help="EMB folder (default DATA/emb)")
-    p.add_argument("--n-mels", type=int, default=40, help="mel bands of the log-mel encoder")
-    p.add_argument("--slots", type=int, default=5, help="time slots per 0.2 s window")
+    _add_encoder_flags(p)
     p.add_argument("--overwrite", action="store_true", help="recompute existing files")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_embed)
+
+    p = sub.add_parser("prepare", help="raw talking-head videos -> aligned training set (video, audio, lmks, lists, emb)")
+    p.add_argument("raw_dir", help="folder of raw videos (searched recursively; audio inside or beside each video)")
+    p.add_argument("out_dir", help="output DATA folder")
+    p.add_argument("--size", type=int, default=128, help="side of the aligned face crops in pixels")
+    p.add_argument("--margins", type=float, nargs=3, metavar=("X", "TOP", "BOTTOM"),
+                   help="crop margins as fractions of the mean face's landmark box (default 0.11 0.336 0.155)")
+    p.add_argument("--smoothing-window", type=int, default=7, help="frames the stable points are smoothed over")
+    p.add_argument("--mean-face", help="mean-face JSON (default: the packaged one; see scripts/make_mean_face.py)")
+    split = p.add_mutually_exclusive_group()
+    split.add_argument("--split-preset", choices=["crema"], help="named split: crema holds out the 10 CREMA-D test actors")
+    split.add_argument("--test-list", help="file of clip paths that form the test split")
+    split.add_argument("--test-speakers", help="comma-separated speakers held out for test")
+    p.add_argument("--speaker-pattern", help="regex whose group 1 is the speaker in a clip path (default: first folder)")
+    p.add_argument("--test-fraction", type=float, default=0.1,
+                   help="share of speakers held out when no list or speakers are given (by hash of the name)")
+    _add_encoder_flags(p)
+    p.add_argument("--no-embed", action="store_true", help="skip the audio embeddings (run 'diffheads embed' later)")
+    p.add_argument("--workers", type=int, help="parallel processes (default: all cores)")
+    p.add_argument("--min-frames", type=int, default=16, help="skip clips shorter than this many 25 fps frames")
+    p.add_argument("--max-missing", type=float, default=0.2, help="skip clips with no face in more than this share of frames")
+    p.add_argument("--retry-skipped", action="store_true", help="try again the clips an earlier run skipped")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_prepare)
 
     p = sub.add_parser("train", help="train a model: diffheads train CONFIG.yaml [section.key=value ...]")
     p.add_argument("config", help="YAML config, e.g. configs/demo.yaml")
@@ -169,10 +250,13 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("animate", help="make one face speak one audio file")
     p.add_argument("--checkpoint", required=True)
     src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--image", help="aligned face photo")
-    src.add_argument("--video", help="video whose first frame is the identity")
+    src.add_argument("--image", help="face photo (any size; the face is found and aligned)")
+    src.add_argument("--video", help="face video: its first frame is the identity, its frames the background")
     p.add_argument("--audio", required=True, help="any audio file PyAV reads (resampled to 16 kHz mono)")
     p.add_argument("--output", required=True, help="output mp4")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--crop-only", action="store_true", help="write the aligned face crop, not the full picture")
+    how.add_argument("--no-align", action="store_true", help="the input is already an aligned face crop (as in the reference)")
     _add_sampling_flags(p)
     p.set_defaults(func=cmd_animate)
 

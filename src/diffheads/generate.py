@@ -16,6 +16,9 @@ from diffheads.data.dataset import SplitClips, to_model_frames
 from diffheads.diffusion.gaussian import GaussianDiffusion
 from diffheads.diffusion.video import sample_video
 from diffheads.errors import DiffheadsError
+from diffheads.face.align import AlignConfig
+from diffheads.face.paste import paste_back
+from diffheads.face.portrait import Portrait, align_photo, align_video
 from diffheads.io.audio import load_audio
 from diffheads.io.image import read_image
 from diffheads.io.video import read_video, write_video
@@ -123,7 +126,7 @@ def _check_width(model: LoadedModel, width: int, where: str) -> None:
 
 
 def load_identity_frame(image: str | Path | None, video: str | Path | None, size: int) -> torch.Tensor:
-    """(3, size, size) identity frame from a photo or the first frame of a video (assumed aligned)."""
+    """(3, size, size) identity frame from an already aligned photo or the first frame of such a video."""
     if (image is None) == (video is None):
         raise DiffheadsError("give exactly one of --image or --video")
     if image is not None:
@@ -131,6 +134,14 @@ def load_identity_frame(image: str | Path | None, video: str | Path | None, size
     else:
         rgb = read_video(video)[0][0]
     return to_model_frames(rgb[None], size)[0]
+
+
+def load_portrait(image: str | Path | None, video: str | Path | None, size: int) -> Portrait:
+    """Find and align the face of a photo or a video at the model's resolution."""
+    if (image is None) == (video is None):
+        raise DiffheadsError("give exactly one of --image or --video")
+    cfg = AlignConfig(size=size)
+    return align_photo(image, cfg) if image is not None else align_video(video, cfg)
 
 
 def animate(
@@ -143,21 +154,40 @@ def animate(
     seed: int = 0,
     device: str = "cpu",
     progress: bool = True,
+    align: bool = True,
+    crop_only: bool = False,
 ) -> Path:
-    """Make the face of `image` (or of the first frame of `video`) speak `audio`; writes an mp4 with the audio."""
+    """Make the face of `image` (or of the first frame of `video`) speak `audio`; writes an mp4 with the audio.
+
+    By default the face is found and aligned like the training data, and the generated face
+    is pasted back into the full-resolution picture (a video input plays forwards and
+    backwards under it); `crop_only` keeps the aligned crop; `align=False` takes the input as
+    an already aligned crop, as the reference code does.
+    """
     model = _model(checkpoint, device)
     sample = sample or model.cfg.sample
     if not model.audio_encoder:
         raise DiffheadsError(f"{checkpoint} does not record its audio encoder; retrain or re-export it with diffheads")
-    encoder = build_encoder(model.audio_encoder)
-    identity = load_identity_frame(image, video, model.cfg.model.image_size)
+    encoder = build_encoder(model.audio_encoder, device)
+    size = model.cfg.model.image_size
+    portrait = load_portrait(image, video, size) if align else None
+    if portrait is not None:
+        identity = to_model_frames(portrait.identity_crop[None], size)[0]
+    else:
+        identity = load_identity_frame(image, video, size)
     wav = load_audio(audio)
     if np.max(np.abs(wav), initial=0.0) < 1e-4:
         raise DiffheadsError(f"audio {audio} is silent; give a recording with speech")
     n_frames = frames_in_audio(len(wav))
     emb = encoder.encode(wav, n_frames)
     _check_width(model, emb.shape[1], str(audio))
-    frames = sample_clips(model, identity[None], [emb], sample, seed=seed, progress=progress)[0]
+    frames = to_uint8(sample_clips(model, identity[None], [emb], sample, seed=seed, progress=progress)[0])
+    if portrait is not None and not crop_only:
+        pasted = []
+        for k, crop in enumerate(frames):
+            background, to_crop = portrait.background(k)
+            pasted.append(paste_back(background, crop, to_crop))
+        frames = np.stack(pasted)
     out = Path(output)
-    write_video(out, to_uint8(frames), fps=25, audio=wav[: round(len(frames) * SAMPLE_RATE / 25)], sample_rate=SAMPLE_RATE)
+    write_video(out, frames, fps=25, audio=wav[: round(len(frames) * SAMPLE_RATE / 25)], sample_rate=SAMPLE_RATE)
     return out

@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from typing import Any, Protocol
 
 import numpy as np
 import torch
+
+from diffheads.errors import DiffheadsError
 
 SAMPLE_RATE = 16000
 FPS = 25
@@ -110,12 +112,83 @@ class LogMelEncoder:
         return slots.permute(1, 2, 0).reshape(n_frames, self.dim).contiguous()
 
 
-def build_encoder(spec: dict[str, Any]) -> AudioEncoder:
-    """Rebuild an encoder from its `describe()` dict."""
+def fit_rows(rows: torch.Tensor, n_frames: int) -> torch.Tensor:
+    """The first `n_frames` rows of a non-empty (n, dim) tensor, repeating the last row when there are too few."""
+    if rows.shape[0] >= n_frames:
+        return rows[:n_frames].contiguous()
+    pad = rows[-1:].expand(n_frames - rows.shape[0], rows.shape[1])
+    return torch.cat([rows, pad]).contiguous()
+
+
+ENCODER_NAMES = ("logmel", "whisper", "wav2vec2", "hubert", "sda")
+
+
+def _weights_hint(name: str) -> str:
+    """What --encoder-path must point at for encoder `name`."""
+    return {
+        "whisper": "DIR (a Whisper model saved with save_pretrained, e.g. from huggingface.co/openai/whisper-tiny)",
+        "wav2vec2": (
+            "DIR (a wav2vec2 model saved with save_pretrained, e.g. from huggingface.co/facebook/wav2vec2-base-960h)"
+        ),
+        "hubert": (
+            "DIR (a HuBERT model saved with save_pretrained, e.g. from huggingface.co/facebook/hubert-base-ls960)"
+        ),
+        "sda": "FILE (the SDA audio encoder of the Diffused Heads release exported to TorchScript, see docs/data.md)",
+    }[name]
+
+
+def _encoder_class(name: str) -> type:
+    """The class implementing encoder `name` (imported here: the modules import this one)."""
+    if name == "logmel":
+        return LogMelEncoder
+    if name == "whisper":
+        from diffheads.audio.whisper import WhisperEncoder
+
+        return WhisperEncoder
+    if name in ("wav2vec2", "hubert"):
+        from diffheads.audio.hf_speech import HFSpeechEncoder
+
+        return HFSpeechEncoder
+    if name == "sda":
+        from diffheads.audio.sda import SDAEncoder
+
+        return SDAEncoder
+    raise ValueError(f"unknown audio encoder '{name}'; available: {', '.join(ENCODER_NAMES)}")
+
+
+def build_encoder(spec: dict[str, Any], device: str = "cpu") -> AudioEncoder:
+    """Rebuild an encoder from its `describe()` dict; networks run on `device` (not part of the description)."""
     spec = dict(spec)
     name = spec.pop("name", "logmel")
     spec.pop("dim", None)
+    spec.pop("device", None)
+    cls = _encoder_class(name)
     if name == "logmel":
-        return LogMelEncoder(**spec)
-    raise ValueError(f"unknown audio encoder '{name}'; available: logmel")
+        return cls(**spec)
+    return cls(name=name, device=device, **spec)
 
+
+def make_encoder(name: str, path: str | None = None, **options: Any) -> AudioEncoder:
+    """The encoder chosen on the command line (--encoder NAME [--encoder-path PATH])."""
+    if name not in ENCODER_NAMES:
+        raise DiffheadsError(f"unknown --encoder '{name}'; available: {', '.join(ENCODER_NAMES)}")
+    cls = _encoder_class(name)
+    accepted = {f.name for f in fields(cls) if f.init} - {"name", "path"}
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise DiffheadsError(
+            f"--encoder {name} does not take {', '.join(unknown)}; it takes: {', '.join(sorted(accepted)) or 'nothing'}"
+        )
+    if name == "logmel":
+        if path is not None:
+            raise DiffheadsError("--encoder logmel has no weights; drop --encoder-path")
+        return cls(**options)
+    if path is None:
+        raise DiffheadsError(f"--encoder {name} needs --encoder-path {_weights_hint(name)}")
+    encoder = cls(path=str(path), name=name, **options)
+    if encoder.name != name:
+        # wav2vec2 and HuBERT share a class; the config decides which one the directory holds.
+        raise DiffheadsError(
+            f"--encoder {name} was given {path}, which holds a {encoder.name} model; use --encoder {encoder.name}"
+        )
+    return encoder

@@ -51,6 +51,45 @@ def iter_video_frames(path: str | Path) -> Iterator[np.ndarray]:
         yield frame.to_ndarray(format="rgb24")
 
 
+def iter_frames_at(path: str | Path, fps: float) -> Iterator[tuple[float, np.ndarray]]:
+    """Yield (source time in s, uint8 (H, W, 3) RGB frame) resampled to `fps` by nearest timestamp.
+
+    Output frame k shows the source frame nearest to time k / fps (timestamps from the
+    container, else frame index / stream rate); the clip lasts until the last source frame's
+    end, so a 25 fps source comes out frame for frame and 3 s at 30 fps gives 75 frames.
+    The source time tells when the shown frame was really taken (30 -> 25 fps repeats none
+    but skips every sixth), which lets motion smoothing follow the true timing.
+    """
+    container = _open_video(path)
+    stream = container.streams.video[0]
+    stream.thread_type = "AUTO"
+    src_fps = _stream_fps(stream) or fps
+    k, start, prev_time, prev_frame, prev_image = 0, None, 0.0, None, None
+    try:
+        for i, frame in enumerate(container.decode(stream)):
+            t = float(frame.time) if frame.time is not None else i / src_fps
+            start = t if start is None else start
+            t -= start
+            if prev_frame is not None:
+                while k / fps < (prev_time + t) / 2:
+                    if prev_image is None:
+                        prev_image = prev_frame.to_ndarray(format="rgb24")
+                    yield prev_time, prev_image
+                    k += 1
+            prev_time, prev_frame, prev_image = t, frame, None
+        if prev_frame is not None:
+            end = prev_time + 1.0 / src_fps
+            while k / fps < end - 1e-6:
+                if prev_image is None:
+                    prev_image = prev_frame.to_ndarray(format="rgb24")
+                yield prev_time, prev_image
+                k += 1
+    except av.FFmpegError as err:
+        raise DiffheadsError(f"video {path} is damaged ({err}); re-encode or remove it") from None
+    finally:
+        container.close()
+
+
 def video_fps(path: str | Path) -> float:
     """Frame rate stored in the video stream's header."""
     container = _open_video(path)

@@ -1,0 +1,1 @@
+"""`diffheads prepare`: raw talking-head videos -> the data contract of SPEC.md."""

@@ -1,0 +1,125 @@
+"""Prepare one raw clip: 25 fps frames -> landmarks -> aligned crop video, 16 kHz wav, 68-point landmarks."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from diffheads.data.layout import DataLayout
+from diffheads.errors import DiffheadsError
+from diffheads.face.align import AlignConfig, fill_missing, frame_transforms, transform_points, warp
+from diffheads.face.track import track_landmarks
+from diffheads.face.mean_face import MeanFace
+from diffheads.io.atomic import atomic_path
+from diffheads.io.audio import load_audio, write_wav
+from diffheads.io.video import iter_frames_at, write_video
+from diffheads.prepare.sources import RawClip
+
+FPS = 25
+SAMPLE_RATE = 16000
+SAMPLES_PER_FRAME = SAMPLE_RATE // FPS
+
+
+@dataclass(frozen=True)
+class PrepareConfig:
+    """What `prepare` does to each clip."""
+
+    align: AlignConfig = field(default_factory=AlignConfig)
+    min_frames: int = 16  # shorter clips are skipped ("too short")
+    max_missing: float = 0.2  # largest fraction of frames without a face before the clip is skipped
+    max_length_mismatch_s: float = 0.5  # audio and video durations may differ by this much (then trimmed/padded)
+    min_audio_rms: float = 1e-4  # quieter audio is skipped as silent
+    detect_max_side: int = 640  # frames are shrunk to this longest side for landmark detection
+    crf: int = 18  # H.264 quality of the aligned clips
+
+    def __post_init__(self) -> None:
+        if self.min_frames < 1:
+            raise DiffheadsError(f"min_frames must be >= 1, got {self.min_frames}")
+        if not 0.0 <= self.max_missing < 1.0:
+            raise DiffheadsError(f"max_missing must be in [0, 1), got {self.max_missing}")
+
+
+class ClipSkipped(Exception):
+    """A clip that cannot be prepared; `reason` is one of the report's categories."""
+
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason, self.detail = reason, detail
+
+
+@dataclass
+class ClipResult:
+    """What happened to one clip."""
+
+    rel: str
+    status: str  # "prepared" or "skipped"
+    frames: int = 0
+    reason: str = ""
+    detail: str = ""
+    missing_face_frames: int = 0
+
+
+def is_prepared(layout: DataLayout, rel: str) -> bool:
+    """All three outputs exist (each is written atomically, the video last)."""
+    return all(p.is_file() for p in (layout.landmarks(rel), layout.audio(rel), layout.video(rel)))
+
+
+def _matched_audio(raw: RawClip, n_frames: int, cfg: PrepareConfig) -> np.ndarray:
+    """16 kHz mono audio trimmed or zero-padded to exactly n_frames * 640 samples."""
+    try:
+        audio = load_audio(raw.audio, SAMPLE_RATE)
+    except DiffheadsError as err:
+        reason = "no audio" if "no audio" in str(err) or "no samples" in str(err) else "unreadable"
+        raise ClipSkipped(reason, str(err)) from None
+    want = n_frames * SAMPLES_PER_FRAME
+    gap = abs(len(audio) - want) / SAMPLE_RATE
+    if gap > cfg.max_length_mismatch_s:
+        raise ClipSkipped(
+            "length mismatch", f"audio lasts {len(audio) / SAMPLE_RATE:.2f} s, video {n_frames / FPS:.2f} s"
+        )
+    if float(np.sqrt(np.mean(audio.astype(np.float64) ** 2))) < cfg.min_audio_rms:
+        raise ClipSkipped("silent audio", "the audio track is silent")
+    return np.pad(audio[:want], (0, max(0, want - len(audio))))
+
+
+def prepare_clip(raw: RawClip, layout: DataLayout, mean_face: MeanFace, cfg: PrepareConfig) -> ClipResult:
+    """Align one clip and write DATA/video, DATA/audio and DATA/lmks for it; ClipSkipped says why not."""
+    try:
+        landmarks, times, faces_seen = track_landmarks(iter_frames_at(raw.video, FPS), cfg.detect_max_side)
+    except DiffheadsError as err:
+        raise ClipSkipped("unreadable", str(err)) from None
+    n = len(landmarks)
+    if n == 0:
+        raise ClipSkipped("unreadable", "no frames could be decoded")
+    if n < cfg.min_frames:
+        raise ClipSkipped("too short", f"{n} frames at 25 fps, need {cfg.min_frames}")
+    missing = int((~np.isfinite(landmarks).all(axis=(1, 2))).sum())
+    if faces_seen > 1:
+        raise ClipSkipped("several faces", f"{faces_seen} faces in one frame; crop the video to one speaker")
+    if missing == n:
+        raise ClipSkipped("no face", "no face found in any frame")
+    if missing > cfg.max_missing * n:
+        raise ClipSkipped("face lost", f"no face in {missing} of {n} frames")
+    audio = _matched_audio(raw, n, cfg)
+
+    transforms = frame_transforms(landmarks, mean_face, cfg.align, times)
+    crops = np.empty((n, cfg.align.size, cfg.align.size, 3), np.uint8)
+    count = 0
+    try:
+        for t, (_, frame) in enumerate(iter_frames_at(raw.video, FPS)):
+            if t < n:
+                crops[t] = warp(frame, transforms[t], cfg.align.size)
+            count += 1
+    except DiffheadsError as err:
+        raise ClipSkipped("unreadable", str(err)) from None
+    if count != n:
+        raise ClipSkipped("unreadable", f"decoding gave {count} frames the second time, {n} the first")
+
+    crop_landmarks = np.stack([transform_points(m, p) for m, p in zip(transforms, fill_missing(landmarks))])
+    with atomic_path(layout.landmarks(raw.rel)) as tmp:
+        np.save(tmp, crop_landmarks.astype(np.float32))
+    write_wav(layout.audio(raw.rel), audio, SAMPLE_RATE)
+    write_video(layout.video(raw.rel), crops, fps=FPS, crf=cfg.crf)
+    return ClipResult(raw.rel, "prepared", frames=n, missing_face_frames=missing)

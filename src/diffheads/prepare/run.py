@@ -1,0 +1,167 @@
+"""Prepare a whole folder: parallel workers, progress, resume, a report of what was skipped and why."""
+
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+import sys
+import time
+from collections import Counter
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+from tqdm.auto import tqdm
+
+from diffheads.audio.embed import embed_dataset
+from diffheads.audio.encoders import AudioEncoder
+from diffheads.data.layout import DataLayout
+from diffheads.errors import DiffheadsError
+from diffheads.face.mean_face import MeanFace, load_mean_face
+from diffheads.io.atomic import atomic_write_text
+from diffheads.prepare.clip import ClipResult, ClipSkipped, PrepareConfig, is_prepared, prepare_clip
+from diffheads.prepare.sources import RawClip, find_raw_clips
+from diffheads.prepare.split import SplitRule
+
+REPORT = "prepare_report.json"
+
+
+def _work(job: tuple[RawClip, DataLayout, MeanFace, PrepareConfig]) -> ClipResult:
+    """Worker entry point: one clip, never raising for a bad clip."""
+    raw, layout, mean_face, cfg = job
+    try:
+        return prepare_clip(raw, layout, mean_face, cfg)
+    except ClipSkipped as skip:
+        return ClipResult(raw.rel, "skipped", reason=skip.reason, detail=skip.detail)
+    except Exception as err:  # noqa: BLE001 - one odd file must not stop a run of thousands
+        return ClipResult(raw.rel, "skipped", reason="error", detail=f"{type(err).__name__}: {err}")
+
+
+def _previous_skips(out: Path) -> dict[str, dict[str, Any]]:
+    """Clips an earlier run skipped, from its report."""
+    path = out / REPORT
+    if not path.is_file():
+        return {}
+    try:
+        return {s["clip"]: s for s in json.loads(path.read_text()).get("skipped", [])}
+    except (ValueError, KeyError, TypeError):
+        return {}
+
+
+def _write_file_lists(layout: DataLayout, prepared: list[str], rule: SplitRule) -> dict[str, int]:
+    """file_list_train.txt and file_list_test.txt over every prepared clip."""
+    lists: dict[str, list[str]] = {"train": [], "test": []}
+    for rel in sorted(prepared):
+        lists[rule.split(rel)].append(f"./{rel}.mp4")
+    for split, lines in lists.items():
+        atomic_write_text(layout.file_list(split), "".join(f"{line}\n" for line in lines))
+    return {split: len(lines) for split, lines in lists.items()}
+
+
+def prepare_dataset(
+    raw_dir: str | Path,
+    out_dir: str | Path,
+    cfg: PrepareConfig | None = None,
+    split: SplitRule | None = None,
+    encoder: AudioEncoder | None = None,
+    mean_face: str | Path | None = None,
+    workers: int | None = None,
+    retry_skipped: bool = False,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Turn every video under raw_dir into an aligned training clip under out_dir; return the report."""
+    cfg, split = cfg or PrepareConfig(), split or SplitRule()
+    out = Path(out_dir)
+    layout = DataLayout.of(out)
+    face = load_mean_face(mean_face)
+    clips = find_raw_clips(raw_dir)
+    started = time.perf_counter()
+
+    old_skips = {} if retry_skipped else _previous_skips(out)
+    done = [c.rel for c in clips if is_prepared(layout, c.rel)]
+    carried = [old_skips[c.rel] for c in clips if c.rel in old_skips and c.rel not in set(done)]
+    skip = set(done) | {s["clip"] for s in carried}
+    todo = [c for c in clips if c.rel not in skip]
+
+    workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
+    jobs = [(c, layout, face, cfg) for c in todo]
+    results: list[ClipResult] = []
+    bar = tqdm(total=len(todo), desc="prepare", unit="clip", disable=not progress, file=sys.stderr)
+    if workers == 1:
+        for job in jobs:
+            results.append(_work(job))
+            bar.update()
+    else:
+        # spawn: MediaPipe and torch threads do not survive a fork
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            for result in pool.imap_unordered(_work, jobs):
+                results.append(result)
+                bar.update()
+    bar.close()
+    prep_seconds = time.perf_counter() - started
+
+    new_prepared = [r for r in results if r.status == "prepared"]
+    prepared = sorted(set(done) | {r.rel for r in new_prepared})
+    skipped = sorted(
+        carried + [{"clip": r.rel, "reason": r.reason, "detail": r.detail} for r in results if r.status == "skipped"],
+        key=lambda s: s["clip"],
+    )
+    counts = _write_file_lists(layout, prepared, split) if prepared else {"train": 0, "test": 0}
+    embedded = None
+    if encoder is not None and prepared:
+        splits = tuple(name for name in ("train", "test") if counts[name])
+        embedded = embed_dataset(out, encoder=encoder, splits=splits, progress=progress)
+    frames = sum(r.frames for r in new_prepared)
+    report = {
+        "raw_dir": str(raw_dir),
+        "out_dir": str(out),
+        "clips_found": len(clips),
+        "prepared": len(prepared),
+        "prepared_now": len(new_prepared),
+        "already_done": len(done),
+        "skipped": skipped,
+        "skipped_by_reason": dict(sorted(Counter(s["reason"] for s in skipped).items())),
+        "train_clips": counts["train"],
+        "test_clips": counts["test"],
+        "frames_prepared_now": frames,
+        "prepare_seconds": round(prep_seconds, 2),
+        "frames_per_second": round(frames / prep_seconds, 1) if frames else 0.0,
+        "workers": workers,
+        "embeddings": embedded,
+        "config": {"prepare": _jsonable(asdict(cfg)), "split": _jsonable(asdict(split)), "mean_face": str(mean_face or "packaged")},
+    }
+    atomic_write_text(out / REPORT, json.dumps(report, indent=2) + "\n")
+    if not prepared:
+        raise DiffheadsError(
+            f"no clip under {raw_dir} could be prepared ({report['skipped_by_reason']}); reasons per clip in {out / REPORT}"
+        )
+    return report
+
+
+def _jsonable(value: Any) -> Any:
+    """Sets and tuples as sorted lists so the report is plain JSON."""
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (set, frozenset)):
+        return sorted(value)
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def summary(report: dict[str, Any]) -> str:
+    """A few human lines about a prepare run."""
+    lines = [
+        f"prepared {report['prepared']} of {report['clips_found']} clips "
+        f"({report['prepared_now']} now, {report['already_done']} already done); "
+        f"train {report['train_clips']}, test {report['test_clips']}",
+        f"{report['frames_prepared_now']} frames in {report['prepare_seconds']} s "
+        f"({report['frames_per_second']} frames/s with {report['workers']} workers)",
+    ]
+    if report["skipped"]:
+        reasons = ", ".join(f"{k}: {v}" for k, v in report["skipped_by_reason"].items())
+        lines.append(f"skipped {len(report['skipped'])} clips ({reasons}); details in {report['out_dir']}/{REPORT}")
+        for s in report["skipped"][:10]:
+            lines.append(f"  {s['clip']}: {s['reason']} ({s['detail']})")
+    return "\n".join(lines)
