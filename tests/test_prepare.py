@@ -150,3 +150,19 @@ def test_prepare_with_nothing_usable_says_why(tmp_path, capsys):
     assert json.loads((tmp_path / "out" / "prepare_report.json").read_text())["prepared"] == 0
     assert main(["prepare", str(tmp_path / "missing"), str(tmp_path / "o2"), "--quiet"]) == 2
     assert "not found" in capsys.readouterr().err
+
+
+def test_long_clips_decoded_twice_give_the_same_result(raw_folder, tmp_path):
+    """Clips over the frame-cache budget are decoded a second time for the warp; the output must not change."""
+    from diffheads.data.layout import DataLayout
+    from diffheads.face.mean_face import load_mean_face
+    from diffheads.prepare.clip import PrepareConfig, prepare_clip
+    from diffheads.prepare.sources import find_raw_clips
+
+    raw = next(c for c in find_raw_clips(raw_folder) if c.rel == "spk1/take1")
+    outs = []
+    for budget in (768, 0):
+        layout = DataLayout.of(tmp_path / f"b{budget}")
+        prepare_clip(raw, layout, load_mean_face(), PrepareConfig(frame_cache_mb=budget))
+        outs.append((read_video(layout.video(raw.rel))[0], np.load(layout.landmarks(raw.rel))))
+    assert np.array_equal(outs[0][0], outs[1][0]) and np.array_equal(outs[0][1], outs[1][1])

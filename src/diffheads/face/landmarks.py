@@ -96,18 +96,20 @@ class FaceMesh:
                 min_detection_confidence=self.min_confidence,
                 min_tracking_confidence=self.min_confidence,
             )
-        self._warm = False
+            # the graph opens its models on worker threads; one blank frame waits for them while quiet
+            self._mesh.process(np.zeros((64, 64, 3), np.uint8))
+        self._seen_face = False
 
     def __call__(self, frame: np.ndarray) -> np.ndarray:
         """(n_faces, 468, 3) landmarks of an RGB uint8 (H, W, 3) frame; n_faces may be 0."""
         h, w = frame.shape[:2]
-        if self._warm:
+        if self._seen_face:
             result = self._mesh.process(np.ascontiguousarray(frame))
-        else:
+        else:  # the landmark stage warns once, on its first face
             with quiet_native_logs():
                 result = self._mesh.process(np.ascontiguousarray(frame))
-            self._warm = True
         faces = result.multi_face_landmarks or []
+        self._seen_face = self._seen_face or bool(faces)
         out = np.empty((len(faces), 468, 3), dtype=np.float32)
         for k, face in enumerate(faces):
             out[k] = [(p.x * w, p.y * h, p.z * w) for p in face.landmark]
@@ -138,7 +140,7 @@ class FaceCounter:
             self._detector = _solutions().face_detection.FaceDetection(
                 model_selection=1, min_detection_confidence=self.min_confidence
             )
-            self._detector.process(np.zeros((64, 64, 3), np.uint8))
+            self._detector.process(np.zeros((64, 64, 3), np.uint8))  # as in FaceMesh: open the models quietly
 
     def __call__(self, frame: np.ndarray) -> int:
         """Number of faces of comparable size in an RGB uint8 frame."""

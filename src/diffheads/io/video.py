@@ -62,7 +62,6 @@ def iter_frames_at(path: str | Path, fps: float) -> Iterator[tuple[float, np.nda
     """
     container = _open_video(path)
     stream = container.streams.video[0]
-    stream.thread_type = "AUTO"
     src_fps = _stream_fps(stream) or fps
     k, start, prev_time, prev_frame, prev_image = 0, None, 0.0, None, None
     try:

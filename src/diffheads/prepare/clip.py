@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -33,6 +34,7 @@ class PrepareConfig:
     min_audio_rms: float = 1e-4  # quieter audio is skipped as silent
     detect_max_side: int = 640  # frames are shrunk to this longest side for landmark detection
     crf: int = 18  # H.264 quality of the aligned clips
+    frame_cache_mb: int = 768  # clips whose frames fit are decoded once; longer ones are decoded twice
 
     def __post_init__(self) -> None:
         if self.min_frames < 1:
@@ -66,6 +68,21 @@ def is_prepared(layout: DataLayout, rel: str) -> bool:
     return all(p.is_file() for p in (layout.landmarks(rel), layout.audio(rel), layout.video(rel)))
 
 
+def _keep_frames(
+    frames: Iterator[tuple[float, np.ndarray]], kept: list[np.ndarray], budget_mb: int
+) -> Iterator[tuple[float, np.ndarray]]:
+    """Pass frames through, keeping them in `kept` until they exceed the budget (then `kept` is emptied)."""
+    used, budget = 0, budget_mb * 2**20
+    for time, frame in frames:
+        if used <= budget:
+            used += frame.nbytes
+            if used <= budget:
+                kept.append(frame)
+            else:
+                kept.clear()
+        yield time, frame
+
+
 def _matched_audio(raw: RawClip, n_frames: int, cfg: PrepareConfig) -> np.ndarray:
     """16 kHz mono audio trimmed or zero-padded to exactly n_frames * 640 samples."""
     try:
@@ -86,8 +103,11 @@ def _matched_audio(raw: RawClip, n_frames: int, cfg: PrepareConfig) -> np.ndarra
 
 def prepare_clip(raw: RawClip, layout: DataLayout, mean_face: MeanFace, cfg: PrepareConfig) -> ClipResult:
     """Align one clip and write DATA/video, DATA/audio and DATA/lmks for it; ClipSkipped says why not."""
+    kept: list[np.ndarray] = []
     try:
-        landmarks, times, faces_seen = track_landmarks(iter_frames_at(raw.video, FPS), cfg.detect_max_side)
+        landmarks, times, faces_seen = track_landmarks(
+            _keep_frames(iter_frames_at(raw.video, FPS), kept, cfg.frame_cache_mb), cfg.detect_max_side
+        )
     except DiffheadsError as err:
         raise ClipSkipped("unreadable", str(err)) from None
     n = len(landmarks)
@@ -107,8 +127,9 @@ def prepare_clip(raw: RawClip, layout: DataLayout, mean_face: MeanFace, cfg: Pre
     transforms = frame_transforms(landmarks, mean_face, cfg.align, times)
     crops = np.empty((n, cfg.align.size, cfg.align.size, 3), np.uint8)
     count = 0
+    frames = kept if len(kept) == n else (frame for _, frame in iter_frames_at(raw.video, FPS))
     try:
-        for t, (_, frame) in enumerate(iter_frames_at(raw.video, FPS)):
+        for t, frame in enumerate(frames):
             if t < n:
                 crops[t] = warp(frame, transforms[t], cfg.align.size)
             count += 1
@@ -123,3 +144,15 @@ def prepare_clip(raw: RawClip, layout: DataLayout, mean_face: MeanFace, cfg: Pre
     write_wav(layout.audio(raw.rel), audio, SAMPLE_RATE)
     write_video(layout.video(raw.rel), crops, fps=FPS, crf=cfg.crf)
     return ClipResult(raw.rel, "prepared", frames=n, missing_face_frames=missing)
+
+
+def prepare_or_skip(job: tuple[RawClip, DataLayout, MeanFace, PrepareConfig]) -> ClipResult:
+    """Worker entry point: one clip, never raising for a bad clip (this module does not import torch,
+    so spawned workers start quickly)."""
+    raw, layout, mean_face, cfg = job
+    try:
+        return prepare_clip(raw, layout, mean_face, cfg)
+    except ClipSkipped as skip:
+        return ClipResult(raw.rel, "skipped", reason=skip.reason, detail=skip.detail)
+    except Exception as err:  # noqa: BLE001 - one odd file must not stop a run of thousands
+        return ClipResult(raw.rel, "skipped", reason="error", detail=f"{type(err).__name__}: {err}")

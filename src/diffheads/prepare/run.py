@@ -20,22 +20,11 @@ from diffheads.data.layout import DataLayout
 from diffheads.errors import DiffheadsError
 from diffheads.face.mean_face import MeanFace, load_mean_face
 from diffheads.io.atomic import atomic_write_text
-from diffheads.prepare.clip import ClipResult, ClipSkipped, PrepareConfig, is_prepared, prepare_clip
-from diffheads.prepare.sources import RawClip, find_raw_clips
+from diffheads.prepare.clip import ClipResult, PrepareConfig, is_prepared, prepare_or_skip
+from diffheads.prepare.sources import find_raw_clips
 from diffheads.prepare.split import SplitRule
 
 REPORT = "prepare_report.json"
-
-
-def _work(job: tuple[RawClip, DataLayout, MeanFace, PrepareConfig]) -> ClipResult:
-    """Worker entry point: one clip, never raising for a bad clip."""
-    raw, layout, mean_face, cfg = job
-    try:
-        return prepare_clip(raw, layout, mean_face, cfg)
-    except ClipSkipped as skip:
-        return ClipResult(raw.rel, "skipped", reason=skip.reason, detail=skip.detail)
-    except Exception as err:  # noqa: BLE001 - one odd file must not stop a run of thousands
-        return ClipResult(raw.rel, "skipped", reason="error", detail=f"{type(err).__name__}: {err}")
 
 
 def _previous_skips(out: Path) -> dict[str, dict[str, Any]]:
@@ -90,12 +79,12 @@ def prepare_dataset(
     bar = tqdm(total=len(todo), desc="prepare", unit="clip", disable=not progress, file=sys.stderr)
     if workers == 1:
         for job in jobs:
-            results.append(_work(job))
+            results.append(prepare_or_skip(job))
             bar.update()
     else:
         # spawn: MediaPipe and torch threads do not survive a fork
         with multiprocessing.get_context("spawn").Pool(workers) as pool:
-            for result in pool.imap_unordered(_work, jobs):
+            for result in pool.imap_unordered(prepare_or_skip, jobs):
                 results.append(result)
                 bar.update()
     bar.close()
