@@ -371,3 +371,32 @@ def test_make_encoder_checks_names_paths_and_options(w2v_dir: Path, whisper_dir:
         make_encoder("whisper", str(w2v_dir))
     with pytest.raises(ValueError, match="available: logmel, whisper"):
         build_encoder({"name": "mfcc"})
+
+
+def test_embed_command_with_weights_encoders(tmp_path: Path, sda_file: Path, whisper_dir: Path, capsys):
+    """`diffheads embed --encoder ...` writes rows of the encoder's width, one per video frame, and says so."""
+    import contextlib
+    import io
+    import json
+
+    from diffheads.cli import main
+    from diffheads.io.video import count_frames
+
+    data = tmp_path / "data"
+    assert main(["synth", str(data), "--train-identities", "1", "--test-identities", "1", "--clips-per-identity", "1",
+                 "--seconds", "1.0", "--size", "16", "--quiet"]) == 0
+    for name, path, dim in (("sda", sda_file, 8), ("whisper", whisper_dir, 16)):
+        buf = io.StringIO()
+        with contextlib.redirect_stdout(buf):
+            code = main(["embed", str(data), "--out", str(tmp_path / name), "--encoder", name, "--encoder-path", str(path), "--quiet"])
+        assert code == 0 and json.loads(buf.getvalue())["dim"] == dim
+        spec = json.loads((tmp_path / name / "encoder.json").read_text())
+        assert spec["name"] == name and spec["dim"] == dim
+        emb = torch.load(tmp_path / name / "id000" / "clip00.pth", weights_only=True)
+        assert emb.shape == (count_frames(data / "video" / "id000" / "clip00.mp4"), dim)
+    capsys.readouterr()
+    assert main(["embed", str(data), "--encoder", "whisper", "--quiet"]) == 2
+    assert "needs --encoder-path" in capsys.readouterr().err
+    assert main(["embed", str(data), "--encoder", "sda", "--encoder-path", str(tmp_path / "none.pt"), "--quiet"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "none.pt" in err and len(err.splitlines()) == 1
