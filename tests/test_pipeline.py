@@ -14,6 +14,7 @@ import torch
 
 from diffheads.checkpoint import load_model
 from diffheads.cli import main
+from runcli import run_cli
 from diffheads.io.audio import write_wav
 from diffheads.io.image import write_png
 from diffheads.io.video import read_video
@@ -36,18 +37,6 @@ TINY = [
     "trainer.sample_every_n_steps=2",
     "trainer.sample_frames=3",
 ]
-
-
-def run_cli(*args: str) -> dict:
-    """Call the CLI in-process and return its printed JSON."""
-    import contextlib
-    import io
-
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        code = main(list(args))
-    assert code == 0, f"diffheads {' '.join(args)} exited {code}"
-    return json.loads(buf.getvalue())
 
 
 @pytest.fixture(scope="module")

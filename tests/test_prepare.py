@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 from pathlib import Path
 
@@ -12,20 +10,13 @@ import numpy as np
 import pytest
 
 from diffheads.cli import main
+from runcli import run_cli
 from diffheads.config import DataConfig, ModelConfig
 from diffheads.data.dataset import TalkingFaceDataset
 from diffheads.io.audio import load_audio, write_wav
 from diffheads.io.video import iter_frames_at, read_video, write_video
 from diffheads.prepare.split import CREMA_TEST_ACTORS, SplitRule
 from facevideo import astronaut, moving_face_video
-
-
-def run_cli(*args: str) -> dict:
-    buf = io.StringIO()
-    with contextlib.redirect_stdout(buf):
-        code = main(list(args))
-    assert code == 0, f"diffheads {' '.join(args)} exited {code}"
-    return json.loads(buf.getvalue())
 
 
 @pytest.mark.parametrize("fps,n", [(25, 20), (30, 36), (50, 40), (15, 12), (29.97, 30)])

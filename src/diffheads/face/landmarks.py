@@ -8,6 +8,7 @@ import sys
 from collections.abc import Iterator
 from dataclasses import dataclass
 from types import TracebackType
+from typing import Any
 
 import numpy as np
 
@@ -74,8 +75,24 @@ def _solutions():  # noqa: ANN202 - MediaPipe's legacy solutions module
     return solutions
 
 
+class _Graph:
+    """A MediaPipe graph held in `self._graph`, closed when the `with` block ends."""
+
+    _graph: Any
+
+    def close(self) -> None:
+        """Release the MediaPipe graph."""
+        self._graph.close()
+
+    def __enter__(self) -> "_Graph":
+        return self
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        self.close()
+
+
 @dataclass
-class FaceMesh:
+class FaceMesh(_Graph):
     """Per-frame Face Mesh landmarks in pixels, (x, y, z) with z on the x scale.
 
     `video=True` tracks the face from frame to frame (detection runs only when the track is
@@ -89,7 +106,7 @@ class FaceMesh:
 
     def __post_init__(self) -> None:
         with quiet_native_logs():
-            self._mesh = _solutions().face_mesh.FaceMesh(
+            self._graph = _solutions().face_mesh.FaceMesh(
                 static_image_mode=not self.video,
                 max_num_faces=self.max_faces,
                 refine_landmarks=False,
@@ -97,17 +114,17 @@ class FaceMesh:
                 min_tracking_confidence=self.min_confidence,
             )
             # the graph opens its models on worker threads; one blank frame waits for them while quiet
-            self._mesh.process(np.zeros((64, 64, 3), np.uint8))
+            self._graph.process(np.zeros((64, 64, 3), np.uint8))
         self._seen_face = False
 
     def __call__(self, frame: np.ndarray) -> np.ndarray:
         """(n_faces, 468, 3) landmarks of an RGB uint8 (H, W, 3) frame; n_faces may be 0."""
         h, w = frame.shape[:2]
         if self._seen_face:
-            result = self._mesh.process(np.ascontiguousarray(frame))
+            result = self._graph.process(np.ascontiguousarray(frame))
         else:  # the landmark stage warns once, on its first face
             with quiet_native_logs():
-                result = self._mesh.process(np.ascontiguousarray(frame))
+                result = self._graph.process(np.ascontiguousarray(frame))
         faces = result.multi_face_landmarks or []
         self._seen_face = self._seen_face or bool(faces)
         out = np.empty((len(faces), 468, 3), dtype=np.float32)
@@ -115,19 +132,10 @@ class FaceMesh:
             out[k] = [(p.x * w, p.y * h, p.z * w) for p in face.landmark]
         return out
 
-    def close(self) -> None:
-        """Release the MediaPipe graph."""
-        self._mesh.close()
-
-    def __enter__(self) -> "FaceMesh":
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        self.close()
 
 
 @dataclass
-class FaceCounter:
+class FaceCounter(_Graph):
     """Counts the faces in a frame with MediaPipe's full-range detector (it finds faces side by side that
     the short-range one used by Face Mesh misses). Faces narrower than `min_relative_size` of the
     largest one (a poster, a passer-by far behind) are not counted."""
@@ -137,25 +145,16 @@ class FaceCounter:
 
     def __post_init__(self) -> None:
         with quiet_native_logs():
-            self._detector = _solutions().face_detection.FaceDetection(
+            self._graph = _solutions().face_detection.FaceDetection(
                 model_selection=1, min_detection_confidence=self.min_confidence
             )
-            self._detector.process(np.zeros((64, 64, 3), np.uint8))  # as in FaceMesh: open the models quietly
+            self._graph.process(np.zeros((64, 64, 3), np.uint8))  # as in FaceMesh: open the models quietly
 
     def __call__(self, frame: np.ndarray) -> int:
         """Number of faces of comparable size in an RGB uint8 frame."""
-        result = self._detector.process(np.ascontiguousarray(frame))
+        result = self._graph.process(np.ascontiguousarray(frame))
         widths = [d.location_data.relative_bounding_box.width for d in result.detections or []]
         if not widths:
             return 0
         return sum(w >= self.min_relative_size * max(widths) for w in widths)
 
-    def close(self) -> None:
-        """Release the MediaPipe graph."""
-        self._detector.close()
-
-    def __enter__(self) -> "FaceCounter":
-        return self
-
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
-        self.close()

@@ -18,7 +18,7 @@ from diffheads.audio.embed import embed_dataset
 from diffheads.audio.encoders import AudioEncoder
 from diffheads.data.layout import DataLayout
 from diffheads.errors import DiffheadsError
-from diffheads.face.mean_face import MeanFace, load_mean_face
+from diffheads.face.mean_face import load_mean_face
 from diffheads.io.atomic import atomic_write_text
 from diffheads.prepare.clip import ClipResult, PrepareConfig, is_prepared, prepare_or_skip
 from diffheads.prepare.sources import find_raw_clips
