@@ -13,6 +13,10 @@ from diffheads.errors import DiffheadsError
 from diffheads.io.atomic import atomic_path
 
 
+class NoAudioError(DiffheadsError):
+    """The file decodes but holds no sound (no audio stream, or no samples)."""
+
+
 def _decode_mono(path: Path) -> tuple[np.ndarray, int]:
     """Decode the first audio stream as float32 mono (mean of channels) at its own rate."""
     try:
@@ -21,7 +25,7 @@ def _decode_mono(path: Path) -> tuple[np.ndarray, int]:
         raise DiffheadsError(f"audio {path} cannot be read ({err}); convert it to wav") from None
     try:
         if not container.streams.audio:
-            raise DiffheadsError(
+            raise NoAudioError(
                 f"{path} has no audio stream; pass a file with speech (wav, mp3, flac, m4a or mp4 with sound)"
             )
         stream = container.streams.audio[0]
@@ -52,7 +56,7 @@ def load_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
         raise DiffheadsError(f"audio {path} not found; check the path")
     mono, rate = _decode_mono(path)
     if len(mono) == 0:
-        raise DiffheadsError(f"audio {path} holds no samples; pass a file with speech")
+        raise NoAudioError(f"audio {path} holds no samples; pass a file with speech")
     if rate != sample_rate:
         mono = soxr.resample(mono, rate, sample_rate, quality="HQ").astype(np.float32, copy=False)
     return mono

@@ -13,7 +13,7 @@ from diffheads.face.align import AlignConfig, fill_missing, frame_transforms, tr
 from diffheads.face.track import track_landmarks
 from diffheads.face.mean_face import MeanFace
 from diffheads.io.atomic import atomic_path
-from diffheads.io.audio import load_audio, write_wav
+from diffheads.io.audio import NoAudioError, load_audio, write_wav
 from diffheads.io.video import iter_frames_at, write_video
 from diffheads.prepare.sources import RawClip
 
@@ -82,26 +82,32 @@ def _keep_frames(
         yield time, frame
 
 
-def _matched_audio(raw: RawClip, n_frames: int, cfg: PrepareConfig) -> np.ndarray:
-    """16 kHz mono audio trimmed or zero-padded to exactly n_frames * 640 samples."""
+def _clip_audio(raw: RawClip, cfg: PrepareConfig) -> np.ndarray:
+    """16 kHz mono audio of a clip, or ClipSkipped when there is none or it is silent."""
     try:
         audio = load_audio(raw.audio, SAMPLE_RATE)
+    except NoAudioError as err:
+        raise ClipSkipped("no audio", str(err)) from None
     except DiffheadsError as err:
-        reason = "no audio" if "no audio" in str(err) or "no samples" in str(err) else "unreadable"
-        raise ClipSkipped(reason, str(err)) from None
+        raise ClipSkipped("unreadable", str(err)) from None
+    if float(np.sqrt(np.mean(audio.astype(np.float64) ** 2))) < cfg.min_audio_rms:
+        raise ClipSkipped("silent audio", "the audio track is silent")
+    return audio
+
+
+def _matched_length(audio: np.ndarray, n_frames: int, cfg: PrepareConfig) -> np.ndarray:
+    """Audio trimmed or zero-padded to exactly n_frames * 640 samples, unless the lengths differ too much."""
     want = n_frames * SAMPLES_PER_FRAME
-    gap = abs(len(audio) - want) / SAMPLE_RATE
-    if gap > cfg.max_length_mismatch_s:
+    if abs(len(audio) - want) / SAMPLE_RATE > cfg.max_length_mismatch_s:
         raise ClipSkipped(
             "length mismatch", f"audio lasts {len(audio) / SAMPLE_RATE:.2f} s, video {n_frames / FPS:.2f} s"
         )
-    if float(np.sqrt(np.mean(audio.astype(np.float64) ** 2))) < cfg.min_audio_rms:
-        raise ClipSkipped("silent audio", "the audio track is silent")
     return np.pad(audio[:want], (0, max(0, want - len(audio))))
 
 
 def prepare_clip(raw: RawClip, layout: DataLayout, mean_face: MeanFace, cfg: PrepareConfig) -> ClipResult:
     """Align one clip and write DATA/video, DATA/audio and DATA/lmks for it; ClipSkipped says why not."""
+    audio = _clip_audio(raw, cfg)  # first: it is cheap, and a clip without sound needs no landmarks
     kept: list[np.ndarray] = []
     try:
         landmarks, times, faces_seen = track_landmarks(
@@ -121,7 +127,7 @@ def prepare_clip(raw: RawClip, layout: DataLayout, mean_face: MeanFace, cfg: Pre
         raise ClipSkipped("no face", "no face found in any frame")
     if missing > cfg.max_missing * n:
         raise ClipSkipped("face lost", f"no face in {missing} of {n} frames")
-    audio = _matched_audio(raw, n, cfg)
+    audio = _matched_length(audio, n, cfg)
 
     transforms = frame_transforms(landmarks, mean_face, cfg.align, times)
     crops = np.empty((n, cfg.align.size, cfg.align.size, 3), np.uint8)

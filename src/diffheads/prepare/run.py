@@ -48,6 +48,23 @@ def _write_file_lists(layout: DataLayout, prepared: list[str], rule: SplitRule) 
     return {split: len(lines) for split, lines in lists.items()}
 
 
+def _run_jobs(jobs: list, workers: int, progress: bool) -> list[ClipResult]:
+    """Prepare clips in this process (1 worker) or in a pool, with a progress bar over clips."""
+    results: list[ClipResult] = []
+    with tqdm(total=len(jobs), desc="prepare", unit="clip", disable=not progress, file=sys.stderr) as bar:
+        if workers == 1:
+            for job in jobs:
+                results.append(prepare_or_skip(job))
+                bar.update()
+            return results
+        # spawn: MediaPipe and torch threads do not survive a fork
+        with multiprocessing.get_context("spawn").Pool(workers) as pool:
+            for result in pool.imap_unordered(prepare_or_skip, jobs):
+                results.append(result)
+                bar.update()
+    return results
+
+
 def prepare_dataset(
     raw_dir: str | Path,
     out_dir: str | Path,
@@ -74,20 +91,7 @@ def prepare_dataset(
     todo = [c for c in clips if c.rel not in skip]
 
     workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
-    jobs = [(c, layout, face, cfg) for c in todo]
-    results: list[ClipResult] = []
-    bar = tqdm(total=len(todo), desc="prepare", unit="clip", disable=not progress, file=sys.stderr)
-    if workers == 1:
-        for job in jobs:
-            results.append(prepare_or_skip(job))
-            bar.update()
-    else:
-        # spawn: MediaPipe and torch threads do not survive a fork
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
-            for result in pool.imap_unordered(prepare_or_skip, jobs):
-                results.append(result)
-                bar.update()
-    bar.close()
+    results = _run_jobs([(c, layout, face, cfg) for c in todo], workers, progress)
     prep_seconds = time.perf_counter() - started
 
     new_prepared = [r for r in results if r.status == "prepared"]
@@ -97,10 +101,6 @@ def prepare_dataset(
         key=lambda s: s["clip"],
     )
     counts = _write_file_lists(layout, prepared, split) if prepared else {"train": 0, "test": 0}
-    embedded = None
-    if encoder is not None and prepared:
-        splits = tuple(name for name in ("train", "test") if counts[name])
-        embedded = embed_dataset(out, encoder=encoder, splits=splits, progress=progress)
     frames = sum(r.frames for r in new_prepared)
     report = {
         "raw_dir": str(raw_dir),
@@ -117,14 +117,18 @@ def prepare_dataset(
         "prepare_seconds": round(prep_seconds, 2),
         "frames_per_second": round(frames / prep_seconds, 1) if frames else 0.0,
         "workers": workers,
-        "embeddings": embedded,
+        "embeddings": None,
         "config": {"prepare": _jsonable(asdict(cfg)), "split": _jsonable(asdict(split)), "mean_face": str(mean_face or "packaged")},
     }
-    atomic_write_text(out / REPORT, json.dumps(report, indent=2) + "\n")
+    atomic_write_text(out / REPORT, json.dumps(report, indent=2) + "\n")  # kept even if embedding fails
     if not prepared:
         raise DiffheadsError(
             f"no clip under {raw_dir} could be prepared ({report['skipped_by_reason']}); reasons per clip in {out / REPORT}"
         )
+    if encoder is not None:
+        splits = tuple(name for name in ("train", "test") if counts[name])
+        report["embeddings"] = embed_dataset(out, encoder=encoder, splits=splits, progress=progress)
+        atomic_write_text(out / REPORT, json.dumps(report, indent=2) + "\n")
     return report
 
 
