@@ -397,6 +397,8 @@ def test_embed_command_with_weights_encoders(tmp_path: Path, sda_file: Path, whi
     capsys.readouterr()
     assert main(["embed", str(data), "--encoder", "whisper", "--quiet"]) == 2
     assert "needs --encoder-path" in capsys.readouterr().err
+    assert main(["embed", str(data), "--encoder-path", str(sda_file), "--quiet"]) == 2
+    assert "logmel has no weights" in capsys.readouterr().err
     assert main(["embed", str(data), "--encoder", "sda", "--encoder-path", str(tmp_path / "none.pt"), "--quiet"]) == 2
     err = capsys.readouterr().err.strip()
     assert "none.pt" in err and len(err.splitlines()) == 1

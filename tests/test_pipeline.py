@@ -254,6 +254,9 @@ def test_animate_aligns_a_photo_and_pastes_the_face_back(trained, tmp_path, caps
     write_png(tmp_path / "two.png", np.concatenate([small, small], axis=1))
     assert main(["animate", "--image", str(tmp_path / "two.png"), "--output", str(tmp_path / "x.mp4"), *common]) == 2
     assert "2 faces found" in capsys.readouterr().err
+    assert main(["animate", "--image", str(tmp_path / "astronaut.png"), "--output", str(tmp_path / "x.mp4"),
+                 "--mean-face", str(tmp_path / "mine.json"), *common]) == 2
+    assert "mean face" in capsys.readouterr().err
     assert not (tmp_path / "x.mp4").exists()
 
 

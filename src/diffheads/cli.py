@@ -59,7 +59,7 @@ def _encoder(args: argparse.Namespace):
     from diffheads.audio.encoders import make_encoder
 
     if args.encoder == "logmel":
-        return make_encoder("logmel", n_mels=args.n_mels, n_slots=args.slots)
+        return make_encoder("logmel", args.encoder_path, n_mels=args.n_mels, n_slots=args.slots)
     return make_encoder(args.encoder, args.encoder_path, device=args.encoder_device)
 
 
@@ -171,6 +171,8 @@ def cmd_animate(args: argparse.Namespace) -> dict:
         progress=not args.quiet,
         align=not args.no_align,
         crop_only=args.crop_only,
+        mean_face=args.mean_face,
+        margins=tuple(args.margins) if args.margins else None,
     )
     return {"output": str(out)}
 
@@ -257,6 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     how = p.add_mutually_exclusive_group()
     how.add_argument("--crop-only", action="store_true", help="write the aligned face crop, not the full picture")
     how.add_argument("--no-align", action="store_true", help="the input is already an aligned face crop (as in the reference)")
+    p.add_argument("--mean-face", help="mean-face JSON the training data was prepared with (default: the packaged one)")
+    p.add_argument("--margins", type=float, nargs=3, metavar=("X", "TOP", "BOTTOM"),
+                   help="crop margins the training data was prepared with (default 0.11 0.336 0.155)")
     _add_sampling_flags(p)
     p.set_defaults(func=cmd_animate)
 

@@ -17,6 +17,7 @@ from diffheads.diffusion.gaussian import GaussianDiffusion
 from diffheads.diffusion.video import sample_video
 from diffheads.errors import DiffheadsError
 from diffheads.face.align import AlignConfig
+from diffheads.face.mean_face import load_mean_face
 from diffheads.face.paste import paste_back
 from diffheads.face.portrait import Portrait, align_photo, align_video
 from diffheads.io.audio import load_audio
@@ -136,12 +137,21 @@ def load_identity_frame(image: str | Path | None, video: str | Path | None, size
     return to_model_frames(rgb[None], size)[0]
 
 
-def load_portrait(image: str | Path | None, video: str | Path | None, size: int) -> Portrait:
-    """Find and align the face of a photo or a video at the model's resolution."""
+def load_portrait(
+    image: str | Path | None,
+    video: str | Path | None,
+    size: int,
+    mean_face: str | Path | None = None,
+    margins: tuple[float, float, float] | None = None,
+) -> Portrait:
+    """Find and align the face of a photo or a video at the model's resolution, as `prepare` does."""
     if (image is None) == (video is None):
         raise DiffheadsError("give exactly one of --image or --video")
     cfg = AlignConfig(size=size)
-    return align_photo(image, cfg) if image is not None else align_video(video, cfg)
+    if margins is not None:
+        cfg = dataclasses.replace(cfg, margin_x=margins[0], margin_top=margins[1], margin_bottom=margins[2])
+    face = load_mean_face(mean_face)
+    return align_photo(image, cfg, face) if image is not None else align_video(video, cfg, face)
 
 
 def animate(
@@ -156,13 +166,16 @@ def animate(
     progress: bool = True,
     align: bool = True,
     crop_only: bool = False,
+    mean_face: str | Path | None = None,
+    margins: tuple[float, float, float] | None = None,
 ) -> Path:
     """Make the face of `image` (or of the first frame of `video`) speak `audio`; writes an mp4 with the audio.
 
     By default the face is found and aligned like the training data, and the generated face
     is pasted back into the full-resolution picture (a video input plays forwards and
     backwards under it); `crop_only` keeps the aligned crop; `align=False` takes the input as
-    an already aligned crop, as the reference code does.
+    an already aligned crop, as the reference code does. `mean_face` and `margins` should be
+    those the training data was prepared with (the defaults of `prepare` otherwise).
     """
     model = _model(checkpoint, device)
     sample = sample or model.cfg.sample
@@ -170,7 +183,7 @@ def animate(
         raise DiffheadsError(f"{checkpoint} does not record its audio encoder; retrain or re-export it with diffheads")
     encoder = build_encoder(model.audio_encoder, device)
     size = model.cfg.model.image_size
-    portrait = load_portrait(image, video, size) if align else None
+    portrait = load_portrait(image, video, size, mean_face, margins) if align else None
     if portrait is not None:
         identity = to_model_frames(portrait.identity_crop[None], size)[0]
     else:
