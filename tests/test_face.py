@@ -101,7 +101,10 @@ def test_warp_with_area_shrink_matches_a_plain_warp_of_a_smooth_image():
     yy, xx = np.mgrid[0:800, 0:800]
     img = np.stack([xx * 255 / 800, yy * 255 / 800, (xx + yy) * 255 / 1600], -1).astype(np.uint8)
     m = np.array([[0.12, 0.02, -15.0], [-0.02, 0.12, -5.0], [0, 0, 1]])  # the whole crop lies inside the image
-    plain = cv2.warpAffine(img, m[:2], (64, 64), flags=cv2.INTER_LINEAR)
+    # the same map for OpenCV's pixel-centre convention, worked out by hand: x_cv = x - 1/2 on both sides
+    m_cv = m.copy()
+    m_cv[:2, 2] += 0.5 * m[:2, :2].sum(axis=1) - 0.5
+    plain = cv2.warpAffine(img, m_cv[:2], (64, 64), flags=cv2.INTER_LINEAR)
     assert np.abs(warp(img, m, 64).astype(int) - plain.astype(int))[2:-2, 2:-2].max() <= 2
 
 
@@ -127,7 +130,7 @@ def test_prepare_aligns_a_moving_real_face(tmp_path):
 
     raw = tmp_path / "raw" / "spk1"
     raw.mkdir(parents=True)
-    moving_face_video(raw / "take1.mp4", seconds=3.0, fps=30.0)
+    motions = moving_face_video(raw / "take1.mp4", seconds=3.0, fps=30.0)
     report = prepare_dataset(tmp_path / "raw", tmp_path / "data", split=SplitRule(test_fraction=0.0), workers=1, progress=False)
     assert report["prepared"] == 1 and report["skipped"] == []
     frames, fps = read_video(tmp_path / "data" / "video" / "spk1" / "take1.mp4")
@@ -135,10 +138,20 @@ def test_prepare_aligns_a_moving_real_face(tmp_path):
 
     face = load_mean_face()
     target = transform_points(crop_matrix(face, AlignConfig()), face.points)[EYE_CORNERS]
-    # landmarks found again in the written crops, independently of the ones prepare used
+    # ground truth: the photo's eye corners moved by the known motion, then by prepare's per-frame map
+    with FaceMesh(video=False) as mesh:
+        still = to_68(mesh(astronaut())[0])[EYE_CORNERS, :2]
+    source_times = np.round(np.arange(75) / 25 * 30)  # 30 fps -> 25 fps, nearest source frame
+    maps = np.load(tmp_path / "data" / "align" / "spk1" / "take1.npy").astype(np.float64)
+    shrink = np.diag([384 / 512, 384 / 512, 1.0])
+    for t, m in enumerate(maps):
+        moved = shrink @ motions[int(source_times[t])]
+        in_source = transform_points(moved, still - 0.5) + 0.5  # the video was drawn by OpenCV: centres at integers
+        assert np.linalg.norm(in_source @ m[:, :2].T + m[:, 2] - target, axis=-1).max() < 2.0, t
+    # and the pixels agree: Face Mesh run again on the written crops finds the eye corners there
     with FaceMesh(video=False) as mesh:
         found = np.stack([to_68(mesh(f)[0])[EYE_CORNERS, :2] for f in frames])
-    assert np.linalg.norm(found - target, axis=-1).max() < 2.0
+    assert np.linalg.norm(found - target, axis=-1).mean() < 1.5
 
     lmks = np.load(tmp_path / "data" / "lmks" / "spk1" / "take1.npy")
     assert lmks.shape == (75, 68, 2) and np.isfinite(lmks).all()

@@ -60,6 +60,10 @@ class DataLayout:
         """DATA/lmks/<id>.npy."""
         return self.root / "lmks" / f"{cid}.npy"
 
+    def alignment(self, cid: str) -> Path:
+        """DATA/align/<id>.npy: (T, 2, 3) affine maps from source-video to crop pixels (written by prepare)."""
+        return self.root / "align" / f"{cid}.npy"
+
     def truth(self, cid: str) -> Path:
         """DATA/truth/<id>.npz (synthetic data only)."""
         return self.root / "truth" / f"{cid}.npz"

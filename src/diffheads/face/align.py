@@ -119,13 +119,23 @@ def transform_points(matrix: np.ndarray, points: np.ndarray) -> np.ndarray:
     return points[..., :2] @ matrix[:2, :2].T + matrix[:2, 2]
 
 
+def to_pixel_centres(matrix: np.ndarray) -> np.ndarray:
+    """The (3, 3) map between continuous coordinates (image spans [0, W], as landmarks are) rewritten for
+    OpenCV's convention (pixel centres at integers): x_cv = x - 0.5 on both sides."""
+    out = np.array(matrix, dtype=np.float64)
+    out[:2, 2] = matrix[:2, 2] + matrix[:2, :2] @ np.array([0.5, 0.5]) - 0.5
+    return out
+
+
 def warp(frame: np.ndarray, matrix: np.ndarray, size: int | tuple[int, int]) -> np.ndarray:
-    """Warp a uint8 (H, W, C) frame by a (3, 3) affine map into a (size, size) or (h, w) image, bilinear.
+    """Warp a uint8 (H, W, C) frame by a (3, 3) affine map of continuous coordinates into a (size, size) or
+    (h, w) image, bilinear.
 
     When the map shrinks the image by more than 2x, the frame is first reduced with area
     averaging, so the small crop is not aliased.
     """
     h, w = (size, size) if isinstance(size, int) else size
+    matrix = to_pixel_centres(matrix)
     shrink = float(np.sqrt(abs(np.linalg.det(matrix[:2, :2]))))
     if shrink < 0.5:
         factor = min(1.0, 2.0 * shrink)

@@ -63,8 +63,8 @@ class ClipResult:
 
 
 def is_prepared(layout: DataLayout, rel: str) -> bool:
-    """All three outputs exist (each is written atomically, the video last)."""
-    return all(p.is_file() for p in (layout.landmarks(rel), layout.audio(rel), layout.video(rel)))
+    """All outputs exist (each is written atomically, the video last)."""
+    return all(p.is_file() for p in (layout.landmarks(rel), layout.alignment(rel), layout.audio(rel), layout.video(rel)))
 
 
 def _keep_frames(
@@ -146,6 +146,8 @@ def prepare_clip(raw: RawClip, layout: DataLayout, mean_face: MeanFace, cfg: Pre
     crop_landmarks = np.stack([transform_points(m, p) for m, p in zip(transforms, fill_missing(landmarks))])
     with atomic_path(layout.landmarks(raw.rel)) as tmp:
         np.save(tmp, crop_landmarks.astype(np.float32))
+    with atomic_path(layout.alignment(raw.rel)) as tmp:
+        np.save(tmp, transforms[:, :2].astype(np.float32))
     write_wav(layout.audio(raw.rel), audio, SAMPLE_RATE)
     write_video(layout.video(raw.rel), crops, fps=FPS, crf=cfg.crf)
     return ClipResult(raw.rel, "prepared", frames=n, missing_face_frames=missing)

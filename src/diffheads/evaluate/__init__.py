@@ -1,0 +1,1 @@
+"""`diffheads evaluate`: score generated videos against ground truth with the field's metrics."""
