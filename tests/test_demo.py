@@ -23,6 +23,10 @@ def test_quick_demo_writes_every_artefact(tmp_path, capsys):
     for name in ("contact_sheet.png", "mouth_opening.png", "loss.png", "model.ckpt"):
         assert (out / name).is_file(), name
     assert len(list((out / "videos").rglob("*.mp4"))) == 1
+    # the evaluation report of the metrics that need no downloaded weights
+    assert {"psnr", "ssim", "ofm", "fmse", "lip_sync_r"} <= set(report["evaluation"]["metrics"])
+    for name in ("metrics.json", "per_video.csv", "report.md", "plots/per_video.png"):
+        assert (out / "eval" / name).is_file(), name
     # the measurement itself works: on real frames it tracks the true opening closely
     assert report["lip_sync_r_real_frames"] > 0.95
     # a second run into the same folder starts clean (no stale checkpoints or embeddings)

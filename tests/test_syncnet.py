@@ -24,6 +24,7 @@ from diffheads.metrics.syncnet import (
     sync_scores,
     syncnet_crops,
 )
+from fake_weights import random_syncnet
 
 # Parameter and buffer shapes of joonson/syncnet_python SyncNetModel.py class S, written out from its source:
 # index = position in the nn.Sequential (ReLUs and pools take indices; the audio stream's no-op
@@ -62,22 +63,7 @@ REFERENCE_KEYS = _cnn("netcnnaud", _CONV_AUD) + _fc("netfcaud") + _fc("netfclip"
 @pytest.fixture(scope="module")
 def random_model() -> SyncNet:
     """A SyncNet with random parameters and random BatchNorm statistics."""
-    torch.manual_seed(0)
-    model = SyncNet()
-    with torch.no_grad():
-        for name, tensor in model.state_dict().items():
-            if name.endswith("num_batches_tracked"):
-                tensor.fill_(7)
-            elif name.endswith("running_var"):
-                tensor.uniform_(0.5, 2.0)
-            elif name.endswith("running_mean") or name.endswith("bias"):
-                tensor.normal_(0.0, 0.1)
-            elif name.endswith("weight") and tensor.ndim == 1:
-                tensor.uniform_(0.5, 1.5)
-            else:
-                fan_in = tensor[0].numel()
-                tensor.normal_(0.0, math.sqrt(2.0 / fan_in))
-    return model.eval()
+    return random_syncnet()
 
 
 def test_state_dict_keys_match_reference() -> None:
@@ -96,10 +82,10 @@ def test_state_dict_round_trip(random_model: SyncNet, tmp_path: Path) -> None:
     lip = torch.rand(2, 3, 5, 224, 224, generator=gen) * 255
     aud = torch.randn(3, 1, 13, 20, generator=gen) * 10
     with torch.no_grad():
-        assert loaded.forward_lip(lip).shape == (2, 1024)
-        assert loaded.forward_aud(aud).shape == (3, 1024)
-        torch.testing.assert_close(loaded.forward_lip(lip), random_model.forward_lip(lip), rtol=0, atol=0)
-        torch.testing.assert_close(loaded.forward_aud(aud), random_model.forward_aud(aud), rtol=0, atol=0)
+        lip_out, aud_out = loaded.forward_lip(lip), loaded.forward_aud(aud)
+        assert lip_out.shape == (2, 1024) and aud_out.shape == (3, 1024)
+        torch.testing.assert_close(lip_out, random_model.forward_lip(lip), rtol=0, atol=0)
+        torch.testing.assert_close(aud_out, random_model.forward_aud(aud), rtol=0, atol=0)
         # Fresh BatchNorm statistics would give different outputs, so the stats really were loaded.
         assert not torch.allclose(SyncNet().forward_aud(aud), loaded.forward_aud(aud))
 
@@ -158,6 +144,12 @@ def test_offset_recovers_planted_shift(shift: int) -> None:
     assert scores["lse_c"] == scores["av_confidence"]
     assert len(scores["mean_dists"]) == 31
     assert scores["mean_dists"][15 - scores["av_offset"]] == scores["min_dist"]
+
+
+def test_distances_match_reference_loop_on_long_clip() -> None:
+    gen = torch.Generator().manual_seed(6)
+    v, a = torch.randn(600, 8, generator=gen), torch.randn(600, 8, generator=gen)
+    torch.testing.assert_close(sync_distances(v, a), _reference_pdist(v, a, 15), rtol=0, atol=1e-6)
 
 
 def test_distance_has_eps_inside_norm() -> None:
@@ -224,7 +216,7 @@ def test_mfcc_frame_count(n: int) -> None:
 
 
 def test_mfcc_matches_python_speech_features() -> None:
-    psf = pytest.importorskip("python_speech_features")  # test-only; not a dependency
+    import python_speech_features as psf  # the reference implementation, a test dependency
     rng = np.random.default_rng(3)
     for x in (_chirp(16000), np.round(rng.standard_normal(5003) * 3000).astype(np.int16), np.zeros(900)):
         np.testing.assert_allclose(mfcc(x), psf.mfcc(x, 16000), rtol=1e-6, atol=1e-9)
@@ -331,7 +323,9 @@ def _formula_crop(frame_bgr: np.ndarray, x: float, y: float, s: float) -> np.nda
     return cv2.resize(face, (224, 224))
 
 
-@pytest.mark.parametrize("box", [(150, 130, 250, 230), (0, 0, 100, 80), (300, 310, 399, 399), (37.3, 21.9, 181.6, 205.2)])
+@pytest.mark.parametrize(
+    "box", [(150, 130, 250, 230), (0, 0, 100, 80), (300, 310, 399, 399), (37.3, 21.9, 181.6, 205.2)]
+)
 def test_crop_matches_reference_formula(box: tuple[float, float, float, float]) -> None:
     rng = np.random.default_rng(1)
     frames = rng.integers(0, 256, (3, 400, 400, 3), dtype=np.uint8)

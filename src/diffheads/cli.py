@@ -177,6 +177,30 @@ def cmd_animate(args: argparse.Namespace) -> dict:
     return {"output": str(out)}
 
 
+def cmd_evaluate(args: argparse.Namespace) -> dict:
+    from diffheads.evaluate.run import ALL_METRICS, EvaluateConfig, evaluate
+
+    metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip()) if args.metrics else ALL_METRICS
+    cfg = EvaluateConfig(
+        metrics=metrics,
+        weights_dir=args.weights_dir,
+        inception_weights=args.inception_weights,
+        i3d_weights=args.i3d_weights,
+        syncnet_weights=args.syncnet_weights,
+        fvd_variant=args.fvd_variant,
+        fvd_clip_len=args.fvd_clip_len,
+        legacy_smoothness=args.legacy_smoothness,
+        legacy_blinks=args.legacy_blinks,
+        blink_height=args.blink_height,
+        lip_reader=args.lip_reader,
+        transcripts=args.transcripts,
+        device=args.device,
+        plot_clip=args.plot_clip,
+    )
+    summary = evaluate(args.generated, args.real, args.out, cfg, progress=not args.quiet)
+    return {k: summary[k] for k in ("n_videos", "metrics", "skipped", "outputs")}
+
+
 def cmd_demo(args: argparse.Namespace) -> dict:
     from diffheads.demo import run_demo
 
@@ -264,6 +288,28 @@ def build_parser() -> argparse.ArgumentParser:
                    help="crop margins the training data was prepared with (default 0.11 0.336 0.155)")
     _add_sampling_flags(p)
     p.set_defaults(func=cmd_animate)
+
+    p = sub.add_parser("evaluate", help="score generated videos against ground truth (FID, FVD, SyncNet, blinks, ...)")
+    p.add_argument("--generated", required=True, help="folder of generated mp4s (the --out of 'diffheads generate')")
+    p.add_argument("--real", help="the DATA folder they were generated from, or a folder of real videos with the same names")
+    p.add_argument("--out", required=True, help="folder for metrics.json, per_video.csv, report.md and plots/")
+    p.add_argument("--metrics", help="comma-separated subset of: psnr,ssim,fid,fvd,sync,wer,blinks,smoothness,lipsync (default all)")
+    p.add_argument("--weights-dir", help="folder holding the published weights files under their own names")
+    p.add_argument("--inception-weights", help="weights-inception-2015-12-05-6726825d.pth (FID)")
+    p.add_argument("--i3d-weights", help="i3d_torchscript.pt (FVD)")
+    p.add_argument("--syncnet-weights", help="syncnet_v2.model (AV offset/confidence, LSE-D/C)")
+    p.add_argument("--fvd-variant", default="stylegan-v", choices=["stylegan-v", "laughing-matters"],
+                   help="covariance of the FVD statistics: biased (StyleGAN-V) or unbiased (Laughing Matters)")
+    p.add_argument("--fvd-clip-len", type=int, default=16, help="frames per FVD clip")
+    p.add_argument("--legacy-smoothness", action="store_true", help="OFM / F-MSE as the reference script computes them")
+    p.add_argument("--legacy-blinks", action="store_true", help="blink duration halved, as the reference does")
+    p.add_argument("--blink-height", type=float, default=0.0425, help="EAR drop that counts as a blink")
+    p.add_argument("--lip-reader", help="WER plug-in: 'package.module:function' or 'cmd:COMMAND {video}'")
+    p.add_argument("--transcripts", help="'<clip id> <text>' lines or a JSON object, for WER")
+    p.add_argument("--plot-clip", help="clip id whose blink / sync / mouth curves are plotted (default: the first)")
+    p.add_argument("--device", default="cpu")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("demo", help="synthesise, train, generate and report, end to end on CPU")
     p.add_argument("--out", default="outputs/demo")

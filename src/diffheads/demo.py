@@ -112,7 +112,7 @@ def run_demo(
     from diffheads.training.train import train
 
     out = Path(out)
-    for stale in ("data", "train", "videos"):  # the demo owns these; old clips or embeddings would leak in
+    for stale in ("data", "train", "videos", "eval"):  # the demo owns these; old clips or embeddings would leak in
         shutil.rmtree(out / stale, ignore_errors=True)
     data = data or (QUICK_DATA if quick else DemoData())
     base: list[str] = [f"data.root={out / 'data'}", f"trainer.out_dir={out / 'train'}"]
@@ -165,5 +165,16 @@ def run_demo(
         "model": str(model_path),
     }
     report["figures"] = [str(p) for p in write_figures(out, layout, videos, measures)]
+    report["evaluation"], report["evaluate_seconds"] = _evaluation(out)
     atomic_write_text(out / "report.json", json.dumps(report, indent=2, default=float))
     return report
+
+
+def _evaluation(out: Path) -> tuple[dict[str, Any], float]:
+    """`diffheads evaluate` on the demo's clips with the metrics that need no downloaded weights (out/eval/)."""
+    from diffheads.evaluate.run import EvaluateConfig, evaluate
+
+    cfg = EvaluateConfig(metrics=("psnr", "ssim", "blinks", "smoothness", "lipsync"))
+    summary, seconds = _timed(evaluate, out / "videos", out / "data", out / "eval", cfg)
+    values = {name: {"generated": m.get("value"), "real": m.get("real")} for name, m in summary["metrics"].items()}
+    return {"metrics": values, "report": str(out / "eval" / "report.md")}, round(seconds, 1)

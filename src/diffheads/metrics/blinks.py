@@ -29,7 +29,7 @@ EYES = (slice(36, 42), slice(42, 48))
 
 @dataclass(frozen=True)
 class Blink:
-    """One blink: first and last frame (the open-eye peaks around the drop) and end - start."""
+    """One blink: start and end frame (normally the open-eye peaks around the drop) and end - start."""
 
     start: int
     end: int
@@ -61,7 +61,7 @@ def detect_blinks(ear: np.ndarray, height: float = REFERENCE_HEIGHT, distance: i
     """Blinks in an EAR series by the reference's rules (see the module docstring)."""
     e = np.asarray(ear, np.float64).reshape(-1)
     if not np.all(np.isfinite(e)):
-        raise DiffheadsError("the eye aspect ratio has NaN or infinite values: fill or drop frames without a face first")
+        raise DiffheadsError("the eye aspect ratio has NaN or infinite values: fill or drop the frames without a face")
     if len(e) < 3:  # find_peaks cannot find an interior peak in fewer than 3 derivative samples anyway
         return []
     drops = find_peaks(-np.diff(e), height=height, distance=distance)[0]
@@ -100,8 +100,11 @@ def blink_stats(
     if fps <= 0:
         raise DiffheadsError(f"fps must be positive, got {fps}")
     values = np.asarray(landmarks_or_ear)
-    ear = eye_aspect_ratio(values) if values.ndim == 3 else values.reshape(-1) if values.ndim == 1 else None
-    if ear is None:
+    if values.ndim == 3:
+        ear = eye_aspect_ratio(values)
+    elif values.ndim == 1:
+        ear = values.astype(np.float64)
+    else:
         raise DiffheadsError(f"expected (T, 68, 2) landmarks or a (T,) eye aspect ratio, got shape {values.shape}")
     if len(ear) == 0:
         raise DiffheadsError("no frames: blink statistics need at least one frame")

@@ -27,7 +27,7 @@ FEATURE_DIM = 2048
 
 
 def to_uint8(frames: np.ndarray | torch.Tensor, value_range: tuple[float, float] | None = None) -> torch.Tensor:
-    """Frames (..., H, W, 3) as a uint8 tensor: uint8 passes through, floats map value_range to 0..255, rounded half up."""
+    """Frames (..., H, W, 3) as uint8: uint8 passes through, floats map value_range to 0..255 rounded half up."""
     x = frames if isinstance(frames, torch.Tensor) else torch.from_numpy(np.ascontiguousarray(frames))
     if x.dtype == torch.uint8:
         if value_range not in (None, (0, 255)):
@@ -67,6 +67,16 @@ class FIDScorer:
         from torchmetrics.image.fid import FrechetInceptionDistance  # slow import, only when scoring
 
         path = find_weights("inception", path=weights_path)
+        try:
+            # torch-fidelity unpickles the file without restrictions; a tensors-only load first means nothing
+            # but tensors is ever unpickled (the published file is a plain state dict)
+            torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:  # noqa: BLE001 - any failure means: not the published file
+            first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise DiffheadsError(
+                f"{path} is not a torch-fidelity InceptionV3 state dict of plain tensors ({first_line[:120]}); "
+                "download weights-inception-2015-12-05-6726825d.pth again"
+            ) from None
         try:
             metric = FrechetInceptionDistance(
                 feature=FEATURE_DIM,

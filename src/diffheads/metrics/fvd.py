@@ -78,7 +78,7 @@ def i3d_features(
 
 
 def video_clips(frames: np.ndarray, clip_len: int = 16, stride: int | None = None) -> list[np.ndarray]:
-    """Clips of clip_len consecutive frames starting every stride (default clip_len: non-overlapping); a short tail is dropped."""
+    """Clips of clip_len consecutive frames every stride frames (default: no overlap); a short tail is dropped."""
     if clip_len < 1 or (stride is not None and stride < 1):
         raise DiffheadsError(f"clip_len and stride must be positive, got clip_len={clip_len} stride={stride}")
     step = clip_len if stride is None else stride

@@ -148,7 +148,7 @@ def load_syncnet(path: str | Path | None, device: str | torch.device = "cpu") ->
     model = SyncNet()
     expected = model.state_dict()
     state = dict(state)
-    # Files saved before BatchNorm counted batches (the published one dates from PyTorch 0.3) lack
+    # Files saved before BatchNorm counted batches (the reference targeted PyTorch 0.3) lack
     # num_batches_tracked; the counter is unused in eval mode, so take the fresh model's value.
     for key, value in expected.items():
         if key.endswith("num_batches_tracked") and key not in state:
@@ -267,8 +267,12 @@ def sync_distances(lip_emb: torch.Tensor, aud_emb: torch.Tensor, K: int = VSHIFT
     n = lip_emb.shape[0]
     padded = F.pad(aud_emb, (0, 0, K, K))
     # windows[i, j] = padded[i + j] = a_(i+j-K)
-    windows = padded.unfold(0, 2 * K + 1, 1)[:n].transpose(1, 2)
-    return F.pairwise_distance(lip_emb[:, None, :].expand_as(windows), windows)
+    windows = padded.unfold(0, 2 * K + 1, 1).transpose(1, 2)
+    rows = [lip_emb.new_zeros((0, 2 * K + 1))]
+    for i in range(0, n, 256):  # chunks bound the (chunk, 2K+1, D) temporaries on long clips
+        win = windows[i : i + 256]
+        rows.append(F.pairwise_distance(lip_emb[i : i + 256, None, :].expand_as(win), win))
+    return torch.cat(rows)
 
 
 def sync_scores(dists: torch.Tensor) -> dict[str, Any]:

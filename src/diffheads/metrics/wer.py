@@ -66,7 +66,7 @@ class _CommandReader:
             lines = done.stderr.strip().splitlines()
             first = lines[0] if lines else "(no error output)"
             raise DiffheadsError(
-                f"lip reader command '{self.command}' failed with exit status {done.returncode} on {video_path}: {first}"
+                f"lip reader command '{self.command}' failed (exit status {done.returncode}) on {video_path}: {first}"
             )
         return done.stdout.strip()
 

@@ -1,0 +1,311 @@
+"""Score a folder of generated videos against ground truth: per-video metrics, set metrics, one report."""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import sys
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from diffheads.errors import DiffheadsError
+from diffheads.evaluate.clips import LoadedPair, find_pairs, load_pair
+from diffheads.face.track import track_landmarks
+
+FPS = 25
+ALL_METRICS = ("psnr", "ssim", "fid", "fvd", "sync", "wer", "blinks", "smoothness", "lipsync")
+WEIGHT_METRICS = {"fid": "inception", "fvd": "i3d", "sync": "syncnet"}
+
+
+@dataclass
+class EvaluateConfig:
+    """What `evaluate` computes and with which weights and variants."""
+
+    metrics: tuple[str, ...] = ALL_METRICS
+    weights_dir: str | None = None  # folder holding the published weights files under their own names
+    inception_weights: str | None = None  # weights-inception-2015-12-05-6726825d.pth (FID)
+    i3d_weights: str | None = None  # i3d_torchscript.pt (FVD)
+    syncnet_weights: str | None = None  # syncnet_v2.model (AV offset/confidence, LSE-D/C)
+    fvd_variant: str = "stylegan-v"  # or "laughing-matters" (unbiased covariance)
+    fvd_clip_len: int = 16
+    legacy_smoothness: bool = False  # reproduce the reference OFM / F-MSE (defects included)
+    legacy_blinks: bool = False  # reproduce the reference's halved mean blink duration
+    blink_height: float = 0.0425  # EAR drop threshold of the reference blink detector
+    lip_reader: str | None = None  # "module:function" or "cmd:COMMAND {video}" (WER)
+    transcripts: str | None = None  # "<clip id> <text>" lines or a JSON object (WER)
+    device: str = "cpu"
+    plot_clip: str | None = None  # clip whose blink and sync curves are plotted (default: the first)
+
+    def __post_init__(self) -> None:
+        unknown = sorted(set(self.metrics) - set(ALL_METRICS))
+        if unknown:
+            raise DiffheadsError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(ALL_METRICS)}")
+
+
+@dataclass
+class Scorers:
+    """The networks and accumulators of the metrics that need them, and why any could not be built."""
+
+    fid: Any = None
+    fvd: Any = None
+    syncnet: Any = None
+    lip_reader: Any = None
+    transcripts: dict[str, str] = field(default_factory=dict)
+    weights: dict[str, dict[str, str]] = field(default_factory=dict)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+
+def sha256(path: Path) -> str:
+    """Hex digest of a file (weights are recorded by hash, so a report says exactly what scored it)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def build_scorers(cfg: EvaluateConfig) -> Scorers:
+    """Load what each requested metric needs; a missing weights file skips that metric with its reason."""
+    from diffheads.metrics.weights import find_weights
+
+    out = Scorers()
+    wanted = set(cfg.metrics)
+    explicit = {"fid": cfg.inception_weights, "fvd": cfg.i3d_weights, "sync": cfg.syncnet_weights}
+    for metric, key in WEIGHT_METRICS.items():
+        if metric not in wanted:
+            continue
+        try:
+            path = find_weights(key, cfg.weights_dir, explicit[metric])
+            if metric == "fid":
+                from diffheads.metrics.fid import FIDScorer
+
+                out.fid = FIDScorer(path, device=cfg.device)
+            elif metric == "fvd":
+                from diffheads.metrics.fvd import FVDScorer
+
+                out.fvd = FVDScorer(path, variant=cfg.fvd_variant, clip_len=cfg.fvd_clip_len, device=cfg.device)
+            else:
+                from diffheads.metrics.syncnet import load_syncnet
+
+                out.syncnet = load_syncnet(path, cfg.device)
+            out.weights[key] = {"file": str(path), "sha256": sha256(path)}
+        except DiffheadsError as err:
+            out.skipped[metric] = str(err)
+    if "wer" in wanted:
+        if not (cfg.lip_reader and cfg.transcripts):
+            out.skipped["wer"] = "WER needs a lip reader (--lip-reader) and transcripts (--transcripts); see docs/metrics.md"
+        else:
+            from diffheads.metrics.wer import load_lip_reader, read_transcripts
+
+            out.lip_reader = load_lip_reader(cfg.lip_reader)
+            out.transcripts = read_transcripts(cfg.transcripts)
+    return out
+
+
+def face_landmarks(frames: np.ndarray) -> np.ndarray:
+    """(T, 68, 2) Face Mesh landmarks of a video (NaN where no face); small crops are enlarged to find the face."""
+    landmarks, _, _ = track_landmarks(((t / FPS, f) for t, f in enumerate(frames)), min_side=256)
+    return landmarks
+
+
+def _usable(landmarks: np.ndarray | None, n: int) -> bool:
+    """Landmarks for most of the frames (the rest are interpolated)."""
+    return landmarks is not None and len(landmarks) == n and np.isfinite(landmarks).all(axis=(1, 2)).mean() >= 0.8
+
+
+def _filled(landmarks: np.ndarray) -> np.ndarray:
+    from diffheads.face.align import fill_missing
+
+    return fill_missing(landmarks)
+
+
+def video_metrics(pair: LoadedPair, cfg: EvaluateConfig, scorers: Scorers) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Per-video numbers (a CSV row) and the curves worth plotting for this clip."""
+    from diffheads.metrics import blinks, fidelity, smoothness
+
+    wanted = set(cfg.metrics)
+    gen, real = pair.generated, pair.real
+    row: dict[str, Any] = {"clip": pair.rel, "frames": len(gen)}
+    curves: dict[str, Any] = {}
+    if real is not None and "psnr" in wanted:
+        row["psnr"] = fidelity.psnr(gen, real)
+    if real is not None and "ssim" in wanted:
+        row["ssim"] = fidelity.ssim(gen, real)
+    if "smoothness" in wanted and len(gen) >= 2:
+        for name, frames in (("", gen), ("real_", real)):
+            if frames is not None:
+                row[f"{name}ofm"] = smoothness.ofm(frames, legacy=cfg.legacy_smoothness)
+                row[f"{name}fmse"] = smoothness.fmse(frames, legacy=cfg.legacy_smoothness)
+    # Face Mesh on the frames of both videos, so generated and real are measured the same way
+    needs_landmarks = "blinks" in wanted or scorers.syncnet is not None
+    gen_lm = face_landmarks(gen) if needs_landmarks else None
+    real_lm = face_landmarks(real) if needs_landmarks and real is not None else None
+    row["face_found"] = bool(_usable(gen_lm, len(gen))) if needs_landmarks else None
+    if "blinks" in wanted:
+        for name, frames, lm in (("", gen, gen_lm), ("real_", real, real_lm)):
+            if frames is not None and _usable(lm, len(frames)):
+                stats = blinks.blink_stats(_filled(lm), FPS, legacy=cfg.legacy_blinks, height=cfg.blink_height)
+                row[f"{name}blinks"] = stats["blinks"]
+                row[f"{name}blinks_per_second"] = stats["blinks_per_second"]
+                row[f"{name}blink_duration_frames"] = stats["mean_duration_frames"]
+                curves[f"{name}ear"] = blinks.eye_aspect_ratio(_filled(lm))
+    if scorers.syncnet is not None and pair.audio is not None:
+        from diffheads.metrics.syncnet import evaluate_sync
+
+        for name, frames, lm in (("", gen, gen_lm), ("real_", real, real_lm)):
+            if frames is None or not _usable(lm, len(frames)):
+                continue
+            result = evaluate_sync(scorers.syncnet, frames, _filled(lm), pair.audio)
+            row[f"{name}av_offset"] = result.av_offset
+            row[f"{name}av_confidence"] = result.av_confidence
+            row[f"{name}lse_d"] = result.lse_d
+            row[f"{name}lse_c"] = result.lse_c
+            curves[f"{name}sync"] = result.mean_dists
+    known = pair.real_landmarks  # the synthetic data's exact landmarks give the mouth boxes
+    if "lipsync" in wanted and pair.truth is not None and "mouth_open" in pair.truth and known is not None:
+        from diffheads.metrics.mouth import mouth_opening, pearson_r
+
+        truth = pair.truth["mouth_open"][: len(gen)]
+        opening = mouth_opening(gen[: len(truth)], known[: len(truth), 48:68])
+        row["lip_sync_r"] = pearson_r(opening, truth)
+        if real is not None:
+            row["real_lip_sync_r"] = pearson_r(mouth_opening(real[: len(truth)], known[: len(truth), 48:68]), truth)
+        curves["mouth_open"] = (opening, truth)
+    if scorers.fid is not None and real is not None:
+        scorers.fid.update(gen, real=False)
+        scorers.fid.update(real, real=True)
+    if scorers.fvd is not None and real is not None:
+        scorers.fvd.update(gen, real=False)
+        scorers.fvd.update(real, real=True)
+    return row, curves
+
+
+def _mean(rows: list[dict[str, Any]], key: str) -> float | None:
+    """Mean of a column over the videos that have it (None when none do)."""
+    values = [r[key] for r in rows if r.get(key) is not None and not (isinstance(r[key], float) and math.isnan(r[key]))]
+    values = [v for v in values if not (isinstance(v, float) and math.isinf(v))]
+    return float(np.mean(values)) if values else None
+
+
+def aggregate(rows: list[dict[str, Any]], cfg: EvaluateConfig, scorers: Scorers) -> dict[str, Any]:
+    """metrics.json's `metrics` section: each value with its variant and what it was computed over."""
+    metrics: dict[str, Any] = {}
+
+    def per_video(name: str, key: str, variant: str, **extra: Any) -> None:
+        # a metric that was computed but is undefined everywhere (no blink to time) is kept, as null
+        if any(key in r for r in rows):
+            n = sum(1 for r in rows if r.get(key) is not None)
+            metrics[name] = {"value": _mean(rows, key), "real": _mean(rows, f"real_{key}"), "n_videos": n,
+                             "variant": variant, **extra}
+
+    per_video("psnr", "psnr", "torchmetrics PSNR, data range 255, mean over frames then videos")
+    per_video("ssim", "ssim", "torchmetrics SSIM, Gaussian 11 / 1.5, mean over frames then videos")
+    smooth = "legacy (reference script, defects included)" if cfg.legacy_smoothness else "corrected"
+    per_video("ofm", "ofm", smooth, units="" if cfg.legacy_smoothness else "pixels per frame at 128 px")
+    per_video("fmse", "fmse", smooth)
+    per_video("av_offset", "av_offset", "SyncNet (syncnet_v2), K=15, reference window count", units="frames")
+    per_video("av_confidence", "av_confidence", "SyncNet median - min distance")
+    per_video("lse_d", "lse_d", "Wav2Lip LSE-D = min mean distance")
+    per_video("lse_c", "lse_c", "Wav2Lip LSE-C = AV confidence")
+    blink_variant = "legacy (mean duration halved)" if cfg.legacy_blinks else "corrected"
+    per_video("blinks_per_second", "blinks_per_second", f"EAR peaks, height {cfg.blink_height}, distance 4")
+    per_video("blink_duration_frames", "blink_duration_frames", blink_variant, units="frames")
+    if "blink_duration_frames" in metrics:
+        entry = metrics["blink_duration_frames"]
+        metrics["blink_duration_s"] = {
+            **entry, "value": None if entry["value"] is None else entry["value"] / FPS,
+            "real": None if entry["real"] is None else entry["real"] / FPS, "units": "seconds",
+        }
+    per_video("lip_sync_r", "lip_sync_r", "synthetic data: Pearson r of measured vs true mouth opening (per-video mean)")
+    if scorers.fid is not None:
+        try:
+            result = scorers.fid.compute()
+            metrics["fid"] = {"value": result["fid"], "n_real_frames": result["n_real"],
+                              "n_generated_frames": result["n_generated"],
+                              "variant": "torchmetrics FID, torch-fidelity InceptionV3, 2048-d, unbiased covariance",
+                              "weights": scorers.weights.get("inception")}
+        except DiffheadsError as err:
+            scorers.skipped["fid"] = str(err)
+    if scorers.fvd is not None:
+        try:
+            result = scorers.fvd.compute()
+            covariance = "biased" if result["variant"] == "stylegan-v" else "unbiased"
+            metrics["fvd"] = {"value": result["fvd"], "variant": f"{result['variant']} ({covariance} covariance, I3D logits)",
+                              "clip_len": result["clip_len"],
+                              "n_real_clips": result["n_real_clips"], "n_generated_clips": result["n_generated_clips"],
+                              "weights": scorers.weights.get("i3d")}
+        except DiffheadsError as err:
+            scorers.skipped["fvd"] = str(err)
+    if "sync" in cfg.metrics and scorers.syncnet is not None:
+        for key in ("av_offset", "av_confidence", "lse_d", "lse_c"):
+            if key in metrics:
+                metrics[key]["weights"] = scorers.weights.get("syncnet")
+    return metrics
+
+
+def score_wer(pairs: list, scorers: Scorers) -> dict[str, Any] | None:
+    """WER of the lip reader's text for each generated video against its transcript."""
+    from diffheads.metrics.wer import word_error_rate
+
+    refs, hyps = [], []
+    for pair in pairs:
+        if pair.rel in scorers.transcripts:
+            refs.append(scorers.transcripts[pair.rel])
+            hyps.append(scorers.lip_reader(pair.generated))
+    if not refs:
+        scorers.skipped["wer"] = "no transcript matches a generated clip id; check the ids in --transcripts"
+        return None
+    result = word_error_rate(refs, hyps)
+    return {"value": result["wer"], "n_videos": len(refs), "variant": "jiwer WER, lower-case, punctuation removed",
+            **{k: v for k, v in result.items() if k != "wer"}}
+
+
+def evaluate(
+    generated_dir: str | Path,
+    real_dir: str | Path | None,
+    out_dir: str | Path,
+    cfg: EvaluateConfig | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Score every generated video; write metrics.json, per_video.csv, report.md and plots/ into out_dir."""
+    from diffheads.evaluate.report import write_outputs
+
+    cfg = cfg or EvaluateConfig()
+    pairs = find_pairs(generated_dir, real_dir)
+    scorers = build_scorers(cfg)
+    for metric, reason in scorers.skipped.items():
+        print(f"diffheads evaluate: {metric} skipped: {reason}", file=sys.stderr)
+    rows, plot_curves = [], {}
+    plot_clip = cfg.plot_clip or pairs[0].rel
+    for pair in tqdm(pairs, desc="evaluate", unit="video", disable=not progress, file=sys.stderr):
+        loaded = load_pair(pair)
+        row, curves = video_metrics(loaded, cfg, scorers)
+        rows.append(row)
+        if pair.rel == plot_clip:
+            plot_curves = curves
+    metrics = aggregate(rows, cfg, scorers)
+    if scorers.lip_reader is not None:
+        wer = score_wer(pairs, scorers)
+        if wer is not None:
+            metrics["wer"] = wer
+    if not metrics:
+        raise DiffheadsError(
+            "no metric could be computed: " + "; ".join(f"{k}: {v}" for k, v in scorers.skipped.items())
+        )
+    summary = {
+        "generated_dir": str(generated_dir),
+        "real_dir": None if real_dir is None else str(real_dir),
+        "n_videos": len(rows),
+        "n_frames": int(sum(r["frames"] for r in rows)),
+        "fps": FPS,
+        "metrics": metrics,
+        "skipped": dict(scorers.skipped),
+        "faces_found": sum(1 for r in rows if r.get("face_found")),
+        "config": {k: v for k, v in vars(cfg).items()},
+    }
+    write_outputs(Path(out_dir), summary, rows, plot_clip, plot_curves)
+    return summary
