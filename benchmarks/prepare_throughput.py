@@ -8,7 +8,8 @@ head motion, 30 fps, with speech-like audio, like CREMA-D's 30 fps sources), the
 "Per core" divides by the CPU seconds the run used (all processes), so it does not depend on
 how many cores the machine has.
 
-Usage: python benchmarks/prepare_throughput.py [--clips 8] [--seconds 6] [--size 480] [--json OUT]
+Usage: python benchmarks/prepare_throughput.py [--clips 16] [--seconds 8] [--size 480] [--json OUT]
+(results go to benchmarks/results/prepare.json; `python benchmarks/write_results.py` rebuilds RESULTS.md)
 """
 
 from __future__ import annotations
@@ -81,7 +82,7 @@ def main() -> None:
     parser.add_argument("--clips", type=int, default=16)
     parser.add_argument("--seconds", type=float, default=8.0)
     parser.add_argument("--size", type=int, default=480, help="raw frame side in pixels")
-    parser.add_argument("--json", help="also write the results to this file")
+    parser.add_argument("--json", default="benchmarks/results/prepare.json", help="where to write the results")
     args = parser.parse_args()
     cores = os.cpu_count() or 1
     with tempfile.TemporaryDirectory() as tmp:
@@ -110,8 +111,8 @@ def main() -> None:
         f"(x{result['speedup_all_cores_vs_one']}); {many['fps_per_core']} frames/s per CPU core (goal 100)",
         file=sys.stderr,
     )
-    if args.json:
-        Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
 
 
 if __name__ == "__main__":

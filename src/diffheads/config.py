@@ -58,11 +58,21 @@ class IdentityFrameMode(str, enum.Enum):
     FIRST = "first"
 
 
+class FrameCache(str, enum.Enum):
+    """Where the training loader gets frames from."""
+
+    MEMORY = "memory"  # decode every clip once, keep all frames in RAM (small datasets, the demo)
+    DISK = "disk"  # decode once into DATA/cache/<size>px/<id>.npy (uint8), then memory-map: any dataset size
+    DECODE = "decode"  # decode the clip for every sample (the reference's behaviour; slow)
+
+
 class Solver(str, enum.Enum):
     """Per-frame solvers available to the video sampler."""
 
     ANCESTRAL = "ancestral"  # respaced DDPM with the learned variance (reference)
-    DDIM = "ddim"
+    DDIM = "ddim"  # Song et al. 2021; eta sets the noise (0 = deterministic)
+    DPMPP_2M = "dpm++2m"  # DPM-Solver++(2M), Lu et al. 2022: second-order multistep on the x0 prediction
+    UNIPC = "unipc"  # UniPC (bh2), Zhao et al. 2023, through diffusers' UniPCMultistepScheduler
 
 
 @dataclass
@@ -126,7 +136,7 @@ class DataConfig:
     use_landmarks: bool = True  # read lmks/ for the lip loss when the loss is on
     examples_per_clip: int = 1  # training examples drawn per clip and epoch
     num_workers: int = 0
-    cache_frames: bool = True  # decode every clip once and keep it in memory
+    frame_cache: FrameCache = FrameCache.MEMORY  # memory, disk (memory-mapped files under DATA/cache) or decode
 
 
 @dataclass

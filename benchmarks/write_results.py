@@ -1,0 +1,113 @@
+"""Rebuild benchmarks/RESULTS.md from the JSON every benchmark writes into benchmarks/results/.
+
+Usage: python benchmarks/write_results.py
+Each section says the machine, date and command of its run; the file ends with the
+machine-readable block of the latest CPU figures, one `key: value` per line.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+RESULTS = HERE / "results"
+
+
+def _load(name: str) -> dict | None:
+    path = RESULTS / f"{name}.json"
+    return json.loads(path.read_text()) if path.is_file() else None
+
+
+def _header(r: dict, title: str, script: str) -> list[str]:
+    return [f"## {title} (`benchmarks/{script}`)", "", f"- machine: {r['machine']}", f"- date: {r['date']}",
+            f"- command: `{r['command'].strip()}`", ""]
+
+
+def prepare_section(r: dict) -> list[str]:
+    one, many, st = r["one_worker"], r["all_cores"], r["stage_ms_per_frame"]
+    cores = many["workers"]
+    return _header(r, "prepare throughput", "prepare_throughput.py") + [
+        f"Input: {r['input']}; the whole `prepare` pipeline (decode, MediaPipe landmarks, smoothing, warp,",
+        "H.264 encode, wav, landmarks and maps), embeddings excluded.",
+        "",
+        "| run | wall s | CPU s | frames/s | frames/s per CPU core |",
+        "|---|---|---|---|---|",
+        f"| 1 worker | {one['wall_s']} | {one['cpu_s']} | {one['fps']} | {one['fps_per_core']} |",
+        f"| {cores} workers (all cores) | {many['wall_s']} | {many['cpu_s']} | {many['fps']} | {many['fps_per_core']} |",
+        "",
+        f"All cores vs one worker: x{r['speedup_all_cores_vs_one']} (one worker already uses more than one core:",
+        f"MediaPipe and the codecs run threads). Per core by wall clock: {many['fps']} / {cores} = "
+        f"{round(many['fps'] / cores, 1)} frames/s (goal 100).",
+        f"Stage times per frame (one clip, one process): decode {st['decode_ms']} ms, Face Mesh landmarks "
+        f"{st['landmarks_ms']} ms, smoothing + warp {st['smooth_warp_ms']} ms, H.264 encode {st['encode_ms']} ms.",
+        "",
+    ]
+
+
+def sampling_section(r: dict) -> list[str]:
+    lines = _header(r, "sampling: quality against cost, reference path against fast path", "sampling.py")
+    lines += [f"{r['clips']} held-out synthetic clips of the demo x {r['frames_per_clip']} frames, the demo model (32 px).",
+              "lip_sync_r: pooled Pearson r of the measured against the true mouth opening; pixel MAE: mean",
+              "absolute error to the ground-truth frames (0..255).", ""]
+    if r.get("sweep"):
+        solvers = sorted({s["solver"] for s in r["sweep"]}, key=lambda s: [x["solver"] for x in r["sweep"]].index(s))
+        steps = sorted({s["steps"] for s in r["sweep"]})
+        lines += ["| solver | " + " | ".join(f"{n} steps" for n in steps) + " |", "|---|" + "---|" * len(steps)]
+        for solver in solvers:
+            cells = []
+            for n in steps:
+                row = next((x for x in r["sweep"] if x["solver"] == solver and x["steps"] == n), None)
+                cells.append("-" if row is None else f"r {row['lip_sync_r']}, MAE {row['pixel_mae']}, {row['seconds_per_video_second']} s/s")
+            lines.append(f"| {solver} | " + " | ".join(cells) + " |")
+        lines += ["", "(s/s: seconds of compute per generated second of video, all clips in one batch.)", ""]
+    ref, fast = r["reference_path"], r["fast_path"]
+    lines += [
+        f"200-step ancestral DDPM: lip_sync_r {r['reference_sync_200_steps']}; fewest steps within 0.02 of it: "
+        f"**{r['fewest_steps_equal_sync']}**.",
+        "",
+        "| path | solver | steps | attention | batch | lip_sync_r | s per generated s |",
+        "|---|---|---|---|---|---|---|",
+        f"| reference | {ref['solver']} | {ref['steps']} | {ref['attention']} | {ref['batch']} | {ref['lip_sync_r']} | {ref['seconds_per_video_second']} |",
+        f"| fast | {fast['solver']} | {fast['steps']} | {fast['attention']} | {fast['batch']} | {fast['lip_sync_r']} | {fast['seconds_per_video_second']} |",
+        "",
+        f"**Speed-up at equal sync: x{r['sampling_speedup_at_equal_sync']}** (sync difference {r['sync_difference']}).",
+        "",
+    ]
+    return lines
+
+
+def generic_section(r: dict, title: str, script: str, keys: list[str]) -> list[str]:
+    lines = _header(r, title, script)
+    lines += [f"- {k}: {r[k]}" for k in keys if k in r]
+    return lines + [""]
+
+
+def main() -> None:
+    lines = ["# Benchmark results", "",
+             "Every number here was printed by a script in `benchmarks/`, run as shown; each writes its JSON",
+             "into `benchmarks/results/` and `python benchmarks/write_results.py` rebuilds this file.", ""]
+    block: list[str] = []
+    if (r := _load("prepare")) is not None:
+        lines += prepare_section(r)
+        block.append(f"prepare_fps_per_core: {round(r['all_cores']['fps'] / r['all_cores']['workers'], 1)}")
+    if (r := _load("sampling")) is not None:
+        lines += sampling_section(r)
+        block.append(f"sampling_speedup_at_equal_sync: {r['sampling_speedup_at_equal_sync']}x")
+        if r.get("fewest_steps_equal_sync"):
+            block.append(f"fewest_steps_equal_sync: {r['fewest_steps_equal_sync']}")
+    if (r := _load("training")) is not None:
+        lines += generic_section(r, "training step throughput", "training_throughput.py",
+                                 ["config", "reference", "ours", "training_speedup", "note"])
+        block.append(f"training_speedup: {r['training_speedup']}x")
+    if (r := _load("loader")) is not None:
+        lines += generic_section(r, "data loader throughput", "loader_throughput.py",
+                                 ["dataset", "decode", "disk", "memory", "cache_fill_seconds", "loader_speedup"])
+        block.append(f"loader_speedup: {r['loader_speedup']}x")
+    lines += ["## Latest CPU figures (machine-readable)", "", "```"] + block + ["```", ""]
+    (HERE / "RESULTS.md").write_text("\n".join(lines))
+    print("\n".join(block))
+
+
+if __name__ == "__main__":
+    main()
