@@ -102,7 +102,8 @@ def main() -> None:
         block.append(f"training_speedup: {r['training_speedup']}x")
     if (r := _load("loader")) is not None:
         lines += generic_section(r, "data loader throughput", "loader_throughput.py",
-                                 ["dataset", "decode", "disk", "memory", "cache_fill_seconds", "loader_speedup"])
+                                 ["input", "decode", "disk", "memory", "dataloader", "identical_examples",
+                                  "loader_speedup", "loader_speedup_cpu"])
         block.append(f"loader_speedup: {r['loader_speedup']}x")
     lines += ["## Latest CPU figures (machine-readable)", "", "```"] + block + ["```", ""]
     (HERE / "RESULTS.md").write_text("\n".join(lines))

@@ -31,7 +31,8 @@ def _sample_overrides(args: argparse.Namespace, base: SampleConfig) -> SampleCon
 
 def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, help="respaced diffusion steps per frame (default: the checkpoint's sample.steps)")
-    p.add_argument("--solver", choices=["ancestral", "ddim"], help="per-frame solver (default: the checkpoint's)")
+    p.add_argument("--solver", choices=["ancestral", "ddim", "dpm++2m", "unipc"],
+                   help="per-frame solver (default: the checkpoint's)")
     p.add_argument("--stabilize-every", type=int, help="reset the oldest motion frame to the identity every N frames")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same frames)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
@@ -116,6 +117,12 @@ def cmd_prepare(args: argparse.Namespace) -> dict:
     )
     print(summary(report), file=sys.stderr)
     return report
+
+
+def cmd_cache(args: argparse.Namespace) -> dict:
+    from diffheads.data.frame_cache import cache_dataset
+
+    return cache_dataset(args.data, args.size, progress=not args.quiet)
 
 
 def cmd_train(args: argparse.Namespace) -> dict | None:
@@ -255,6 +262,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--retry-skipped", action="store_true", help="try again the clips an earlier run skipped")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_prepare)
+
+    p = sub.add_parser("cache", help="decode every listed clip once into DATA/cache/<size>px (data.frame_cache=disk)")
+    p.add_argument("data", help="DATA folder with video/ and the file lists")
+    p.add_argument("--size", type=int, required=True, help="the model's image_size")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_cache)
 
     p = sub.add_parser("train", help="train a model: diffheads train CONFIG.yaml [section.key=value ...]")
     p.add_argument("config", help="YAML config, e.g. configs/demo.yaml")

@@ -72,7 +72,7 @@ class Solver(str, enum.Enum):
     ANCESTRAL = "ancestral"  # respaced DDPM with the learned variance (reference)
     DDIM = "ddim"  # Song et al. 2021; eta sets the noise (0 = deterministic)
     DPMPP_2M = "dpm++2m"  # DPM-Solver++(2M), Lu et al. 2022: second-order multistep on the x0 prediction
-    UNIPC = "unipc"  # UniPC (bh2), Zhao et al. 2023, through diffusers' UniPCMultistepScheduler
+    UNIPC = "unipc"  # UniPC (bh2 predictor-corrector), Zhao et al. 2023; matches diffusers' scheduler on our grid
 
 
 @dataclass

@@ -2,22 +2,32 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from diffheads.audio.embed import load_embedding
-from diffheads.config import DataConfig, IdentityFrameMode, ModelConfig
+from diffheads.config import DataConfig, FrameCache, IdentityFrameMode, ModelConfig
+from diffheads.data.frame_cache import (
+    decode_resized,
+    ensure_cached,
+    frames_to_model,
+    open_cached,
+    read_frames,
+    resize_frames,
+    source_width,
+)
 from diffheads.data.layout import DataLayout
 from diffheads.data.motion import motion_transform
 from diffheads.errors import DiffheadsError
-from diffheads.io.video import read_video
 
 MOUTH = slice(48, 68)
+DISK_ROWS_BUDGET = 256 * 2**20  # disk mode: bytes of embeddings + landmarks kept per process (least recently used go)
 
 
 @dataclass(frozen=True)
@@ -47,11 +57,12 @@ def audio_rows(t: int, k: int, n: int) -> np.ndarray:
 
 
 def to_model_frames(frames: np.ndarray, size: int) -> torch.Tensor:
-    """uint8 (T, H, W, 3) -> float (T, 3, size, size) in [-1, 1], area-resized when needed."""
-    x = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 127.5 - 1.0
-    if x.shape[-1] != size or x.shape[-2] != size:
-        x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
-    return x
+    """uint8 (T, H, W, 3) -> float (T, 3, size, size) in [-1, 1].
+
+    Resized (when needed) by `frame_cache.resize_frames`, i.e. antialiased bilinear rounded to
+    uint8 levels, exactly as the disk frame cache stores them.
+    """
+    return frames_to_model(resize_frames(frames, size))
 
 
 @dataclass
@@ -69,67 +80,152 @@ class Clip:
         return min(len(self.frames), len(self.audio_emb))
 
 
+def _check_video(layout: DataLayout, cid: str) -> Path:
+    """The clip's video path, which must exist."""
+    path = layout.video(cid)
+    if not path.is_file():
+        raise DiffheadsError(f"clip {cid}: video {path} is listed but missing; fix the file list or the data")
+    return path
+
+
+def _load_landmarks(layout: DataLayout, cid: str, size: int, source_width: int) -> torch.Tensor:
+    """(T, 68, 2) landmarks rescaled from source-video pixels to `size`."""
+    path = layout.landmarks(cid)
+    if not path.is_file():
+        raise DiffheadsError(
+            f"clip {cid}: landmarks {path} missing but the lip loss is on; "
+            "add lmks/ or set diffusion.lip_loss_weight=0"
+        )
+    lm = np.load(path).astype(np.float32)[..., :2]
+    return torch.from_numpy(lm) * (size / source_width)
+
+
+@dataclass
+class _ClipFrames:
+    """What examples of one clip are drawn from: uint8 frames in RAM (memory, decode) or a cache file (disk)."""
+
+    cid: str
+    n_frames: int  # frames in the video
+    audio_emb: torch.Tensor
+    landmarks: torch.Tensor | None
+    frames: np.ndarray | None = None  # uint8 (T, S, S, 3)
+    path: Path | None = None  # DATA/cache/<S>px/<id>.npy
+
+    @property
+    def n(self) -> int:
+        """Usable frames: min(len(video), len(audio_emb))."""
+        return min(self.n_frames, len(self.audio_emb))
+
+    @property
+    def nbytes(self) -> int:
+        """RAM held: embeddings, landmarks and in-memory frames."""
+        held = self.audio_emb.nbytes + (self.landmarks.nbytes if self.landmarks is not None else 0)
+        return held + (self.frames.nbytes if self.frames is not None else 0)
+
+    def read(self, indices: list[int]) -> torch.Tensor:
+        """Frames `indices` as float (len(indices), 3, S, S) in [-1, 1]."""
+        if self.frames is not None:
+            return frames_to_model(self.frames[np.asarray(indices, dtype=np.int64)])
+        assert self.path is not None
+        return read_frames(self.path, indices)
+
+    def clip(self) -> Clip:
+        """All frames as a Clip."""
+        return Clip(self.cid, self.read(list(range(self.n_frames))), self.audio_emb, self.landmarks)
+
+
+def _decoded(layout: DataLayout, cid: str, size: int, with_landmarks: bool) -> _ClipFrames:
+    """Decode a clip's video (uint8 at `size`), embeddings and (optionally) landmarks."""
+    frames, width = decode_resized(_check_video(layout, cid), size)
+    emb = load_embedding(layout.embedding(cid))
+    landmarks = _load_landmarks(layout, cid, size, width) if with_landmarks else None
+    return _ClipFrames(cid, len(frames), emb, landmarks, frames=frames)
+
+
+def _cached(layout: DataLayout, cid: str, size: int, with_landmarks: bool) -> _ClipFrames:
+    """A clip read from the disk frame cache (filled now when missing or stale); frames stay on disk."""
+    video = _check_video(layout, cid)
+    path = ensure_cached(layout, cid, size)
+    n_frames = len(open_cached(path))
+    emb = load_embedding(layout.embedding(cid))
+    landmarks = _load_landmarks(layout, cid, size, source_width(video)) if with_landmarks else None
+    return _ClipFrames(cid, n_frames, emb, landmarks, path=path)
+
+
 def load_clip(layout: DataLayout, cid: str, size: int, with_landmarks: bool) -> Clip:
     """Decode a clip's video, embeddings and (optionally) landmarks, scaled to `size`."""
-    video_path = layout.video(cid)
-    if not video_path.is_file():
-        raise DiffheadsError(f"clip {cid}: video {video_path} is listed but missing; fix the file list or the data")
-    raw, _fps = read_video(video_path)
-    frames = to_model_frames(raw, size)
-    emb = load_embedding(layout.embedding(cid))
-    landmarks = None
-    if with_landmarks:
-        path = layout.landmarks(cid)
-        if not path.is_file():
-            raise DiffheadsError(
-                f"clip {cid}: landmarks {path} missing but the lip loss is on; "
-                "add lmks/ or set diffusion.lip_loss_weight=0"
-            )
-        lm = np.load(path).astype(np.float32)[..., :2]
-        landmarks = torch.from_numpy(lm) * (size / raw.shape[2])
-    return Clip(cid, frames, emb, landmarks)
+    return _decoded(layout, cid, size, with_landmarks).clip()
 
 
 class TalkingFaceDataset(Dataset):
-    """Training examples: target frame, identity frame, motion frames, audio window, mouth landmarks."""
+    """Training examples: target frame, identity frame, motion frames, audio window, mouth landmarks.
+
+    `data.frame_cache` only changes where frames come from, never which example is drawn:
+    memory decodes each clip once and keeps its uint8 frames in RAM (per process: each
+    DataLoader worker holds its own copy); disk decodes each clip once into
+    DATA/cache/<size>px/<id>.npy and reads the few frames of an example through a memory map
+    (embeddings and landmarks are kept in RAM after first use, up to DISK_ROWS_BUDGET bytes
+    per process, least recently used dropped first: LRW-sized datasets would otherwise hold
+    tens of GB in every worker); decode decodes the whole clip for every example (the reference).
+    """
 
     def __init__(self, data: DataConfig, model: ModelConfig, split: str = "train", lip_loss: bool = True):
         self.data, self.model = data, model
         self.layout = DataLayout.of(data.root, data.embeddings or None)
         self.ids = self.layout.clips(split)
         self.with_landmarks = lip_loss and data.use_landmarks
-        self._cache: dict[int, Clip] = {}
+        self.mode = FrameCache(data.frame_cache)
+        self._sources: OrderedDict[int, _ClipFrames] = OrderedDict()  # memory: frames + rows; disk: path + rows
+        self._held = 0  # bytes in _sources (disk mode)
 
     def __len__(self) -> int:
         return len(self.ids) * self.data.examples_per_clip
 
+    def _source(self, i: int) -> _ClipFrames:
+        """Where clip i's examples come from, loaded once unless frames are decoded per sample."""
+        if i in self._sources:
+            self._sources.move_to_end(i)
+            return self._sources[i]
+        cid, size = self.ids[i], self.model.image_size
+        if self.mode == FrameCache.DISK:
+            source = _cached(self.layout, cid, size, self.with_landmarks)
+        else:
+            source = _decoded(self.layout, cid, size, self.with_landmarks)
+        if source.n < 2:
+            raise DiffheadsError(f"clip {cid} has {source.n} usable frames; training needs at least 2")
+        if self.mode == FrameCache.MEMORY:
+            self._sources[i] = source
+        elif self.mode == FrameCache.DISK:
+            self._sources[i] = source
+            self._held += source.nbytes
+            while self._held > DISK_ROWS_BUDGET and len(self._sources) > 1:
+                self._held -= self._sources.popitem(last=False)[1].nbytes
+        return source
+
     def clip(self, i: int) -> Clip:
-        """Clip i, decoded once when caching is on."""
-        if i in self._cache:
-            return self._cache[i]
-        clip = load_clip(self.layout, self.ids[i], self.model.image_size, self.with_landmarks)
-        if clip.n < 2:
-            raise DiffheadsError(f"clip {clip.cid} has {clip.n} usable frames; training needs at least 2")
-        if self.data.cache_frames:
-            self._cache[i] = clip
-        return clip
+        """Clip i with all its frames (read from the cache in disk mode, decoded once in memory mode)."""
+        return self._source(i).clip()
 
     def __getitem__(self, item: int) -> dict[str, Any]:
-        clip = self.clip(item % len(self.ids))
+        source = self._source(item % len(self.ids))
         seed = torch.randint(0, 2**62, (1,)).item()  # follows torch's seeded (per-worker) generator
-        idx = example_indices(clip.n, self.data.identity_frame, self.model.n_motion_frames, np.random.default_rng(seed))
-        identity = clip.frames[idx.identity]
-        motion = torch.stack([clip.frames[i] if i >= 0 else identity for i in idx.motion])
+        rng = np.random.default_rng(seed)
+        idx = example_indices(source.n, self.data.identity_frame, self.model.n_motion_frames, rng)
+        motion_idx = [i for i in idx.motion if i >= 0]
+        frames = source.read([idx.target, idx.identity, *motion_idx])  # only the frames this example needs
+        target, identity = frames[0], frames[1]
+        previous = iter(frames[2:])
+        motion = torch.stack([next(previous) if i >= 0 else identity for i in idx.motion])
         motion = motion_transform(motion, self.model.grayscale_motion, self.data.motion_blur)
-        rows = audio_rows(idx.target, self.model.n_audio_motion_embs, clip.n)
+        rows = audio_rows(idx.target, self.model.n_audio_motion_embs, source.n)
         example = {
-            "target": clip.frames[idx.target],
+            "target": target,
             "identity_frame": identity,
             "motion_frames": motion.flatten(0, 1),
-            "audio_window": clip.audio_emb[torch.from_numpy(rows)],
+            "audio_window": source.audio_emb[torch.from_numpy(rows)],
         }
-        if clip.landmarks is not None:
-            example["mouth_landmarks"] = clip.landmarks[idx.target, MOUTH]
+        if source.landmarks is not None:
+            example["mouth_landmarks"] = source.landmarks[idx.target, MOUTH]
         return example
 
 

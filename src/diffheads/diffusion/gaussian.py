@@ -6,6 +6,7 @@ module turns them into a predicted noise, x0, mean and variance.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import torch
@@ -78,6 +79,11 @@ class GaussianDiffusion:
     def respace(self, n_steps: int) -> "GaussianDiffusion":
         """The same process restricted to `n_steps` evenly spaced steps."""
         return GaussianDiffusion(self.schedule.respace(n_steps), self.cfg)
+
+    def to(self, device: torch.device | str) -> "GaussianDiffusion":
+        """This process with its schedule on `device`, so sampling and training loops make no host copies."""
+        arrays = {f.name: getattr(self.schedule, f.name).to(device) for f in dataclasses.fields(self.schedule)}
+        return GaussianDiffusion(dataclasses.replace(self.schedule, **arrays), self.cfg)
 
     def with_steps(self, n_steps: int) -> "GaussianDiffusion":
         """This process respaced to `n_steps` (itself when that keeps every step)."""

@@ -42,6 +42,8 @@ class DiffusionModule(L.LightningModule):
     def compute_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Hybrid loss of one batch at uniformly drawn timesteps."""
         x0 = batch["target"]
+        if self.diffusion.schedule.beta.device != x0.device:
+            self.diffusion = self.diffusion.to(x0.device)
         idx = torch.randint(0, self.diffusion.n_steps, (x0.shape[0],), device=x0.device)
         noise = torch.randn_like(x0)
         xt = self.diffusion.q_sample(x0, idx, noise)
