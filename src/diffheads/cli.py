@@ -26,6 +26,12 @@ def _sample_overrides(args: argparse.Namespace, base: SampleConfig) -> SampleCon
         changes["max_frames"] = args.max_frames
     if getattr(args, "batch_size", None) is not None:
         changes["batch_size"] = args.batch_size
+    if args.precision is not None:
+        changes["precision"] = args.precision
+    if args.channels_last:
+        changes["channels_last"] = True
+    if args.compile:
+        changes["compile"] = True
     return dataclasses.replace(base, **changes)
 
 
@@ -34,6 +40,9 @@ def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--solver", choices=["ancestral", "ddim", "dpm++2m", "unipc"],
                    help="per-frame solver (default: the checkpoint's)")
     p.add_argument("--stabilize-every", type=int, help="reset the oldest motion frame to the identity every N frames")
+    p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="autocast precision of the network (fp16: GPU only)")
+    p.add_argument("--channels-last", action="store_true", help="channels_last memory format for the network")
+    p.add_argument("--compile", action="store_true", help="torch.compile the network (needs a C/C++ compiler)")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same frames)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
     p.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -168,6 +168,7 @@ class TrainerConfig:
     num_nodes: int = 1
     strategy: str = "auto"  # auto, ddp, ddp_spawn, ...
     precision: str = "32-true"  # 32-true, 16-mixed, bf16-mixed
+    channels_last: bool = False  # train the network in channels_last memory format
     log_every_n_steps: int = 50
     checkpoint_every_n_steps: int = 1000
     sample_every_n_steps: int = 0  # 0 disables periodic sample videos
@@ -187,6 +188,9 @@ class SampleConfig:
     clip_denoised: bool = True  # clamp the x0 prediction to [-1, 1]
     batch_size: int = 8  # clips sampled together
     max_frames: int = 0  # cap on generated frames per clip; 0: no cap
+    precision: str = "fp32"  # fp32, bf16 (CPU or GPU) or fp16 (GPU): autocast around the network
+    channels_last: bool = False  # channels_last memory format for the network
+    compile: bool = False  # torch.compile the network (CUDA graphs on GPU)
 
 
 @dataclass

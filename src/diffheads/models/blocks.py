@@ -7,6 +7,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -48,6 +50,44 @@ class BlockEmbeddings:
     identity: torch.Tensor | None = None
 
 
+ATTENTION_IMPLS = ("sdpa", "einsum")
+"""Attention arithmetic: `sdpa` F.scaled_dot_product_attention (default, fused kernels where available);
+`einsum` the reference's QKVAttentionLegacy arithmetic (q and k each scaled by d^-1/4, einsum, softmax
+in float32 cast back to the input dtype, einsum), to reproduce the original operation order."""
+
+
+def _check_impl(impl: str) -> str:
+    if impl not in ATTENTION_IMPLS:
+        raise ValueError(f"unknown attention implementation {impl!r}; choose one of {', '.join(ATTENTION_IMPLS)}")
+    return impl
+
+
+def legacy_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """QKVAttentionLegacy core: q (N, d, T), k and v (N, d, S) -> (N, d, T).
+
+    scale = 1/sqrt(sqrt(d)) on q and k separately, weight = einsum("bct,bcs->bts"), softmax over s
+    in float32 then cast back to the weight dtype, a = einsum("bts,bcs->bct", weight, v).
+    One deliberate difference: float64 inputs keep a float64 softmax (the reference's `.float()` would
+    round it to float32); for float16 / bfloat16 / float32 the arithmetic is the reference's.
+    """
+    scale = 1 / math.sqrt(math.sqrt(q.shape[1]))
+    weight = torch.einsum("bct,bcs->bts", q * scale, k * scale)
+    softmax_dtype = torch.promote_types(weight.dtype, torch.float32)
+    weight = torch.softmax(weight.to(softmax_dtype), dim=-1).type(weight.dtype)
+    return torch.einsum("bts,bcs->bct", weight, v)
+
+
+def set_attention(model: nn.Module, impl: str) -> None:
+    """Switch every self- and cross-attention module of `model` to `impl` ("sdpa" or "einsum").
+
+    Runtime behaviour only: no parameter, buffer or state_dict key changes. Raises ValueError for unknown names.
+    """
+    _check_impl(impl)
+    for module in model.modules():
+        if isinstance(module, (AttentionBlock, AudioCrossAttention)):
+            module.impl = impl
+
+
 def _spatial(v: torch.Tensor) -> torch.Tensor:
     """(B, C) -> (B, C, 1, 1) for broadcasting over feature maps."""
     return v[:, :, None, None]
@@ -57,13 +97,15 @@ class AttentionBlock(nn.Module):
     """Multi-head self-attention over all positions, residual, with the legacy per-head [q, k, v] qkv layout.
 
     The qkv conv output (3C channels) is n_heads groups of 3d channels, each ordered [q | k | v]
-    (guided-diffusion QKVAttentionLegacy); softmax(q k^T / sqrt(d)) v via scaled_dot_product_attention,
-    whose kernels accumulate the softmax in float32.
+    (guided-diffusion QKVAttentionLegacy); softmax(q k^T / sqrt(d)) v via scaled_dot_product_attention
+    (`impl` "sdpa", default), whose kernels accumulate the softmax in float32, or via the reference's
+    einsum arithmetic (`impl` "einsum", see `legacy_attention`). `impl` is a plain attribute, not state.
     """
 
-    def __init__(self, channels: int, num_heads: int, norm_groups: int = 32) -> None:
+    def __init__(self, channels: int, num_heads: int, norm_groups: int = 32, impl: str = "sdpa") -> None:
         super().__init__()
         self.num_heads = num_heads
+        self.impl = _check_impl(impl)
         self.norm = nn.GroupNorm(norm_groups, channels)
         self.qkv = nn.Conv1d(channels, 3 * channels, 1)
         self.proj_out = zero_init(nn.Conv1d(channels, channels, 1))
@@ -74,10 +116,16 @@ class AttentionBlock(nn.Module):
         x = x.reshape(b, c, -1)
         qkv = self.qkv(self.norm(x))
         d = c // self.num_heads
-        qkv = qkv.reshape(b, self.num_heads, 3 * d, -1).transpose(2, 3)
-        q, k, v = qkv.split(d, dim=-1)
-        h = F.scaled_dot_product_attention(q, k, v)
-        h = h.transpose(2, 3).reshape(b, c, -1)
+        if self.impl == "einsum":
+            q, k, v = qkv.reshape(b * self.num_heads, 3 * d, -1).split(d, dim=1)
+            h = legacy_attention(q, k, v).reshape(b, c, -1)
+        elif self.impl == "sdpa":
+            qkv = qkv.reshape(b, self.num_heads, 3 * d, -1).transpose(2, 3)
+            q, k, v = qkv.split(d, dim=-1)
+            h = F.scaled_dot_product_attention(q, k, v)
+            h = h.transpose(2, 3).reshape(b, c, -1)
+        else:
+            raise ValueError(f"unknown attention implementation {self.impl!r}; use set_attention()")
         return (x + self.proj_out(h)).reshape(b, c, *spatial)
 
 
@@ -86,11 +134,15 @@ class AudioCrossAttention(nn.Module):
 
     Queries: 1x1 conv of the group-normalised features; keys and values: one Linear of the audio
     tokens (B, 2k+1, E) to 2C channels, laid out [k | v], each head-major. Output projection zero-initialised.
+    `impl` as in AttentionBlock ("sdpa" default, "einsum" the reference arithmetic).
     """
 
-    def __init__(self, channels: int, context_dim: int, num_heads: int, norm_groups: int = 32) -> None:
+    def __init__(
+        self, channels: int, context_dim: int, num_heads: int, norm_groups: int = 32, impl: str = "sdpa"
+    ) -> None:
         super().__init__()
         self.num_heads = num_heads
+        self.impl = _check_impl(impl)
         self.norm = nn.GroupNorm(norm_groups, channels)
         self.q = nn.Conv1d(channels, channels, 1)
         self.kv = nn.Linear(context_dim, 2 * channels)
@@ -101,10 +153,19 @@ class AudioCrossAttention(nn.Module):
         b, c, *spatial = x.shape
         x = x.reshape(b, c, -1)
         d = c // self.num_heads
-        q = self.q(self.norm(x)).reshape(b, self.num_heads, d, -1).transpose(2, 3)
-        k, v = self.kv(tokens).reshape(b, -1, 2, self.num_heads, d).permute(2, 0, 3, 1, 4)
-        h = F.scaled_dot_product_attention(q, k, v)
-        h = h.transpose(2, 3).reshape(b, c, -1)
+        q = self.q(self.norm(x))
+        k, v = self.kv(tokens).reshape(b, -1, 2, self.num_heads, d).permute(2, 0, 3, 1, 4)  # (B, heads, S, d)
+        if self.impl == "einsum":
+            q = q.reshape(b * self.num_heads, d, -1)
+            k = k.transpose(2, 3).reshape(b * self.num_heads, d, -1)
+            v = v.transpose(2, 3).reshape(b * self.num_heads, d, -1)
+            h = legacy_attention(q, k, v).reshape(b, c, -1)
+        elif self.impl == "sdpa":
+            q = q.reshape(b, self.num_heads, d, -1).transpose(2, 3)
+            h = F.scaled_dot_product_attention(q, k, v)
+            h = h.transpose(2, 3).reshape(b, c, -1)
+        else:
+            raise ValueError(f"unknown attention implementation {self.impl!r}; use set_attention()")
         return (x + self.proj_out(h)).reshape(b, c, *spatial)
 
 

@@ -121,7 +121,10 @@ def train(cfg: RunConfig) -> TrainResult:
         drop_last=len(data) > cfg.optim.batch_size,
     )
     val = TalkingFaceDataset(cfg.data, cfg.model, "test", lip_loss=False) if cfg.trainer.sample_every_n_steps else None
-    module = DiffusionModule(UNet(cfg.model), cfg, encoder)
+    unet = UNet(cfg.model)
+    if cfg.trainer.channels_last:
+        unet = unet.to(memory_format=torch.channels_last)
+    module = DiffusionModule(unet, cfg, encoder)
     trainer = build_trainer(cfg, out_dir, val)
     if trainer.is_global_zero:
         save_config(cfg, out_dir / "config.yaml")
