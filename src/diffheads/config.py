@@ -301,9 +301,21 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return plain(dataclasses.asdict(cfg))
 
 
+def _migrate(data: dict[str, Any]) -> dict[str, Any]:
+    """Keys renamed since earlier releases, rewritten so older checkpoints and configs still load."""
+    section = data.get("data")
+    if isinstance(section, dict) and "cache_frames" in section:
+        # 0.1: data.cache_frames (bool) became data.frame_cache (memory / disk / decode)
+        section = dict(section)
+        old = section.pop("cache_frames")
+        section.setdefault("frame_cache", FrameCache.MEMORY.value if old else FrameCache.DECODE.value)
+        data = {**data, "data": section}
+    return data
+
+
 def from_dict(data: dict[str, Any], source: str = "config") -> RunConfig:
-    """RunConfig from a nested dict, e.g. one stored in a checkpoint."""
-    return _build(RunConfig, data, source)
+    """RunConfig from a nested dict, e.g. one stored in a checkpoint (renamed keys of older versions accepted)."""
+    return _build(RunConfig, _migrate(data), source)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -342,7 +354,7 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
             where = f" at line {line + 1}" if line is not None else ""
             raise DiffheadsError(f"config file {path} is not valid YAML{where}; fix its syntax") from None
         source = str(path)
-    cfg = _build(RunConfig, data, source)
+    cfg = _build(RunConfig, _migrate(data), source)
     merged = to_dict(cfg)
     for text in overrides:
         keys, value = parse_override(text)
