@@ -4,7 +4,8 @@ On the demo's held-out synthetic clips (train the demo first: `make demo`), with
   1. sweep: for each solver and step count, lip_sync_r (pooled Pearson r of the mouth opening
      measured on generated frames against the true opening) and the mean absolute pixel error
      to the ground-truth frames; the fewest steps whose lip_sync_r is within 0.02 of 200-step
-     ancestral DDPM;
+     ancestral DDPM and whose pixel error is at most 5% above its (lip sync alone is reached
+     with very few, blurry steps on this data);
   2. speed: time per generated second of video, reference path (ancestral DDPM, 100 steps,
      fp32, einsum attention, one clip at a time) against the fast path (the cheapest solver
      setting of the sweep at equal sync, SDPA attention, all clips in one batch), measured
@@ -37,6 +38,7 @@ from diffheads.metrics.mouth import lip_sync_r, mouth_opening
 from diffheads.models.blocks import set_attention
 
 EQUAL_SYNC = 0.02  # "equal lip sync": within this of the 200-step ancestral DDPM
+EQUAL_PIXELS = 1.05  # and no more than 5% more pixel error than it, so few steps cannot win on blur
 
 
 def held_out(model, data_root: str, n_clips: int) -> list[dict]:
@@ -128,8 +130,10 @@ def main() -> None:
                 sweep.append(row)
                 print(json.dumps(row), file=sys.stderr, flush=True)
     result["sweep"] = sweep
-    target = next((r["lip_sync_r"] for r in sweep if r["solver"] == "ancestral" and r["steps"] == 200), None)
-    equal = [r for r in sweep if target is not None and r["lip_sync_r"] >= target - EQUAL_SYNC]
+    best = next((r for r in sweep if r["solver"] == "ancestral" and r["steps"] == 200), None)
+    target = best["lip_sync_r"] if best else None
+    equal = [r for r in sweep if best is not None and r["lip_sync_r"] >= target - EQUAL_SYNC
+             and r["pixel_mae"] <= best["pixel_mae"] * EQUAL_PIXELS]
     cheapest = min(equal, key=lambda r: (r["steps"], r["seconds"])) if equal else None
     result["reference_sync_200_steps"] = target
     result["fewest_steps_equal_sync"] = f"{cheapest['solver']} {cheapest['steps']}" if cheapest else None
