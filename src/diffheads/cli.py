@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import errno
 import json
 import sys
 from collections.abc import Sequence
@@ -342,6 +343,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def describe_os_error(exc: OSError) -> str:
+    """One line for a failure of the file system: what happened, to which file, and what to do."""
+    where = f" {exc.filename}" if exc.filename else ""
+    reason = exc.strerror or str(exc) or type(exc).__name__
+    if exc.errno == errno.ENOSPC:
+        return f"no space left on the device while writing{where}; free some space and run again (no partial file was kept)"
+    if exc.errno in (errno.EACCES, errno.EPERM, errno.EROFS):
+        return f"cannot write{where} ({reason}); choose an output location you can write to"
+    if exc.errno in (errno.ENOTDIR, errno.EISDIR):
+        return f"{reason}:{where}; a file stands where a folder is needed (or the reverse), choose another path"
+    return f"{reason}:{where}; check the path and the disk, then run again"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `diffheads` console script."""
     args = build_parser().parse_args(argv)
@@ -355,6 +369,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"diffheads {args.command}: interrupted", file=sys.stderr)
         return 130
+    except OSError as exc:
+        print(f"diffheads {args.command}: error: {describe_os_error(exc)}", file=sys.stderr)
+        return 2
     if result is not None:
         print(json.dumps(result, indent=2, default=str))
     return 0
