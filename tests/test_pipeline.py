@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import safetensors.torch
 import torch
 
 from diffheads.checkpoint import load_model
@@ -69,8 +70,8 @@ def test_ema_weights_are_exported(trained):
     raw = torch.load(trained["last"], weights_only=True)["state_dict"]
     ema = {k[len("ema_unet."):]: v for k, v in raw.items() if k.startswith("ema_unet.")}
     live = {k[len("unet."):]: v for k, v in raw.items() if k.startswith("unet.")}
-    exported = torch.load(trained["model"], weights_only=True)["state_dict"]
-    assert ema and all(torch.equal(exported[k], ema[k]) for k in ema)
+    exported = safetensors.torch.load_file(str(trained["model"]))  # the exported model is plain safetensors
+    assert ema and set(exported) == set(ema) and all(torch.equal(exported[k], ema[k]) for k in ema)
     assert any(not torch.equal(ema[k], live[k]) for k in ema)
 
 

@@ -36,6 +36,11 @@ def _sample_overrides(args: argparse.Namespace, base: SampleConfig) -> SampleCon
     return dataclasses.replace(base, **changes)
 
 
+def _add_trust_flag(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--trust-checkpoint", action="store_true",
+                   help="allow a checkpoint that needs arbitrary unpickling (it can run code): only for files you trust")
+
+
 def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--steps", type=int, help="respaced diffusion steps per frame (default: the checkpoint's sample.steps)")
     p.add_argument("--solver", choices=["ancestral", "ddim", "dpm++2m", "unipc"],
@@ -139,7 +144,7 @@ def cmd_train(args: argparse.Namespace) -> dict | None:
     from diffheads.config import load_config
     from diffheads.training.train import train
 
-    result = train(load_config(args.config, args.overrides))
+    result = train(load_config(args.config, args.overrides), trust_checkpoint=args.trust_checkpoint)
     if result.global_rank != 0:
         return None
     return {
@@ -155,7 +160,7 @@ def cmd_generate(args: argparse.Namespace) -> dict:
     from diffheads.checkpoint import load_model
     from diffheads.generate import generate_test_set
 
-    model = load_model(args.checkpoint, args.device)
+    model = load_model(args.checkpoint, args.device, trust=args.trust_checkpoint)
     result = generate_test_set(
         model,
         args.data,
@@ -175,7 +180,7 @@ def cmd_animate(args: argparse.Namespace) -> dict:
     from diffheads.checkpoint import load_model
     from diffheads.generate import animate
 
-    model = load_model(args.checkpoint, args.device)
+    model = load_model(args.checkpoint, args.device, trust=args.trust_checkpoint)
     out = animate(
         model,
         args.audio,
@@ -192,6 +197,12 @@ def cmd_animate(args: argparse.Namespace) -> dict:
         margins=tuple(args.margins) if args.margins else None,
     )
     return {"output": str(out)}
+
+
+def cmd_export(args: argparse.Namespace) -> dict:
+    from diffheads.checkpoint import export_model
+
+    return {"output": str(export_model(args.checkpoint, args.output, trust=args.trust_checkpoint))}
 
 
 def cmd_evaluate(args: argparse.Namespace) -> dict:
@@ -282,6 +293,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("train", help="train a model: diffheads train CONFIG.yaml [section.key=value ...]")
     p.add_argument("config", help="YAML config, e.g. configs/demo.yaml")
     p.add_argument("overrides", nargs="*", help="overrides such as optim.lr=1e-4 trainer.max_steps=100")
+    _add_trust_flag(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("generate", help="generate one video per clip of a split")
@@ -294,6 +306,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-frames", type=int, help="cap on frames per clip")
     p.add_argument("--overwrite", action="store_true", help="regenerate clips whose output exists")
     _add_sampling_flags(p)
+    _add_trust_flag(p)
     p.set_defaults(func=cmd_generate)
 
     p = sub.add_parser("animate", help="make one face speak one audio file")
@@ -310,7 +323,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--margins", type=float, nargs=3, metavar=("X", "TOP", "BOTTOM"),
                    help="crop margins the training data was prepared with (default 0.11 0.336 0.155)")
     _add_sampling_flags(p)
+    _add_trust_flag(p)
     p.set_defaults(func=cmd_animate)
+
+    p = sub.add_parser("export", help="write the sampling weights of a checkpoint (e.g. checkpoints/last.ckpt) as a model file")
+    p.add_argument("checkpoint", help="a training checkpoint or exported model")
+    p.add_argument("output", help="model file to write (safetensors + config), e.g. runs/x/model.safetensors")
+    _add_trust_flag(p)
+    p.set_defaults(func=cmd_export)
 
     p = sub.add_parser("evaluate", help="score generated videos against ground truth (FID, FVD, SyncNet, blinks, ...)")
     p.add_argument("--generated", required=True, help="folder of generated mp4s (the --out of 'diffheads generate')")

@@ -66,6 +66,13 @@ class FrameCache(str, enum.Enum):
     DECODE = "decode"  # decode the clip for every sample (the reference's behaviour; slow)
 
 
+class NonFinite(str, enum.Enum):
+    """What training does when the loss or a gradient is NaN or Inf."""
+
+    STOP = "stop"  # end the run with a message; the weights of that step are not updated, nothing is saved
+    SKIP = "skip"  # drop that step's update and go on (up to trainer.max_nonfinite_skips in a row)
+
+
 class Solver(str, enum.Enum):
     """Per-frame solvers available to the video sampler."""
 
@@ -174,7 +181,9 @@ class TrainerConfig:
     sample_every_n_steps: int = 0  # 0 disables periodic sample videos
     sample_frames: int = 25  # frames per periodic sample video
     wandb_project: str = ""  # empty disables Weights & Biases logging
-    resume: str = ""  # checkpoint path, or "last" for OUT_DIR/checkpoints/last.ckpt
+    resume: str = ""  # checkpoint path; "last": OUT_DIR/checkpoints/last.ckpt; "auto": last if it exists, else start
+    on_nonfinite: NonFinite = NonFinite.STOP  # NaN/Inf loss or gradients: stop the run, or skip the step
+    max_nonfinite_skips: int = 20  # with on_nonfinite=skip: stop after this many skipped steps in a row
 
 
 @dataclass

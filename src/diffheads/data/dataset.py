@@ -206,9 +206,13 @@ class TalkingFaceDataset(Dataset):
         """Clip i with all its frames (read from the cache in disk mode, decoded once in memory mode)."""
         return self._source(i).clip()
 
-    def __getitem__(self, item: int) -> dict[str, Any]:
+    def __getitem__(self, item: int | tuple[int, int]) -> dict[str, Any]:
+        """Example `item`; an (index, seed) key (data.sampler.ExampleSampler) fixes its random draws."""
+        if isinstance(item, tuple):
+            item, seed = item
+        else:
+            seed = torch.randint(0, 2**62, (1,)).item()  # follows torch's seeded (per-worker) generator
         source = self._source(item % len(self.ids))
-        seed = torch.randint(0, 2**62, (1,)).item()  # follows torch's seeded (per-worker) generator
         rng = np.random.default_rng(seed)
         idx = example_indices(source.n, self.data.identity_frame, self.model.n_motion_frames, rng)
         motion_idx = [i for i in idx.motion if i >= 0]

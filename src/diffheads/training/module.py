@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import contextlib
 import copy
+from collections.abc import Iterator
 from typing import Any
 
 import lightning as L
 import torch
 
 from diffheads.conditioning import Conditioning
-from diffheads.config import RunConfig, to_dict
+from diffheads.config import NonFinite, RunConfig, to_dict
+from diffheads.data.sampler import derive_seed
 from diffheads.diffusion.gaussian import GaussianDiffusion
+from diffheads.errors import DiffheadsError
 
 
 def conditioning_of(batch: dict[str, Any]) -> Conditioning:
@@ -35,6 +39,10 @@ class DiffusionModule(L.LightningModule):
         self.ema_unet = None
         if cfg.optim.ema_decay > 0:
             self.ema_unet = copy.deepcopy(unet).eval().requires_grad_(False)
+        self._last_loss = torch.zeros(())  # this step's loss, checked before the update
+        self._skip_update = False  # this step's gradients were dropped
+        self._skips_in_a_row = 0
+        self._skips_total = 0
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         return self.unet(x_t, t, cond)
@@ -51,17 +59,73 @@ class DiffusionModule(L.LightningModule):
         out = self.unet(xt, self.diffusion.model_timesteps(idx), cond)
         return self.diffusion.training_losses(out, x0, xt, noise, idx, cond.mouth_landmarks)
 
+    @contextlib.contextmanager
+    def step_randomness(self) -> Iterator[None]:
+        """Draw this step's timesteps, noise and dropout from a generator seeded by (seed, step, rank).
+
+        The global generators are left as they were (fork_rng), so a resumed run draws exactly what
+        the uninterrupted run drew at the same step, whatever ran before.
+        """
+        devices = [self.device.index or 0] if self.device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices, device_type=self.device.type):
+            seed = derive_seed(self.cfg.trainer.seed, self.global_step, self.global_rank)
+            torch.manual_seed(seed)
+            yield
+
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
-        losses = self.compute_losses(batch)
+        with self.step_randomness():
+            losses = self.compute_losses(batch)
         bs = batch["target"].shape[0]
+        self._last_loss = losses["loss"].detach()
         self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, prog_bar=False, batch_size=bs, sync_dist=False)
         self.log("loss", losses["loss"].detach(), prog_bar=True, batch_size=bs, logger=False)
         return losses["loss"]
 
+    def _nonfinite(self) -> tuple[bool, list[str]]:
+        """(loss is not finite, names of parameters whose gradient holds a NaN or Inf), with one host sync.
+
+        Under fp16 mixed precision gradients are not checked: the GradScaler skips steps with Inf
+        gradients itself, and scaled gradients overflow by design now and then.
+        """
+        named = [] if self.trainer.precision.startswith("16") else [
+            (n, p.grad) for n, p in self.unet.named_parameters() if p.grad is not None
+        ]
+        flags = torch.stack([self._last_loss.isfinite(), *(g.isfinite().all() for _, g in named)]).tolist()
+        return not flags[0], [n for (n, _), ok in zip(named, flags[1:]) if not ok]
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Stop, or drop this step's update, when the loss or a gradient is not finite (before clipping)."""
+        self._skip_update = False
+        loss_bad, bad_grads = self._nonfinite()
+        if not self.trainer.strategy.reduce_boolean_decision(loss_bad or bool(bad_grads), all=False):
+            self._skips_in_a_row = 0
+            return
+        what = f"the loss is {float(self._last_loss)}" if loss_bad else f"the gradient of {bad_grads[0]} is not finite"
+        where = f"at step {self.global_step} (epoch {self.current_epoch})"
+        t = self.cfg.trainer
+        if t.on_nonfinite == NonFinite.SKIP and self._skips_in_a_row < t.max_nonfinite_skips:
+            optimizer.zero_grad(set_to_none=True)  # Adam leaves parameters without gradients untouched
+            self._skip_update = True
+            self._skips_in_a_row += 1
+            self._skips_total += 1
+            self.log("train/skipped_steps", float(self._skips_total), batch_size=1)
+            return
+        last = f"{t.out_dir}/checkpoints/last.ckpt"
+        if t.on_nonfinite == NonFinite.SKIP:
+            raise DiffheadsError(
+                f"{what} {where}, {self._skips_in_a_row} steps in a row were skipped (trainer.max_nonfinite_skips); "
+                f"the run diverged: resume from {last} with a lower optim.lr or set optim.grad_clip"
+            )
+        raise DiffheadsError(
+            f"{what} {where}; stopped before updating the weights, no checkpoint was written for this step; "
+            f"resume from {last} (trainer.resume=last) with a lower optim.lr or optim.grad_clip, "
+            "or set trainer.on_nonfinite=skip"
+        )
+
     def optimizer_step(self, *args: Any, **kwargs: Any) -> None:
         # EMA right after the weight update, so checkpoints written in the same step include it
         super().optimizer_step(*args, **kwargs)
-        if self.ema_unet is None:
+        if self.ema_unet is None or self._skip_update:
             return
         decay = self.cfg.optim.ema_decay
         with torch.no_grad():

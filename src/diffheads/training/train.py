@@ -14,13 +14,16 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader
 
 from diffheads.audio.embed import read_encoder_spec
-from diffheads.checkpoint import save_model
+from diffheads.checkpoint import read_checkpoint, save_model
 from diffheads.config import RunConfig, save_config
 from diffheads.data.dataset import TalkingFaceDataset
 from diffheads.data.layout import DataLayout
+from diffheads.data.sampler import ExampleSampler
 from diffheads.errors import DiffheadsError
 from diffheads.models.unet import UNet
+from diffheads.training.checkpoint_io import AtomicCheckpointIO, remove_stale_temporaries
 from diffheads.training.module import DiffusionModule
+from diffheads.training.resume import ResumeState
 from diffheads.training.samples import SampleVideos
 
 
@@ -50,17 +53,24 @@ def resolve_config(cfg: RunConfig) -> tuple[RunConfig, dict[str, Any]]:
     return dataclasses.replace(cfg, model=model), encoder
 
 
-def _resume_path(cfg: RunConfig, ckpt_dir: Path) -> str | None:
-    if not cfg.trainer.resume:
+def _resume_path(cfg: RunConfig, ckpt_dir: Path, trust: bool) -> str | None:
+    """The checkpoint to resume from (checked to load without running code unless trusted), or None."""
+    resume = cfg.trainer.resume
+    if not resume:
         return None
-    path = ckpt_dir / "last.ckpt" if cfg.trainer.resume == "last" else Path(cfg.trainer.resume)
+    path = ckpt_dir / "last.ckpt" if resume in ("last", "auto") else Path(resume)
     if not path.is_file():
-        raise DiffheadsError(f"cannot resume: {path} not found; train without trainer.resume first")
+        if resume == "auto":
+            return None
+        raise DiffheadsError(f"cannot resume: {path} not found; train without trainer.resume (or use trainer.resume=auto)")
+    read_checkpoint(path, trust=trust)  # refuses pickled code and truncated files with a clear message
     return str(path)
 
 
-def build_trainer(cfg: RunConfig, out_dir: Path, val_data: TalkingFaceDataset | None) -> L.Trainer:
-    """Lightning Trainer with loggers, checkpointing and optional SWA / sample videos."""
+def build_trainer(
+    cfg: RunConfig, out_dir: Path, val_data: TalkingFaceDataset | None, extra_callbacks: list[L.Callback] = ()
+) -> L.Trainer:
+    """Lightning Trainer with loggers, atomic checkpointing and optional SWA / sample videos."""
     t = cfg.trainer
     loggers: list[Any] = [TensorBoardLogger(str(out_dir), name="tensorboard"), CSVLogger(str(out_dir), name="csv")]
     if t.wandb_project:
@@ -77,6 +87,7 @@ def build_trainer(cfg: RunConfig, out_dir: Path, val_data: TalkingFaceDataset | 
             auto_insert_metric_name=False,
         ),
         LearningRateMonitor(logging_interval="epoch"),
+        *extra_callbacks,
     ]
     if cfg.optim.swa:
         callbacks.append(StochasticWeightAveraging(swa_lrs=cfg.optim.swa_lr))
@@ -100,22 +111,29 @@ def build_trainer(cfg: RunConfig, out_dir: Path, val_data: TalkingFaceDataset | 
         enable_model_summary=False,
         num_sanity_val_steps=0,
         limit_val_batches=0,
-        use_distributed_sampler=True,
+        use_distributed_sampler=False,  # data.sampler.ExampleSampler splits the examples between ranks itself
+        plugins=[AtomicCheckpointIO()],
     )
 
 
-def train(cfg: RunConfig) -> TrainResult:
-    """Train a model as configured; returns the exported model path."""
+def train(cfg: RunConfig, trust_checkpoint: bool = False) -> TrainResult:
+    """Train a model as configured; returns the exported model path.
+
+    `trust_checkpoint` allows resuming from a checkpoint that needs arbitrary unpickling (runs code).
+    """
     cfg, encoder = resolve_config(cfg)
     out_dir = Path(cfg.trainer.out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
+    ckpt_dir = out_dir / "checkpoints"
+    resume = _resume_path(cfg, ckpt_dir, trust_checkpoint)
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     lip = cfg.diffusion.lip_loss_weight > 0
     data = TalkingFaceDataset(cfg.data, cfg.model, "train", lip_loss=lip)
+    sampler = ExampleSampler(len(data), cfg.trainer.seed)
     loader = DataLoader(
         data,
         batch_size=cfg.optim.batch_size,
-        shuffle=True,
+        sampler=sampler,
         num_workers=cfg.data.num_workers,
         persistent_workers=cfg.data.num_workers > 0,
         drop_last=len(data) > cfg.optim.batch_size,
@@ -125,11 +143,11 @@ def train(cfg: RunConfig) -> TrainResult:
     if cfg.trainer.channels_last:
         unet = unet.to(memory_format=torch.channels_last)
     module = DiffusionModule(unet, cfg, encoder)
-    trainer = build_trainer(cfg, out_dir, val)
+    trainer = build_trainer(cfg, out_dir, val, [ResumeState(sampler, cfg.optim.batch_size)])
     if trainer.is_global_zero:
         save_config(cfg, out_dir / "config.yaml")
-    ckpt_dir = out_dir / "checkpoints"
-    trainer.fit(module, loader, ckpt_path=_resume_path(cfg, ckpt_dir))
+        remove_stale_temporaries(ckpt_dir)
+    trainer.fit(module, loader, ckpt_path=resume, weights_only=not trust_checkpoint)
     model_path = out_dir / "model.ckpt"
     if trainer.is_global_zero:
         save_model(model_path, module.sampling_network(), cfg, encoder)
