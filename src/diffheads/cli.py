@@ -363,6 +363,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def one_line(exc: DiffheadsError) -> str:
+    """The message of a DiffheadsError, also when a DataLoader worker re-raised it with its traceback."""
+    lines = [line for line in str(exc).splitlines() if line.strip()]
+    if len(lines) <= 1:
+        return lines[0] if lines else type(exc).__name__
+    last = lines[-1]
+    return last.split("DiffheadsError: ", 1)[1] if "DiffheadsError: " in last else " ".join(lines)
+
+
 def describe_os_error(exc: OSError) -> str:
     """One line for a failure of the file system: what happened, to which file, and what to do."""
     where = f" {exc.filename}" if exc.filename else ""
@@ -384,7 +393,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         with contextlib.redirect_stdout(sys.stderr):
             result = args.func(args)
     except DiffheadsError as exc:
-        print(f"diffheads {args.command}: error: {exc}", file=sys.stderr)
+        print(f"diffheads {args.command}: error: {one_line(exc)}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print(f"diffheads {args.command}: interrupted", file=sys.stderr)

@@ -80,6 +80,28 @@ class Clip:
         return min(len(self.frames), len(self.audio_emb))
 
 
+EMBEDDING_SLACK = 2  # embeddings may be this many rows shorter than the video (rounding of audio length)
+
+
+def check_listed_clips(layout: DataLayout, ids: list[str], split: str) -> None:
+    """Every listed clip has its video and embeddings; else one error naming how many and the first."""
+    missing = [p for cid in ids for p in (layout.video(cid), layout.embedding(cid)) if not p.is_file()]
+    if missing:
+        raise DiffheadsError(
+            f"{len(missing)} file(s) of clips listed in {layout.file_list(split).name} are missing (first: {missing[0]}); "
+            "remove those clips from the list, or run 'diffheads embed' for missing embeddings"
+        )
+
+
+def _check_lengths(cid: str, n_frames: int, emb: torch.Tensor, path: Path) -> None:
+    """Embeddings much shorter than the video were made from other audio."""
+    if len(emb) < n_frames - EMBEDDING_SLACK:
+        raise DiffheadsError(
+            f"clip {cid}: embeddings {path} have {len(emb)} rows but the video has {n_frames} frames; "
+            "the audio does not match the video: re-embed it ('diffheads embed --overwrite') or fix the clip"
+        )
+
+
 def _check_video(layout: DataLayout, cid: str) -> Path:
     """The clip's video path, which must exist."""
     path = layout.video(cid)
@@ -138,6 +160,7 @@ def _decoded(layout: DataLayout, cid: str, size: int, with_landmarks: bool) -> _
     """Decode a clip's video (uint8 at `size`), embeddings and (optionally) landmarks."""
     frames, width = decode_resized(_check_video(layout, cid), size)
     emb = load_embedding(layout.embedding(cid))
+    _check_lengths(cid, len(frames), emb, layout.embedding(cid))
     landmarks = _load_landmarks(layout, cid, size, width) if with_landmarks else None
     return _ClipFrames(cid, len(frames), emb, landmarks, frames=frames)
 
@@ -148,6 +171,7 @@ def _cached(layout: DataLayout, cid: str, size: int, with_landmarks: bool) -> _C
     path = ensure_cached(layout, cid, size)
     n_frames = len(open_cached(path))
     emb = load_embedding(layout.embedding(cid))
+    _check_lengths(cid, n_frames, emb, layout.embedding(cid))
     landmarks = _load_landmarks(layout, cid, size, source_width(video)) if with_landmarks else None
     return _ClipFrames(cid, n_frames, emb, landmarks, path=path)
 
@@ -173,6 +197,7 @@ class TalkingFaceDataset(Dataset):
         self.data, self.model = data, model
         self.layout = DataLayout.of(data.root, data.embeddings or None)
         self.ids = self.layout.clips(split)
+        check_listed_clips(self.layout, self.ids, split)
         self.with_landmarks = lip_loss and data.use_landmarks
         self.mode = FrameCache(data.frame_cache)
         self._sources: OrderedDict[int, _ClipFrames] = OrderedDict()  # memory: frames + rows; disk: path + rows
@@ -239,6 +264,7 @@ class SplitClips(Dataset):
     def __init__(self, data: DataConfig, model: ModelConfig, split: str = "test"):
         self.layout = DataLayout.of(data.root, data.embeddings or None)
         self.ids = self.layout.clips(split)
+        check_listed_clips(self.layout, self.ids, split)
         self.size = model.image_size
 
     def __len__(self) -> int:
