@@ -216,3 +216,25 @@ def test_sampler_splits_examples_between_ranks(monkeypatch):
         parts.append([i for i, _ in s])
     every = sum(parts, [])
     assert set(every) == set(range(10)) and len(every) == 12  # all examples; 2 repeated to even out the ranks
+
+
+def test_examples_do_not_depend_on_loader_workers(data):
+    """Worker processes draw nothing of their own: 0 or 2 workers give the same batches."""
+    from torch.utils.data import DataLoader
+
+    from diffheads.data.dataset import TalkingFaceDataset
+
+    cfg = load_config("configs/demo.yaml", [f"data.root={data}", *TINY])
+    dataset = TalkingFaceDataset(cfg.data, cfg.model, "train", lip_loss=True)
+
+    def batches(workers: int) -> list[dict]:
+        sampler = ExampleSampler(len(dataset), seed=7)
+        sampler.set_epoch(2)
+        return list(DataLoader(dataset, batch_size=4, sampler=sampler, num_workers=workers))
+
+    a, b = batches(0), batches(2)
+    assert len(a) == len(b) == 4
+    for x, y in zip(a, b):
+        assert x.keys() == y.keys() and all(torch.equal(x[k], y[k]) for k in x)
+    torch.manual_seed(99)  # the global generator plays no part
+    assert all(torch.equal(x["target"], y["target"]) for x, y in zip(a, batches(0)))
