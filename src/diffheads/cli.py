@@ -9,6 +9,7 @@ import errno
 import json
 import sys
 from collections.abc import Sequence
+from typing import NoReturn
 
 from diffheads.config import SampleConfig, Solver
 from diffheads.errors import DiffheadsError
@@ -144,7 +145,8 @@ def cmd_train(args: argparse.Namespace) -> dict | None:
     from diffheads.config import load_config
     from diffheads.training.train import train
 
-    result = train(load_config(args.config, args.overrides), trust_checkpoint=args.trust_checkpoint)
+    result = train(load_config(args.config, args.overrides), trust_checkpoint=args.trust_checkpoint,
+                   progress=not args.quiet)
     if result.global_rank != 0:
         return None
     return {
@@ -235,9 +237,16 @@ def cmd_demo(args: argparse.Namespace) -> dict:
     return run_demo(args.out, config=args.config, overrides=args.overrides, quick=args.quick)
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse, with usage errors in one line like every other error."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"{self.prog}: error: {message}; see '{self.prog} --help'\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The `diffheads` argument parser."""
-    parser = argparse.ArgumentParser(prog="diffheads", description="Diffused Heads talking-face diffusion toolkit")
+    parser = _Parser(prog="diffheads", description="Diffused Heads talking-face diffusion toolkit")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("synth", help="write a synthetic talking-face dataset in the data contract")
@@ -294,6 +303,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="YAML config, e.g. configs/demo.yaml")
     p.add_argument("overrides", nargs="*", help="overrides such as optim.lr=1e-4 trainer.max_steps=100")
     _add_trust_flag(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar or Lightning messages")
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("generate", help="generate one video per clip of a split")

@@ -31,6 +31,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         yield tmp_path
         os.chmod(tmp_path, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         os.replace(tmp_path, path)
+    except OSError as err:
+        if err.filename is None or Path(err.filename) == tmp_path:
+            err.filename = str(path)  # report the file the user asked for, not our temporary name
+        raise
     finally:
         if tmp_path.exists():
             tmp_path.unlink()

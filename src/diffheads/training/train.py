@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,6 +21,7 @@ from diffheads.data.dataset import TalkingFaceDataset
 from diffheads.data.layout import DataLayout
 from diffheads.data.sampler import ExampleSampler
 from diffheads.errors import DiffheadsError
+from diffheads.io.outdir import output_dir
 from diffheads.models.unet import UNet
 from diffheads.training.checkpoint_io import AtomicCheckpointIO, remove_stale_temporaries
 from diffheads.training.module import DiffusionModule
@@ -68,7 +70,11 @@ def _resume_path(cfg: RunConfig, ckpt_dir: Path, trust: bool) -> str | None:
 
 
 def build_trainer(
-    cfg: RunConfig, out_dir: Path, val_data: TalkingFaceDataset | None, extra_callbacks: list[L.Callback] = ()
+    cfg: RunConfig,
+    out_dir: Path,
+    val_data: TalkingFaceDataset | None,
+    extra_callbacks: list[L.Callback] = (),
+    progress: bool = True,
 ) -> L.Trainer:
     """Lightning Trainer with loggers, atomic checkpointing and optional SWA / sample videos."""
     t = cfg.trainer
@@ -107,7 +113,7 @@ def build_trainer(
         gradient_clip_val=cfg.optim.grad_clip or None,
         logger=loggers,
         callbacks=callbacks,
-        enable_progress_bar=True,
+        enable_progress_bar=progress,
         enable_model_summary=False,
         num_sanity_val_steps=0,
         limit_val_batches=0,
@@ -116,19 +122,37 @@ def build_trainer(
     )
 
 
-def train(cfg: RunConfig, trust_checkpoint: bool = False) -> TrainResult:
+def train(cfg: RunConfig, trust_checkpoint: bool = False, progress: bool = True) -> TrainResult:
     """Train a model as configured; returns the exported model path.
 
-    `trust_checkpoint` allows resuming from a checkpoint that needs arbitrary unpickling (runs code).
+    `trust_checkpoint` allows resuming from a checkpoint that needs arbitrary unpickling (runs code);
+    `progress=False` hides the progress bar and Lightning's informational messages.
     """
     cfg, encoder = resolve_config(cfg)
     out_dir = Path(cfg.trainer.out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
     ckpt_dir = out_dir / "checkpoints"
     resume = _resume_path(cfg, ckpt_dir, trust_checkpoint)
-    L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     lip = cfg.diffusion.lip_loss_weight > 0
-    data = TalkingFaceDataset(cfg.data, cfg.model, "train", lip_loss=lip)
+    data = TalkingFaceDataset(cfg.data, cfg.model, "train", lip_loss=lip)  # checks every listed clip first
+    val = TalkingFaceDataset(cfg.data, cfg.model, "test", lip_loss=False) if cfg.trainer.sample_every_n_steps else None
+    with output_dir(out_dir, "trainer.out_dir"):
+        return _fit(cfg, encoder, data, val, out_dir, resume, trust_checkpoint, progress)
+
+
+def _fit(
+    cfg: RunConfig,
+    encoder: dict[str, Any],
+    data: TalkingFaceDataset,
+    val: TalkingFaceDataset | None,
+    out_dir: Path,
+    resume: str | None,
+    trust_checkpoint: bool,
+    progress: bool,
+) -> TrainResult:
+    """Build the loader, network and trainer, fit, and export the sampling weights."""
+    if not progress:
+        logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     sampler = ExampleSampler(len(data), cfg.trainer.seed)
     loader = DataLoader(
         data,
@@ -138,12 +162,12 @@ def train(cfg: RunConfig, trust_checkpoint: bool = False) -> TrainResult:
         persistent_workers=cfg.data.num_workers > 0,
         drop_last=len(data) > cfg.optim.batch_size,
     )
-    val = TalkingFaceDataset(cfg.data, cfg.model, "test", lip_loss=False) if cfg.trainer.sample_every_n_steps else None
     unet = UNet(cfg.model)
     if cfg.trainer.channels_last:
         unet = unet.to(memory_format=torch.channels_last)
     module = DiffusionModule(unet, cfg, encoder)
-    trainer = build_trainer(cfg, out_dir, val, [ResumeState(sampler, cfg.optim.batch_size)])
+    trainer = build_trainer(cfg, out_dir, val, [ResumeState(sampler, cfg.optim.batch_size)], progress)
+    ckpt_dir = out_dir / "checkpoints"
     if trainer.is_global_zero:
         save_config(cfg, out_dir / "config.yaml")
         remove_stale_temporaries(ckpt_dir)
