@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 from pathlib import Path
 from typing import Any
@@ -12,22 +13,30 @@ from tqdm.auto import tqdm
 from diffheads.audio.encoders import AudioEncoder, LogMelEncoder, build_encoder, frames_in_audio
 from diffheads.data.layout import DataLayout
 from diffheads.errors import DiffheadsError
-from diffheads.io.atomic import atomic_path, atomic_write_text
+from diffheads.io.atomic import atomic_write_bytes, atomic_write_text
 from diffheads.io.audio import load_audio
+from diffheads.io.outdir import output_dir
 from diffheads.io.video import count_frames
 
 
 def save_embedding(path: Path, emb: torch.Tensor) -> None:
     """Write a (n_frames, dim) float32 tensor atomically."""
-    with atomic_path(path) as tmp:
-        torch.save(emb.float().contiguous(), tmp)
+    # serialised in memory first: torch.save reports a full disk as a RuntimeError, a plain write as OSError
+    buffer = io.BytesIO()
+    torch.save(emb.float().contiguous(), buffer)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def load_embedding(path: Path) -> torch.Tensor:
     """Read a (n_frames, dim) embedding tensor without unpickling code."""
     if not path.is_file():
         raise DiffheadsError(f"audio embeddings {path} not found; run 'diffheads embed DATA' first")
-    emb = torch.load(path, map_location="cpu", weights_only=True)
+    try:
+        emb = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as err:  # noqa: BLE001 - torch reports a damaged file as RuntimeError, UnpicklingError, EOFError...
+        raise DiffheadsError(
+            f"audio embeddings {path} cannot be read ({type(err).__name__}); delete it and run 'diffheads embed' again"
+        ) from None
     if not isinstance(emb, torch.Tensor) or emb.dim() != 2:
         raise DiffheadsError(f"{path} does not hold a (n_frames, audio_dim) tensor; re-run 'diffheads embed'")
     return emb.float()
@@ -37,7 +46,18 @@ def read_encoder_spec(layout: DataLayout) -> dict[str, Any]:
     """The encoder description stored with the embeddings."""
     if not layout.encoder_file.is_file():
         raise DiffheadsError(f"{layout.encoder_file} not found; run 'diffheads embed {layout.root}' first")
-    return json.loads(layout.encoder_file.read_text())
+    return _read_spec(layout.encoder_file)
+
+
+def _read_spec(path: Path) -> dict[str, Any]:
+    """The JSON object of an encoder.json."""
+    try:
+        spec = json.loads(path.read_text())
+    except (ValueError, UnicodeDecodeError) as err:
+        raise DiffheadsError(f"{path} is not valid JSON ({err}); delete it and run 'diffheads embed --overwrite'") from None
+    if not isinstance(spec, dict):
+        raise DiffheadsError(f"{path} does not describe an encoder; delete it and run 'diffheads embed --overwrite'")
+    return spec
 
 
 def embed_clip(encoder: AudioEncoder, audio_path: Path, video_path: Path | None) -> torch.Tensor:
@@ -45,6 +65,25 @@ def embed_clip(encoder: AudioEncoder, audio_path: Path, video_path: Path | None)
     audio = load_audio(audio_path)
     n_frames = count_frames(video_path) if video_path is not None and video_path.is_file() else frames_in_audio(len(audio))
     return encoder.encode(audio, n_frames)
+
+
+def listed_clips(layout: DataLayout, splits: tuple[str, ...]) -> list[str]:
+    """Sorted clip ids of the splits' file lists; a missing or empty list is fine while another one names clips."""
+    if not layout.root.is_dir():
+        raise DiffheadsError(
+            f"DATA folder {layout.root} not found, so there is no file list to read; "
+            "pass the folder made by 'diffheads synth' or 'diffheads prepare'"
+        )
+    ids: set[str] = set()
+    problems: list[DiffheadsError] = []
+    for split in splits:
+        try:
+            ids.update(layout.clips(split))
+        except DiffheadsError as err:  # prepare writes an empty test list when every speaker is in train
+            problems.append(err)
+    if not ids:
+        raise problems[0] if problems else DiffheadsError("no split to embed; pass splits such as ('train', 'test')")
+    return sorted(ids)
 
 
 def embed_dataset(
@@ -59,22 +98,26 @@ def embed_dataset(
     layout = DataLayout.of(root, embeddings)
     encoder = encoder or LogMelEncoder()
     if layout.encoder_file.is_file() and not overwrite:
-        old = json.loads(layout.encoder_file.read_text())
+        old = _read_spec(layout.encoder_file)
         if old != encoder.describe():
             raise DiffheadsError(
                 f"{layout.embeddings} holds embeddings of another encoder ({old.get('name')}, dim {old.get('dim')}); "
                 "pass --overwrite or choose another --out"
             )
-    ids = sorted({cid for split in splits for cid in layout.clips(split)})
-    written = skipped = 0
-    for cid in tqdm(ids, desc="embed", unit="clip", disable=not progress):
-        target = layout.embedding(cid)
-        if target.is_file() and not overwrite:
-            skipped += 1
-            continue
-        save_embedding(target, embed_clip(encoder, layout.audio(cid), layout.video(cid)))
-        written += 1
-    atomic_write_text(layout.encoder_file, json.dumps(encoder.describe(), indent=2))
+    ids = listed_clips(layout, splits)
+    todo = [cid for cid in ids if overwrite or not layout.embedding(cid).is_file()]
+    missing = [layout.audio(cid) for cid in todo if not layout.audio(cid).is_file()]
+    if missing:  # checked before any work, so a long run does not stop half way for a missing file
+        shown = ", ".join(str(p) for p in missing[:3]) + (f" and {len(missing) - 3} more" if len(missing) > 3 else "")
+        raise DiffheadsError(
+            f"the audio of {len(missing)} listed clip{'s' if len(missing) > 1 else ''} is missing: {shown}; "
+            "run 'diffheads prepare' again or remove those clips from the file lists"
+        )
+    with output_dir(layout.embeddings, "embeddings folder"):
+        for cid in tqdm(todo, desc="embed", unit="clip", disable=not progress):
+            save_embedding(layout.embedding(cid), embed_clip(encoder, layout.audio(cid), layout.video(cid)))
+        atomic_write_text(layout.encoder_file, json.dumps(encoder.describe(), indent=2))
+    written, skipped = len(todo), len(ids) - len(todo)
     return {"clips": len(ids), "written": written, "skipped": skipped, "dim": encoder.dim, "out": str(layout.embeddings)}
 
 

@@ -40,7 +40,8 @@ def find_pairs(generated_dir: str | Path, real_dir: str | Path | None) -> list[C
     """Every generated video, matched by relative path to a real clip (a DATA folder or a folder of videos)."""
     generated_dir = Path(generated_dir)
     if not generated_dir.is_dir():
-        raise DiffheadsError(f"generated folder {generated_dir} not found; pass the --out folder of 'diffheads generate'")
+        state = "is not a folder" if generated_dir.exists() else "not found"
+        raise DiffheadsError(f"generated folder {generated_dir} {state}; pass the --out folder of 'diffheads generate'")
     generated = _videos(generated_dir)
     if not generated:
         raise DiffheadsError(f"no videos under {generated_dir}; generate some first ('diffheads generate')")
@@ -48,7 +49,8 @@ def find_pairs(generated_dir: str | Path, real_dir: str | Path | None) -> list[C
         return [ClipPair(rel, path, None, None, None, None) for rel, path in generated.items()]
     real_dir = Path(real_dir)
     if not real_dir.is_dir():
-        raise DiffheadsError(f"real folder {real_dir} not found; pass the DATA folder or a folder of real videos")
+        state = "is not a folder" if real_dir.exists() else "not found"
+        raise DiffheadsError(f"real folder {real_dir} {state}; pass the DATA folder or a folder of real videos")
     if (real_dir / "video").is_dir():
         layout = DataLayout.of(real_dir)
 

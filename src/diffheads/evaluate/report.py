@@ -122,18 +122,21 @@ def plot_per_video(path: Path, rows: list[dict[str, Any]]) -> Path | None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    keys = [k for k in PER_VIDEO_PLOTS if any(r.get(k) is not None for r in rows)]
-    if not keys:
-        return None
-    fig, axes = plt.subplots(1, len(keys), figsize=(2.6 * len(keys), 3.0), squeeze=False)
-    for ax, key in zip(axes[0], keys):
+    boxes: dict[str, tuple[list[list[float]], list[str]]] = {}
+    for key in PER_VIDEO_PLOTS:
         data, labels = [], []
         for prefix, label in (("", "generated"), ("real_", "real")):
             values = [float(r[prefix + key]) for r in rows if r.get(prefix + key) is not None]
-            values = [v for v in values if math.isfinite(v)]
+            values = [v for v in values if math.isfinite(v)]  # PSNR of identical frames is infinite
             if values:
                 data.append(values)
                 labels.append(label)
+        if data:
+            boxes[key] = (data, labels)
+    if not boxes:
+        return None
+    fig, axes = plt.subplots(1, len(boxes), figsize=(2.6 * len(boxes), 3.0), squeeze=False)
+    for ax, (key, (data, labels)) in zip(axes[0], boxes.items()):
         ax.boxplot(data, tick_labels=labels, showmeans=True)
         for i, values in enumerate(data, start=1):
             ax.scatter(np.full(len(values), i) + np.linspace(-0.08, 0.08, len(values)), values, s=8, alpha=0.6)

@@ -15,6 +15,7 @@ from tqdm.auto import tqdm
 from diffheads.errors import DiffheadsError
 from diffheads.evaluate.clips import LoadedPair, find_pairs, load_pair
 from diffheads.face.track import track_landmarks
+from diffheads.io.outdir import output_dir
 
 FPS = 25
 ALL_METRICS = ("psnr", "ssim", "fid", "fvd", "sync", "wer", "blinks", "smoothness", "lipsync")
@@ -276,36 +277,38 @@ def evaluate(
 
     cfg = cfg or EvaluateConfig()
     pairs = find_pairs(generated_dir, real_dir)
-    scorers = build_scorers(cfg)
-    for metric, reason in scorers.skipped.items():
-        print(f"diffheads evaluate: {metric} skipped: {reason}", file=sys.stderr)
-    rows, plot_curves = [], {}
-    plot_clip = cfg.plot_clip or pairs[0].rel
-    for pair in tqdm(pairs, desc="evaluate", unit="video", disable=not progress, file=sys.stderr):
-        loaded = load_pair(pair)
-        row, curves = video_metrics(loaded, cfg, scorers)
-        rows.append(row)
-        if pair.rel == plot_clip:
-            plot_curves = curves
-    metrics = aggregate(rows, cfg, scorers)
-    if scorers.lip_reader is not None:
-        wer = score_wer(pairs, scorers)
-        if wer is not None:
-            metrics["wer"] = wer
-    if not metrics:
-        raise DiffheadsError(
-            "no metric could be computed: " + "; ".join(f"{k}: {v}" for k, v in scorers.skipped.items())
-        )
-    summary = {
-        "generated_dir": str(generated_dir),
-        "real_dir": None if real_dir is None else str(real_dir),
-        "n_videos": len(rows),
-        "n_frames": int(sum(r["frames"] for r in rows)),
-        "fps": FPS,
-        "metrics": metrics,
-        "skipped": dict(scorers.skipped),
-        "faces_found": sum(1 for r in rows if r.get("face_found")),
-        "config": {k: v for k, v in vars(cfg).items()},
-    }
-    write_outputs(Path(out_dir), summary, rows, plot_clip, plot_curves)
+    # an output that cannot be written fails before the scoring; a failed run leaves no empty folders
+    with output_dir(out_dir, "output folder"):
+        scorers = build_scorers(cfg)
+        for metric, reason in scorers.skipped.items():
+            print(f"diffheads evaluate: {metric} skipped: {reason}", file=sys.stderr)
+        rows, plot_curves = [], {}
+        plot_clip = cfg.plot_clip or pairs[0].rel
+        for pair in tqdm(pairs, desc="evaluate", unit="video", disable=not progress, file=sys.stderr):
+            loaded = load_pair(pair)
+            row, curves = video_metrics(loaded, cfg, scorers)
+            rows.append(row)
+            if pair.rel == plot_clip:
+                plot_curves = curves
+        metrics = aggregate(rows, cfg, scorers)
+        if scorers.lip_reader is not None:
+            wer = score_wer(pairs, scorers)
+            if wer is not None:
+                metrics["wer"] = wer
+        if not metrics:
+            raise DiffheadsError(
+                "no metric could be computed: " + "; ".join(f"{k}: {v}" for k, v in scorers.skipped.items())
+            )
+        summary = {
+            "generated_dir": str(generated_dir),
+            "real_dir": None if real_dir is None else str(real_dir),
+            "n_videos": len(rows),
+            "n_frames": int(sum(r["frames"] for r in rows)),
+            "fps": FPS,
+            "metrics": metrics,
+            "skipped": dict(scorers.skipped),
+            "faces_found": sum(1 for r in rows if r.get("face_found")),
+            "config": {k: v for k, v in vars(cfg).items()},
+        }
+        write_outputs(Path(out_dir), summary, rows, plot_clip, plot_curves)
     return summary

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import av
@@ -10,19 +11,28 @@ import soundfile as sf
 import soxr
 
 from diffheads.errors import DiffheadsError
-from diffheads.io.atomic import atomic_path
+from diffheads.io.atomic import atomic_write_bytes
 
 
 class NoAudioError(DiffheadsError):
     """The file decodes but holds no sound (no audio stream, or no samples)."""
 
 
+def av_reason(err: Exception) -> str:
+    """FFmpeg's reason without the errno and file name PyAV puts around it."""
+    return getattr(err, "strerror", None) or str(err) or type(err).__name__
+
+
 def _decode_mono(path: Path) -> tuple[np.ndarray, int]:
     """Decode the first audio stream as float32 mono (mean of channels) at its own rate."""
+    if path.stat().st_size == 0:
+        raise DiffheadsError(f"audio {path} is empty (0 bytes); replace it with a recording (wav, flac, mp3, m4a)")
     try:
         container = av.open(str(path))
     except (av.FFmpegError, OSError) as err:
-        raise DiffheadsError(f"audio {path} cannot be read ({err}); convert it to wav") from None
+        raise DiffheadsError(
+            f"audio {path} cannot be read ({av_reason(err)}); re-export it as wav, flac or mp3, or replace it"
+        ) from None
     try:
         if not container.streams.audio:
             raise NoAudioError(
@@ -42,7 +52,7 @@ def _decode_mono(path: Path) -> tuple[np.ndarray, int]:
         if stream.duration and stream.time_base:
             n_total = min(n_total, round(float(stream.duration * stream.time_base) * rate))
     except av.FFmpegError as err:
-        raise DiffheadsError(f"audio {path} is damaged ({err}); re-encode or remove it") from None
+        raise DiffheadsError(f"audio {path} is damaged ({av_reason(err)}); re-encode or replace it") from None
     finally:
         container.close()
     mono = np.concatenate(chunks)[:n_total] if chunks else np.zeros(0, np.float32)
@@ -56,7 +66,7 @@ def load_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
         raise DiffheadsError(f"audio {path} not found; check the path")
     mono, rate = _decode_mono(path)
     if len(mono) == 0:
-        raise NoAudioError(f"audio {path} holds no samples; pass a file with speech")
+        raise NoAudioError(f"audio {path} holds no samples (0 s); replace it with a recording of speech")
     if rate != sample_rate:
         mono = soxr.resample(mono, rate, sample_rate, quality="HQ").astype(np.float32, copy=False)
     return mono
@@ -65,5 +75,7 @@ def load_audio(path: str | Path, sample_rate: int = 16000) -> np.ndarray:
 def write_wav(path: str | Path, audio: np.ndarray, sample_rate: int = 16000) -> None:
     """Write mono float audio in [-1, 1] as a 16-bit PCM wav, atomically."""
     audio = np.clip(np.asarray(audio, dtype=np.float32).reshape(-1), -1.0, 1.0)
-    with atomic_path(path) as tmp:
-        sf.write(str(tmp), audio, sample_rate, subtype="PCM_16", format="WAV")
+    # encoded in memory first: libsndfile reports a full disk as a RuntimeError, a plain write as OSError
+    buffer = io.BytesIO()
+    sf.write(buffer, audio, sample_rate, subtype="PCM_16", format="WAV")
+    atomic_write_bytes(path, buffer.getvalue())

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import errno
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -14,7 +16,7 @@ from diffheads.face.track import track_landmarks
 from diffheads.face.mean_face import MeanFace
 from diffheads.io.atomic import atomic_path
 from diffheads.io.audio import NoAudioError, load_audio, write_wav
-from diffheads.io.video import iter_frames_at, write_video
+from diffheads.io.video import iter_frames_at, video_fps, write_video
 from diffheads.prepare.sources import RawClip
 
 FPS = 25
@@ -87,11 +89,17 @@ def _clip_audio(raw: RawClip, cfg: PrepareConfig) -> np.ndarray:
     try:
         audio = load_audio(raw.audio, SAMPLE_RATE)
     except NoAudioError as err:
+        if raw.audio == raw.video:
+            raise ClipSkipped(
+                "no audio",
+                f"{raw.video} has no sound and no audio file of its name lies beside it; "
+                f"put one there ({raw.video.stem}.wav, .flac, .mp3, ...)",
+            ) from None
         raise ClipSkipped("no audio", str(err)) from None
     except DiffheadsError as err:
         raise ClipSkipped("unreadable", str(err)) from None
     if float(np.sqrt(np.mean(audio.astype(np.float64) ** 2))) < cfg.min_audio_rms:
-        raise ClipSkipped("silent audio", "the audio track is silent")
+        raise ClipSkipped("silent audio", f"the audio of {raw.audio.name} is silent; use a recording with speech")
     return audio
 
 
@@ -100,13 +108,20 @@ def _matched_length(audio: np.ndarray, n_frames: int, cfg: PrepareConfig) -> np.
     want = n_frames * SAMPLES_PER_FRAME
     if abs(len(audio) - want) / SAMPLE_RATE > cfg.max_length_mismatch_s:
         raise ClipSkipped(
-            "length mismatch", f"audio lasts {len(audio) / SAMPLE_RATE:.2f} s, video {n_frames / FPS:.2f} s"
+            "length mismatch",
+            f"audio lasts {len(audio) / SAMPLE_RATE:.2f} s, video {n_frames / FPS:.2f} s; "
+            "give audio of the video's length",
         )
     return np.pad(audio[:want], (0, max(0, want - len(audio))))
 
 
 def prepare_clip(raw: RawClip, layout: DataLayout, mean_face: MeanFace, cfg: PrepareConfig) -> ClipResult:
     """Align one clip and write DATA/video, DATA/audio and DATA/lmks for it; ClipSkipped says why not."""
+    if raw.audio == raw.video:
+        try:
+            video_fps(raw.video)  # an unreadable video is reported as one, not as unreadable audio
+        except DiffheadsError as err:
+            raise ClipSkipped("unreadable", str(err)) from None
     audio = _clip_audio(raw, cfg)  # first: it is cheap, and a clip without sound needs no landmarks
     kept: list[np.ndarray] = []
     try:
@@ -119,14 +134,14 @@ def prepare_clip(raw: RawClip, layout: DataLayout, mean_face: MeanFace, cfg: Pre
     if n == 0:
         raise ClipSkipped("unreadable", "no frames could be decoded")
     if n < cfg.min_frames:
-        raise ClipSkipped("too short", f"{n} frames at 25 fps, need {cfg.min_frames}")
+        raise ClipSkipped("too short", f"{n} frames at 25 fps, need {cfg.min_frames}; use a longer clip or lower --min-frames")
     missing = int((~np.isfinite(landmarks).all(axis=(1, 2))).sum())
     if faces_seen > 1:
         raise ClipSkipped("several faces", f"{faces_seen} faces in one frame; crop the video to one speaker")
     if missing == n:
-        raise ClipSkipped("no face", "no face found in any frame")
+        raise ClipSkipped("no face", f"no face found in any of its {n} frames; use videos that show the speaker's face")
     if missing > cfg.max_missing * n:
-        raise ClipSkipped("face lost", f"no face in {missing} of {n} frames")
+        raise ClipSkipped("face lost", f"no face in {missing} of {n} frames; trim the clip or raise --max-missing")
     audio = _matched_length(audio, n, cfg)
 
     transforms = frame_transforms(landmarks, mean_face, cfg.align, times)
@@ -144,12 +159,21 @@ def prepare_clip(raw: RawClip, layout: DataLayout, mean_face: MeanFace, cfg: Pre
         raise ClipSkipped("unreadable", f"decoding gave {count} frames the second time, {n} the first")
 
     crop_landmarks = np.stack([transform_points(m, p) for m, p in zip(transforms, fill_missing(landmarks))])
-    with atomic_path(layout.landmarks(raw.rel)) as tmp:
-        np.save(tmp, crop_landmarks.astype(np.float32))
-    with atomic_path(layout.alignment(raw.rel)) as tmp:
-        np.save(tmp, transforms[:, :2].astype(np.float32))
-    write_wav(layout.audio(raw.rel), audio, SAMPLE_RATE)
-    write_video(layout.video(raw.rel), crops, fps=FPS, crf=cfg.crf)
+    written: list[Path] = []
+    try:  # all four files or none: a clip half written (disk full) is not left behind
+        with atomic_path(layout.landmarks(raw.rel)) as tmp:
+            np.save(tmp, crop_landmarks.astype(np.float32))
+        written.append(layout.landmarks(raw.rel))
+        with atomic_path(layout.alignment(raw.rel)) as tmp:
+            np.save(tmp, transforms[:, :2].astype(np.float32))
+        written.append(layout.alignment(raw.rel))
+        write_wav(layout.audio(raw.rel), audio, SAMPLE_RATE)
+        written.append(layout.audio(raw.rel))
+        write_video(layout.video(raw.rel), crops, fps=FPS, crf=cfg.crf)
+    except BaseException:
+        for path in written:
+            path.unlink(missing_ok=True)
+        raise
     return ClipResult(raw.rel, "prepared", frames=n, missing_face_frames=missing)
 
 
@@ -161,5 +185,18 @@ def prepare_or_skip(job: tuple[RawClip, DataLayout, MeanFace, PrepareConfig]) ->
         return prepare_clip(raw, layout, mean_face, cfg)
     except ClipSkipped as skip:
         return ClipResult(raw.rel, "skipped", reason=skip.reason, detail=skip.detail)
+    except OSError as err:
+        if _in_output(err, layout):
+            raise  # a full disk or a read-only output stops the run: every other clip would fail the same way
+        return ClipResult(raw.rel, "skipped", reason="error", detail=f"{type(err).__name__}: {err}")
     except Exception as err:  # noqa: BLE001 - one odd file must not stop a run of thousands
         return ClipResult(raw.rel, "skipped", reason="error", detail=f"{type(err).__name__}: {err}")
+
+
+def _in_output(err: OSError, layout: DataLayout) -> bool:
+    """Whether a file-system error is about the output folder (not about one raw clip)."""
+    if err.errno in (errno.ENOSPC, errno.EDQUOT, errno.EROFS):
+        return True
+    names = [n for n in (err.filename, err.filename2) if n]
+    root = layout.root.resolve()
+    return any(Path(n).resolve().is_relative_to(root) for n in names)

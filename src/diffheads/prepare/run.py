@@ -20,6 +20,7 @@ from diffheads.data.layout import DataLayout
 from diffheads.errors import DiffheadsError
 from diffheads.face.mean_face import load_mean_face
 from diffheads.io.atomic import atomic_write_text
+from diffheads.io.outdir import output_dir
 from diffheads.prepare.clip import ClipResult, PrepareConfig, is_prepared, prepare_or_skip
 from diffheads.prepare.sources import find_raw_clips
 from diffheads.prepare.split import SplitRule
@@ -79,57 +80,67 @@ def prepare_dataset(
     """Turn every video under raw_dir into an aligned training clip under out_dir; return the report."""
     cfg, split = cfg or PrepareConfig(), split or SplitRule()
     out = Path(out_dir)
-    layout = DataLayout.of(out)
     face = load_mean_face(mean_face)
     clips = find_raw_clips(raw_dir)
-    started = time.perf_counter()
+    # a path that cannot be written fails before any clip is decoded; a failed run leaves no empty folders
+    with output_dir(out, "output folder"):
+        layout = DataLayout.of(out)
+        started = time.perf_counter()
 
-    old_skips = {} if retry_skipped else _previous_skips(out)
-    done = [c.rel for c in clips if is_prepared(layout, c.rel)]
-    carried = [old_skips[c.rel] for c in clips if c.rel in old_skips and c.rel not in set(done)]
-    skip = set(done) | {s["clip"] for s in carried}
-    todo = [c for c in clips if c.rel not in skip]
+        old_skips = {} if retry_skipped else _previous_skips(out)
+        done = [c.rel for c in clips if is_prepared(layout, c.rel)]
+        carried = [old_skips[c.rel] for c in clips if c.rel in old_skips and c.rel not in set(done)]
+        skip = set(done) | {s["clip"] for s in carried}
+        todo = [c for c in clips if c.rel not in skip]
 
-    workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
-    results = _run_jobs([(c, layout, face, cfg) for c in todo], workers, progress)
-    prep_seconds = time.perf_counter() - started
+        workers = max(1, min(workers or os.cpu_count() or 1, len(todo) or 1))
+        results = _run_jobs([(c, layout, face, cfg) for c in todo], workers, progress)
+        prep_seconds = time.perf_counter() - started
 
-    new_prepared = [r for r in results if r.status == "prepared"]
-    prepared = sorted(set(done) | {r.rel for r in new_prepared})
-    skipped = sorted(
-        carried + [{"clip": r.rel, "reason": r.reason, "detail": r.detail} for r in results if r.status == "skipped"],
-        key=lambda s: s["clip"],
-    )
-    counts = _write_file_lists(layout, prepared, split) if prepared else {"train": 0, "test": 0}
-    frames = sum(r.frames for r in new_prepared)
-    report = {
-        "raw_dir": str(raw_dir),
-        "out_dir": str(out),
-        "clips_found": len(clips),
-        "prepared": len(prepared),
-        "prepared_now": len(new_prepared),
-        "already_done": len(done),
-        "skipped": skipped,
-        "skipped_by_reason": dict(sorted(Counter(s["reason"] for s in skipped).items())),
-        "train_clips": counts["train"],
-        "test_clips": counts["test"],
-        "frames_prepared_now": frames,
-        "prepare_seconds": round(prep_seconds, 2),
-        "frames_per_second": round(frames / prep_seconds, 1) if frames else 0.0,
-        "workers": workers,
-        "embeddings": None,
-        "config": {"prepare": _jsonable(asdict(cfg)), "split": _jsonable(asdict(split)), "mean_face": str(mean_face or "packaged")},
-    }
-    atomic_write_text(out / REPORT, json.dumps(report, indent=2) + "\n")  # kept even if embedding fails
-    if not prepared:
-        raise DiffheadsError(
-            f"no clip under {raw_dir} could be prepared ({report['skipped_by_reason']}); reasons per clip in {out / REPORT}"
+        new_prepared = [r for r in results if r.status == "prepared"]
+        prepared = sorted(set(done) | {r.rel for r in new_prepared})
+        skipped = sorted(
+            carried
+            + [{"clip": r.rel, "reason": r.reason, "detail": r.detail} for r in results if r.status == "skipped"],
+            key=lambda s: s["clip"],
         )
-    if encoder is not None:
-        splits = tuple(name for name in ("train", "test") if counts[name])
-        report["embeddings"] = embed_dataset(out, encoder=encoder, splits=splits, progress=progress)
-        atomic_write_text(out / REPORT, json.dumps(report, indent=2) + "\n")
-    return report
+        counts = _write_file_lists(layout, prepared, split) if prepared else {"train": 0, "test": 0}
+        frames = sum(r.frames for r in new_prepared)
+        report = {
+            "raw_dir": str(raw_dir),
+            "out_dir": str(out),
+            "clips_found": len(clips),
+            "prepared": len(prepared),
+            "prepared_now": len(new_prepared),
+            "already_done": len(done),
+            "skipped": skipped,
+            "skipped_by_reason": dict(sorted(Counter(s["reason"] for s in skipped).items())),
+            "train_clips": counts["train"],
+            "test_clips": counts["test"],
+            "frames_prepared_now": frames,
+            "prepare_seconds": round(prep_seconds, 2),
+            "frames_per_second": round(frames / prep_seconds, 1) if frames else 0.0,
+            "workers": workers,
+            "embeddings": None,
+            "config": {
+                "prepare": _jsonable(asdict(cfg)),
+                "split": _jsonable(asdict(split)),
+                "mean_face": str(mean_face or "packaged"),
+            },
+        }
+        atomic_write_text(out / REPORT, json.dumps(report, indent=2) + "\n")  # kept even if embedding fails
+        if not prepared:
+            by_reason = ", ".join(f"{k}: {v}" for k, v in report["skipped_by_reason"].items())
+            first = skipped[0] if skipped else {"clip": "?", "reason": "?", "detail": ""}
+            raise DiffheadsError(
+                f"no clip under {raw_dir} could be prepared ({by_reason}); {first['clip']}: {first['reason']}: "
+                f"{first['detail']}; every clip's reason is in {out / REPORT}"
+            )
+        if encoder is not None:
+            splits = tuple(name for name in ("train", "test") if counts[name])
+            report["embeddings"] = embed_dataset(out, encoder=encoder, splits=splits, progress=progress)
+            atomic_write_text(out / REPORT, json.dumps(report, indent=2) + "\n")
+        return report
 
 
 def _jsonable(value: Any) -> Any:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import math
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -14,6 +15,7 @@ from tqdm import tqdm
 from diffheads.errors import DiffheadsError
 from diffheads.io.atomic import atomic_path, atomic_write_bytes, atomic_write_text
 from diffheads.io.audio import write_wav
+from diffheads.io.outdir import output_dir
 from diffheads.io.video import write_video
 from diffheads.synth.face import render_faces, sample_identity
 from diffheads.synth.speech import sample_voice, synth_speech
@@ -103,17 +105,29 @@ def _write_clip(root: Path, rel: str, clip: SyntheticClip, fps: float, sample_ra
         np.savez(handle, **clip.truth)
 
 
+# the command-line flag of each count, so an error names what to change
+COUNT_FLAGS = {
+    "n_train_identities": "--train-identities",
+    "n_test_identities": "--test-identities",
+    "clips_per_identity": "--clips-per-identity",
+    "test_clips_per_identity": "--test-clips-per-identity",
+}
+
+
 def _validate(counts: dict[str, int], seconds: float, size: int, fps: float, sample_rate: int) -> None:
     """Reject arguments that cannot make a dataset, with what to pass instead."""
     for name, value in counts.items():
-        if int(value) != value or value < 1:
-            raise DiffheadsError(f"{name} must be a positive whole number, got {value}")
-    if int(size) != size or size < 16 or size % 2:
-        raise DiffheadsError(f"size must be an even number of pixels >= 16, got {size}")
-    if fps <= 0 or sample_rate <= 0 or (sample_rate / fps) != int(sample_rate / fps):
+        if not math.isfinite(value) or int(value) != value or value < 1:
+            raise DiffheadsError(f"{name} must be a positive whole number, got {value}; pass {COUNT_FLAGS[name]} 1 or more")
+    if not math.isfinite(size) or int(size) != size or size < 16 or size % 2:
+        raise DiffheadsError(f"size must be an even number of pixels >= 16, got {size}; pass e.g. --size 64")
+    if not (math.isfinite(fps) and fps > 0) or sample_rate <= 0 or (sample_rate / fps) != int(sample_rate / fps):
         raise DiffheadsError(f"sample_rate / fps must be a whole number of samples, got {sample_rate} / {fps}")
-    if seconds * fps < 2:
-        raise DiffheadsError(f"seconds must give at least 2 frames at {fps} fps, got {seconds}")
+    if not math.isfinite(seconds) or seconds * fps < 2:
+        raise DiffheadsError(
+            f"seconds must give at least 2 frames at {fps:g} fps ({2 / fps:g} s or more), got {seconds}; "
+            "pass a longer --seconds"
+        )
 
 
 def make_synthetic_dataset(
@@ -139,20 +153,21 @@ def make_synthetic_dataset(
     }
     _validate(counts, seconds, size, fps, sample_rate)
     if int(seed) != seed or seed < 0:
-        raise DiffheadsError(f"seed must be a non-negative whole number, got {seed}")
+        raise DiffheadsError(f"seed must be a non-negative whole number, got {seed}; pass --seed 0 or more")
     root = Path(out_dir)
     n_ids = n_train_identities + n_test_identities
     names = [f"id{i:03d}" for i in range(n_ids)]
     lists: dict[str, list[str]] = {"train": [], "test": []}
     per_identity = [clips_per_identity] * n_train_identities + [counts["test_clips_per_identity"]] * n_test_identities
     jobs = [(i, c) for i in range(n_ids) for c in range(per_identity[i])]
-    for i, c in tqdm(jobs, desc="synth", unit="clip", disable=not progress):
-        rel = f"{names[i]}/clip{c:02d}"
-        clip = make_clip(seed, i, c, seconds=seconds, size=size, fps=fps, sample_rate=sample_rate)
-        _write_clip(root, rel, clip, fps, sample_rate)
-        lists["train" if i < n_train_identities else "test"].append(f"./{rel}.mp4")
-    for split, lines in lists.items():
-        atomic_write_text(root / f"file_list_{split}.txt", "\n".join(lines) + "\n")
+    with output_dir(root, "output folder"):  # a path that cannot be written fails before any rendering
+        for i, c in tqdm(jobs, desc="synth", unit="clip", disable=not progress):
+            rel = f"{names[i]}/clip{c:02d}"
+            clip = make_clip(seed, i, c, seconds=seconds, size=size, fps=fps, sample_rate=sample_rate)
+            _write_clip(root, rel, clip, fps, sample_rate)
+            lists["train" if i < n_train_identities else "test"].append(f"./{rel}.mp4")
+        for split, lines in lists.items():
+            atomic_write_text(root / f"file_list_{split}.txt", "\n".join(lines) + "\n")
     info = {
         "generator": "diffheads.synth",
         "seed": int(seed),
