@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
-from typing import Any, Protocol
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import torch
@@ -75,6 +75,7 @@ class LogMelEncoder:
     sample_rate: int = SAMPLE_RATE
     fps: float = FPS
     name: str = "logmel"
+    CHUNK_FRAMES: ClassVar[int] = 3000  # STFT frames (30 s) or video frames (2 min) computed at a time
 
     @property
     def dim(self) -> int:
@@ -86,14 +87,29 @@ class LogMelEncoder:
         return asdict(self) | {"dim": self.dim}
 
     def log_mel(self, audio: np.ndarray) -> torch.Tensor:
-        """(n_mels, n_stft_frames) compressed log-mel spectrogram, frame j centred at sample j * hop."""
+        """(n_mels, n_stft_frames) compressed log-mel spectrogram, frame j centred at sample j * hop.
+
+        The STFT (the largest intermediate: n_fft / 2 + 1 complex bins per 10 ms) is computed
+        CHUNK_FRAMES frames at a time from the reflect-padded signal, as torch.stft(center=True)
+        pads it, so memory stays flat for hours of audio; only the small mel rows are kept whole,
+        because the compression floor depends on the whole clip's maximum.
+        """
         wav = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))
+        pad = self.n_fft // 2
+        mode = "reflect" if len(wav) > pad else "constant"
+        padded = torch.nn.functional.pad(wav[None, None], (pad, pad), mode=mode)[0, 0]
+        n_stft = len(wav) // self.hop_length + 1
         window = torch.hann_window(self.win_length)
-        spec = torch.stft(
-            wav, self.n_fft, self.hop_length, self.win_length, window, center=True, return_complex=True
-        ).abs() ** 2
         fb = mel_filterbank(self.n_mels, self.n_fft, self.sample_rate, self.f_min, self.f_max)
-        mel = torch.log10((fb @ spec).clamp(min=1e-10))
+        rows = []
+        for j0 in range(0, n_stft, self.CHUNK_FRAMES):
+            j1 = min(n_stft, j0 + self.CHUNK_FRAMES)
+            piece = padded[j0 * self.hop_length : (j1 - 1) * self.hop_length + self.n_fft]
+            spec = torch.stft(
+                piece, self.n_fft, self.hop_length, self.win_length, window, center=False, return_complex=True
+            ).abs() ** 2
+            rows.append(torch.log10((fb @ spec).clamp(min=1e-10)))
+        mel = torch.cat(rows, dim=1)
         mel = torch.maximum(mel, mel.max() - 8.0)
         return (mel + 4.0) / 4.0
 
@@ -103,13 +119,16 @@ class LogMelEncoder:
         samples_per_frame = self.sample_rate / self.fps
         per_window = int(round(self.window_s * self.sample_rate / self.hop_length))
         per_slot = max(1, per_window // self.n_slots)
-        centers = (torch.arange(n_frames) + 0.5) * samples_per_frame / self.hop_length
-        start = torch.round(centers - per_slot * self.n_slots / 2).long()
         offsets = torch.arange(per_slot * self.n_slots)
-        cols = (start[:, None] + offsets[None]).clamp(0, mel.shape[1] - 1)  # (T, slots * per_slot)
-        windows = mel[:, cols]  # (n_mels, T, slots * per_slot)
-        slots = windows.view(self.n_mels, n_frames, self.n_slots, per_slot).mean(dim=-1)
-        return slots.permute(1, 2, 0).reshape(n_frames, self.dim).contiguous()
+        out = torch.empty(n_frames, self.dim)
+        for t0 in range(0, n_frames, self.CHUNK_FRAMES):  # (n_mels, T, window) gathers stay small
+            t = torch.arange(t0, min(n_frames, t0 + self.CHUNK_FRAMES))
+            centers = (t + 0.5) * samples_per_frame / self.hop_length
+            start = torch.round(centers - per_slot * self.n_slots / 2).long()
+            cols = (start[:, None] + offsets[None]).clamp(0, mel.shape[1] - 1)  # (T, slots * per_slot)
+            slots = mel[:, cols].view(self.n_mels, len(t), self.n_slots, per_slot).mean(dim=-1)
+            out[t0 : t0 + len(t)] = slots.permute(1, 2, 0).reshape(len(t), self.dim)
+        return out
 
 
 def fit_rows(rows: torch.Tensor, n_frames: int) -> torch.Tensor:
