@@ -449,7 +449,7 @@ CASES: list[Case] = [
     Case("prepare-out-not-writable", _setup_prepare_out_denied, r"cannot write .*out.*Permission denied.*" + WHAT_TO_DO_OS,
          patch=eacces_on_mkstemp),
     Case("prepare-disk-full", _setup_prepare_disk_full,
-         r"no space left on the device while writing .*out/audio/spk/\.a\..*\.tmp\.wav; free some space",
+         r"no space left on the device while writing .*out/audio/spk/a\.wav; free some space",
          patch=disk_full_on_write("*.wav")),
     # embed
     Case("embed-data-folder-missing", _setup_embed_data_missing, r"DATA folder .*nope not found, so there is no file list to read; pass the folder made by 'diffheads synth'"),
@@ -713,6 +713,26 @@ def _setup_animate_output_dir_is_file(tmp: Path, shared: Shared) -> Run:
     return Run(argv)
 
 
+def _disk_full_in_video(monkeypatch: pytest.MonkeyPatch, tmp: Path) -> None:
+    """The encoder gets 3 frames out, then the disk is full."""
+    from diffheads.io import video
+
+    real = video.VideoWriter.write
+    count = {"frames": 0}
+
+    def write(self: Any, frame: np.ndarray) -> None:
+        count["frames"] += 1
+        if count["frames"] > 3:
+            raise OSError(errno.ENOSPC, "No space left on device")
+        real(self, frame)
+
+    monkeypatch.setattr(video.VideoWriter, "write", write)
+
+
+def _setup_animate_disk_full(tmp: Path, shared: Shared) -> Run:
+    return _animate_run(tmp)
+
+
 def _setup_export_malicious(tmp: Path, shared: Shared) -> Run:
     class CreatesFile:
         def __reduce__(self):
@@ -751,14 +771,17 @@ CASES += [
          r"foreign\.ckpt is not a diffheads checkpoint \(no config inside\); .*import-reference"),
     Case("generate-embeddings-of-the-wrong-width", _setup_generate_wrong_audio_dim,
          r"embeddings in .*data have width 80 but the checkpoint expects audio_dim 200; embed the audio with the encoder"),
-    Case("generate-out-is-a-file", _setup_generate_out_is_file, r"gen"),
+    Case("generate-out-is-a-file", _setup_generate_out_is_file, r"--out folder .*gen is not a folder; choose another path"),
     Case("animate-image-without-a-face", _setup_animate_no_face, r"no face found in .*wall\.png; use a picture where one face"),
     Case("animate-several-faces", _setup_animate_two_faces, r"2 faces found in .*two_faces\.png; crop the picture"),
     Case("animate-unreadable-image", _setup_animate_unreadable_image, r"photo\.jpg is not a readable image"),
     Case("animate-audio-of-0-s", _setup_animate_audio_0s, r"audio .*talk\.wav holds no samples"),
     Case("animate-silent-audio", _setup_animate_silent_audio, r"audio .*talk\.wav is silent; give a recording with speech"),
     Case("animate-audio-from-a-video-without-sound", _setup_animate_video_without_audio, r"has no audio stream; pass a file with speech"),
-    Case("animate-output-folder-is-a-file", _setup_animate_output_dir_is_file, r"results"),
+    Case("animate-output-folder-is-a-file", _setup_animate_output_dir_is_file,
+         r"folder of --output .*results is not a folder; choose another path"),
+    Case("animate-disk-full-while-writing-the-video", _setup_animate_disk_full,
+         r"no space left on the device while writing .*out\.mp4; free some space", patch=_disk_full_in_video),
     Case("export-malicious-pickle", _setup_export_malicious, r"needs arbitrary unpickling, which can run any code.*--trust-checkpoint"),
 ]
 
@@ -914,7 +937,34 @@ def _check_evaluate_identical(tmp: Path, result: dict) -> None:
     assert (tmp / "eval" / "report.md").is_file() and (tmp / "eval" / "plots" / "per_video.png").is_file()
 
 
+def _setup_animate_with(name: str, write: Callable[[Path], None]) -> Callable[[Path, Shared], list[str]]:
+    def setup(tmp: Path, shared: Shared) -> list[str]:
+        write(tmp / name)
+        return _animate(_checkpoint(tmp), _face_image(tmp), tmp / name, tmp / "out.mp4")
+
+    return setup
+
+
+def _check_animate_seconds(seconds: float) -> Callable[[Path, dict], None]:
+    def check(tmp: Path, result: dict) -> None:
+        from diffheads.io.audio import load_audio
+        from diffheads.io.video import count_frames
+
+        out = tmp / "out.mp4"
+        assert result["output"] == str(out)
+        assert count_frames(out) == round(seconds * 25)
+        assert abs(len(load_audio(out)) / 16000 - seconds) < 0.05
+
+    return check
+
+
 MUST_WORK: list[Works] = [
+    Works("animate-8k-stereo-mp3",
+          _setup_animate_with("talk.mp3", lambda p: _encode_audio(p, _stereo(0.48, 8000), 8000, mp3_codec())),
+          _check_animate_seconds(0.48)),
+    Works("animate-48k-float32-wav",
+          _setup_animate_with("talk.wav", lambda p: sf.write(str(p), speech(0.48, 48000), 48000, subtype="FLOAT")),
+          _check_animate_seconds(0.48)),
     Works("evaluate-generated-identical-to-real", _setup_evaluate_identical, _check_evaluate_identical),
     Works("embed-48k-float32-wav", _setup_embed_48k_float_wav, _check_embed_48k),
     Works("embed-8k-stereo-mp3-content", _setup_embed_8k_stereo_mp3_as_wav, _check_embed_mp3),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,7 +26,8 @@ from diffheads.face.paste import paste_back
 from diffheads.face.portrait import Portrait, align_photo, align_video
 from diffheads.io.audio import load_audio
 from diffheads.io.image import read_image
-from diffheads.io.video import read_video, write_video
+from diffheads.io.outdir import output_dir
+from diffheads.io.video import VideoWriter, read_video, write_video
 
 
 def to_uint8(frames: torch.Tensor) -> np.ndarray:
@@ -137,8 +139,13 @@ def sample_clips(
     precision: str | None = None,
     channels_last: bool | None = None,
     compile: bool | None = None,
+    on_frame: Callable[[int, torch.Tensor], None] | None = None,
+    keep_frames: bool = True,
 ) -> list[torch.Tensor]:
     """Sample one clip per (identity frame, embeddings) pair on the model's device.
+
+    `on_frame` and `keep_frames` are those of `sample_video`: receive each step's frames as soon as
+    they are sampled and, with keep_frames=False, keep none (an empty list is returned).
 
     Throughput options (None: the SampleConfig's precision / channels_last / compile, whose defaults
     are plain float32 eager sampling):
@@ -169,6 +176,8 @@ def sample_clips(
         generator,
         motion_blur=model.cfg.data.motion_blur,
         progress=progress,
+        on_frame=on_frame,
+        keep_frames=keep_frames,
     )
 
 
@@ -210,9 +219,26 @@ def generate_test_set(
     todo = [i for i, p in enumerate(targets) if not (skip_existing and p.is_file())]
     skipped = [p for p in targets if skip_existing and p.is_file()]
     written: list[Path] = []
+    with output_dir(out_dir, "--out folder"):
+        _generate_batches(model, clips, todo, out_dir, sample, embeddings or data_root, seed, progress, written)
+    return GenerateResult(written, skipped)
+
+
+def _generate_batches(
+    model: LoadedModel,
+    clips: SplitClips,
+    todo: list[int],
+    out_dir: Path,
+    sample: SampleConfig,
+    embeddings: str | Path,
+    seed: int,
+    progress: bool,
+    written: list[Path],
+) -> None:
+    """Sample the clips `todo` in batches and write each as an mp4 with its audio, appending to `written`."""
     for start in range(0, len(todo), sample.batch_size):
         batch = [clips[i] for i in todo[start : start + sample.batch_size]]
-        _check_width(model, batch[0]["audio_emb"].shape[1], str(embeddings or data_root))
+        _check_width(model, batch[0]["audio_emb"].shape[1], str(embeddings))
         videos = sample_clips(
             model,
             torch.stack([b["identity_frame"] for b in batch]),
@@ -226,7 +252,6 @@ def generate_test_set(
             audio = load_audio(item["audio_path"])[: round(len(video) * SAMPLE_RATE / 25)]
             write_video(target, to_uint8(video), fps=25, audio=audio, sample_rate=SAMPLE_RATE)
             written.append(target)
-    return GenerateResult(written, skipped)
 
 
 def _check_width(model: LoadedModel, width: int, where: str) -> None:
@@ -266,6 +291,21 @@ def load_portrait(
     return align_photo(image, cfg, face) if image is not None else align_video(video, cfg, face)
 
 
+class _FrameSink:
+    """on_frame callback of one streamed clip: uint8, pasted back into its background if given, encoded."""
+
+    def __init__(self, writer: VideoWriter, portrait: Portrait | None) -> None:
+        self.writer = writer
+        self.portrait = portrait
+
+    def __call__(self, t: int, frames: torch.Tensor) -> None:
+        crop = to_uint8(frames)[0]
+        if self.portrait is not None:
+            background, to_crop = self.portrait.background(t)
+            crop = paste_back(background, crop, to_crop)
+        self.writer.write(crop)
+
+
 def animate(
     checkpoint: str | Path | LoadedModel,
     audio: str | Path,
@@ -287,7 +327,9 @@ def animate(
     is pasted back into the full-resolution picture (a video input plays forwards and
     backwards under it); `crop_only` keeps the aligned crop; `align=False` takes the input as
     an already aligned crop, as the reference code does. `mean_face` and `margins` should be
-    those the training data was prepared with (the defaults of `prepare` otherwise).
+    those the training data was prepared with (the defaults of `prepare` otherwise). Each frame is
+    pasted back and encoded as soon as it is sampled, so memory does not grow with the audio's
+    length, and the output appears only once complete (nothing is left behind on an error).
     """
     model = _model(checkpoint, device)
     sample = sample or model.cfg.sample
@@ -301,18 +343,22 @@ def animate(
     else:
         identity = load_identity_frame(image, video, size)
     wav = load_audio(audio)
-    if np.max(np.abs(wav), initial=0.0) < 1e-4:
+    if max(float(wav.max()), -float(wav.min())) < 1e-4:  # no np.abs(wav): a copy of a long recording
         raise DiffheadsError(f"audio {audio} is silent; give a recording with speech")
     n_frames = frames_in_audio(len(wav))
     emb = encoder.encode(wav, n_frames)
     _check_width(model, emb.shape[1], str(audio))
-    frames = to_uint8(sample_clips(model, identity[None], [emb], sample, seed=seed, progress=progress)[0])
-    if portrait is not None and not crop_only:
-        pasted = []
-        for k, crop in enumerate(frames):
-            background, to_crop = portrait.background(k)
-            pasted.append(paste_back(background, crop, to_crop))
-        frames = np.stack(pasted)
+    if sample.max_frames > 0:
+        n_frames = min(n_frames, sample.max_frames)
+    paste = portrait is not None and not crop_only
+    height, width = portrait.frames.shape[1:3] if paste else (size, size)
     out = Path(output)
-    write_video(out, frames, fps=25, audio=wav[: round(len(frames) * SAMPLE_RATE / 25)], sample_rate=SAMPLE_RATE)
+    sound = wav[: round(n_frames * SAMPLE_RATE / 25)]
+    with output_dir(out.parent, "folder of --output"), VideoWriter(
+        out, 25, width, height, audio=sound, sample_rate=SAMPLE_RATE
+    ) as writer:
+        on_frame = _FrameSink(writer, portrait if paste else None)
+        sample_clips(model, identity[None], [emb], sample, seed=seed, progress=progress,
+                     on_frame=on_frame, keep_frames=False)
     return out
+

@@ -26,6 +26,8 @@ def audio_window_indices(t: int, k: int, lengths: torch.Tensor) -> torch.Tensor:
 def pad_embeddings(audio_embs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack clips of different lengths into (B, T_max, D) plus their lengths (padding repeats the last row)."""
     lengths = torch.tensor([len(a) for a in audio_embs], dtype=torch.int64)
+    if len(audio_embs) == 1:
+        return audio_embs[0][None], lengths  # a view: one clip needs no padding, and a long one no second copy
     t_max = int(lengths.max())
     padded = torch.stack([torch.cat([a, a[-1:].expand(t_max - len(a), -1)]) for a in audio_embs])
     return padded, lengths
@@ -43,12 +45,19 @@ def sample_video(
     motion_blur: bool = False,
     progress: bool = True,
     on_frame: Callable[[int, torch.Tensor], None] | None = None,
+    keep_frames: bool = True,
 ) -> list[torch.Tensor]:
     """Generate one clip per identity frame; clip i has len(audio_embs[i]) frames, returned as (T_i, 3, H, W).
 
     Motion frames start as the identity frame; after each frame the newest generated frame
     (motion-transformed) is appended and the oldest dropped; every `stabilize_every` frames the
     oldest slot is reset to the identity frame. Clips that are finished leave the batch.
+
+    `on_frame(t, frames)` is called as soon as step t is sampled, with frames (n_t, 3, H, W) in
+    [-1, 1]: row j is frame t of the j-th clip still running (the clips longer than t, in order).
+    With `keep_frames=False` nothing is collected (memory does not grow with the clip length: a
+    streaming caller encodes each frame in `on_frame`) and an empty list is returned; the frames
+    are the same either way.
     """
     device = identity_frames.device
     padded, lengths = pad_embeddings(audio_embs)
@@ -60,7 +69,7 @@ def sample_video(
     to_motion = lambda f: motion_transform(f, model_cfg.grayscale_motion, motion_blur)  # noqa: E731
     identity_motion = to_motion(identity_frames)
     motion = [identity_motion.clone() for _ in range(n_motion)]  # oldest first
-    frames = torch.zeros(n_clips, t_max, *identity_frames.shape[1:], device=device)
+    frames = torch.zeros(n_clips, t_max, *identity_frames.shape[1:], device=device) if keep_frames else None
     bar = tqdm(total=int(lengths.sum()), desc="frames", unit="frame", disable=not progress)
     for t in range(t_max):
         active = torch.nonzero(lengths > t).flatten()
@@ -82,7 +91,8 @@ def sample_video(
             sample_cfg.clip_denoised,
             sample_cfg.eta,
         ).clamp(-1.0, 1.0)
-        frames[active, t] = frame
+        if frames is not None:
+            frames[active, t] = frame
         newest = motion[-1].clone()
         newest[active] = to_motion(frame)
         motion = motion[1:] + [newest]
@@ -90,4 +100,6 @@ def sample_video(
         if on_frame is not None:
             on_frame(t, frame)
     bar.close()
+    if frames is None:
+        return []
     return [frames[i, : int(lengths[i])] for i in range(n_clips)]

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import sys
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
@@ -18,10 +20,16 @@ def _open_video(path: str | Path) -> av.container.InputContainer:
     path = Path(path)
     if not path.is_file():
         raise DiffheadsError(f"video {path} not found; check the path")
+    if path.stat().st_size == 0:
+        raise DiffheadsError(f"video {path} is empty (0 bytes); replace it or remove it")
     try:
         container = av.open(str(path))
     except (av.FFmpegError, OSError) as err:
-        raise DiffheadsError(f"video {path} cannot be read ({err}); re-encode it as mp4 (H.264)") from None
+        reason = getattr(err, "strerror", None) or err  # without the errno and path PyAV wraps around it
+        raise DiffheadsError(
+            f"video {path} cannot be read ({reason}); it may be truncated or damaged: re-encode it as mp4 (H.264) "
+            "or remove it"
+        ) from None
     if not container.streams.video:
         container.close()
         raise DiffheadsError(f"{path} has no video stream; pass a video file")
@@ -40,7 +48,7 @@ def _decoded_frames(path: str | Path) -> Iterator[av.VideoFrame]:
     try:
         yield from container.decode(video=0)
     except av.FFmpegError as err:
-        raise DiffheadsError(f"video {path} is damaged ({err}); re-encode or remove it") from None
+        raise DiffheadsError(f"video {path} is damaged ({getattr(err, 'strerror', None) or err}); re-encode or remove it") from None
     finally:
         container.close()
 
@@ -84,7 +92,7 @@ def iter_frames_at(path: str | Path, fps: float) -> Iterator[tuple[float, np.nda
                 yield prev_time, prev_image
                 k += 1
     except av.FFmpegError as err:
-        raise DiffheadsError(f"video {path} is damaged ({err}); re-encode or remove it") from None
+        raise DiffheadsError(f"video {path} is damaged ({getattr(err, 'strerror', None) or err}); re-encode or remove it") from None
     finally:
         container.close()
 
@@ -139,6 +147,108 @@ def _audio_frame(chunk: np.ndarray, start: int, sample_rate: int) -> av.AudioFra
     return frame
 
 
+class VideoWriter:
+    """Stream uint8 (H, W, 3) RGB frames into an H.264 yuv420p mp4, atomically, with mono float audio as AAC.
+
+    Use as a context manager: frames go to the encoder as `write` receives them, and the audio
+    (given whole, it is small) is interleaved frame by frame, so memory does not grow with the
+    number of frames. The file is written beside `path` under a temporary name and renamed onto
+    `path` only when the block ends without an error; otherwise it is removed and `path` is left
+    as it was. Audio beyond the last frame's end is written when the block ends.
+    """
+
+    def __init__(
+        self,
+        path: str | Path,
+        fps: float,
+        width: int,
+        height: int,
+        audio: np.ndarray | None = None,
+        sample_rate: int = 16000,
+        crf: int = 18,
+    ) -> None:
+        if fps <= 0:
+            raise DiffheadsError(f"fps must be positive, got {fps}")
+        if width <= 0 or height <= 0 or width % 2 or height % 2:
+            raise DiffheadsError(f"H.264 (yuv420p) needs an even frame size, got {width}x{height}; crop or pad")
+        self.path = Path(path)
+        self.width, self.height, self.sample_rate, self.crf = int(width), int(height), int(sample_rate), crf
+        self.rate = Fraction(fps).limit_denominator(1001)
+        # kept as given (no copy when float32 already) and clipped chunk by chunk: a long recording is not doubled
+        self.audio = None if audio is None else np.asarray(audio, dtype=np.float32).reshape(-1)
+        self.frames_written = 0
+        self._audio_written = 0  # samples handed to the encoder so far
+        self._stack: contextlib.ExitStack | None = None
+
+    def __enter__(self) -> VideoWriter:
+        with contextlib.ExitStack() as stack:
+            tmp = stack.enter_context(atomic_path(self.path))
+            self._container = stack.enter_context(av.open(str(tmp), mode="w", format="mp4"))
+            self._vstream = self._container.add_stream(
+                "libx264", rate=self.rate, options={"crf": str(self.crf), "preset": "medium"}
+            )
+            self._vstream.width, self._vstream.height = self.width, self.height
+            self._vstream.pix_fmt = "yuv420p"
+            self._astream = None
+            if self.audio is not None and len(self.audio):
+                self._astream = self._container.add_stream("aac", rate=self.sample_rate, layout="mono")
+                self._astream.bit_rate = 96000
+            self._stack = stack.pop_all()
+        return self
+
+    def write(self, frame: np.ndarray) -> None:
+        """Encode one uint8 (height, width, 3) RGB frame, and the audio that plays during it."""
+        if self._stack is None:
+            raise DiffheadsError("VideoWriter.write outside its `with` block; open the writer with `with`")
+        frame = np.asarray(frame)
+        if frame.shape != (self.height, self.width, 3) or frame.dtype != np.uint8:
+            raise DiffheadsError(
+                f"frame must be uint8 ({self.height}, {self.width}, 3), got {frame.dtype} {frame.shape}; "
+                "convert before writing"
+            )
+        vframe = av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")
+        vframe.pts = self.frames_written
+        vframe.time_base = 1 / self.rate
+        self._container.mux(self._vstream.encode(vframe))
+        self.frames_written += 1
+        # audio is handed over alongside each frame so the muxer interleaves the two tracks
+        self._write_audio(round(self.frames_written * self.sample_rate / float(self.rate)))
+
+    def _write_audio(self, end: int) -> None:
+        """Encode the audio samples from the last written one up to `end` (clamped to the audio's length)."""
+        if self._astream is None:
+            return
+        end = min(end, len(self.audio))
+        if end > self._audio_written:
+            chunk = np.clip(self.audio[self._audio_written : end], -1.0, 1.0)
+            self._container.mux(self._astream.encode(_audio_frame(chunk, self._audio_written, self.sample_rate)))
+            self._audio_written = end
+
+    def _finish(self) -> None:
+        """Write the rest of the audio and flush both encoders."""
+        if self.frames_written == 0:
+            raise DiffheadsError(f"no frames were written to {self.path}; nothing to save")
+        self._write_audio(len(self.audio) if self.audio is not None else 0)
+        self._container.mux(self._vstream.encode(None))
+        if self._astream is not None:
+            self._container.mux(self._astream.encode(None))
+
+    def __exit__(self, exc_type, exc, tb) -> bool:  # noqa: ANN001
+        stack, self._stack = self._stack, None
+        if stack is None:
+            return False
+        if exc_type is None:
+            try:
+                self._finish()
+            except BaseException:
+                # closing the container then removes the temporary file; the error propagates
+                if not stack.__exit__(*sys.exc_info()):
+                    raise
+                return False
+        # closes the container, then renames the temporary file onto the target (or removes it on error)
+        return bool(stack.__exit__(exc_type, exc, tb))
+
+
 def write_video(
     path: str | Path,
     frames: np.ndarray,
@@ -149,30 +259,6 @@ def write_video(
 ) -> None:
     """Write uint8 (T, H, W, 3) RGB frames as H.264 yuv420p mp4, with mono float audio as AAC if given."""
     frames = _check_frames(frames)
-    if fps <= 0:
-        raise DiffheadsError(f"fps must be positive, got {fps}")
-    if audio is not None:
-        audio = np.clip(np.asarray(audio, dtype=np.float32).reshape(-1), -1.0, 1.0)
-    rate = Fraction(fps).limit_denominator(1001)
-    with atomic_path(path) as tmp, av.open(str(tmp), mode="w", format="mp4") as container:
-        vstream = container.add_stream("libx264", rate=rate, options={"crf": str(crf), "preset": "medium"})
-        vstream.width, vstream.height = frames.shape[2], frames.shape[1]
-        vstream.pix_fmt = "yuv420p"
-        astream = None
-        if audio is not None and len(audio):
-            astream = container.add_stream("aac", rate=sample_rate, layout="mono")
-            astream.bit_rate = 96000
-        # audio is handed over alongside each frame so the muxer interleaves the two tracks
-        bounds = [round(i * sample_rate / float(rate)) for i in range(len(frames) + 1)]
-        bounds[-1] = len(audio) if astream is not None else 0
-        for i, image in enumerate(frames):
-            vframe = av.VideoFrame.from_ndarray(image, format="rgb24")
-            vframe.pts = i
-            vframe.time_base = 1 / rate
-            container.mux(vstream.encode(vframe))
-            if astream is not None and bounds[i + 1] > bounds[i] and bounds[i] < len(audio):
-                chunk = audio[bounds[i] : bounds[i + 1]]
-                container.mux(astream.encode(_audio_frame(chunk, bounds[i], sample_rate)))
-        container.mux(vstream.encode(None))
-        if astream is not None:
-            container.mux(astream.encode(None))
+    with VideoWriter(path, fps, frames.shape[2], frames.shape[1], audio, sample_rate, crf) as writer:
+        for image in frames:
+            writer.write(image)
