@@ -83,6 +83,30 @@ def sampling_section(r: dict) -> list[str]:
     return lines
 
 
+def long_audio_section(r: dict) -> list[str]:
+    lines = _header(r, "long audio: peak memory of `animate` against the audio's length", "long_audio_memory.py")
+    lines += [f"Input: {r['input']}.", f"Model: {r['model']}; {r['sampling']}; {r['torch_threads']} torch thread(s).",
+              "Peak RSS: the `diffheads animate` process's high-water mark (VmHWM) when the command returns; with",
+              "teardown: ru_maxrss from wait4, which adds the interpreter's exit (tearing down torch, MediaPipe, ...",
+              f"raises the mark by {r['teardown_mb']} MB in a process that only imports diffheads).", "",
+              "| audio | frames | peak RSS MB | with teardown MB | RSS MB at 10 / 50 / 95 % of the run | wall s | frames/s |",
+              "|---|---|---|---|---|---|---|"]
+    for name, run in r["runs"].items():
+        curve = run["rss_mb_during_run"]
+        lines.append(f"| {name} | {run['frames']} | {run['peak_rss_mb']} | {run['peak_rss_with_teardown_mb']} | "
+                     f"{curve.get('10%')} / {curve.get('50%')} / {curve.get('95%')} | {run['wall_s']} | {run['frames_per_s']} |")
+    first, last = list(r["runs"].values())[0], list(r["runs"].values())[-1]
+    lines += ["", f"**Peak RSS ratio, longest / shortest: {r['peak_rss_ratio']}** (acceptance: below 1.2; with the "
+              f"teardown: {r['peak_rss_ratio_with_teardown']}). Half way through the runs, while frames are sampled "
+              f"and encoded, the ratio is {r.get('rss_ratio_while_sampling')}. The log-mel audio encoder, run alone on "
+              f"the same recordings, lifts the high-water mark by {first.get('log_mel_encoder_peak_mb')} and "
+              f"{last.get('log_mel_encoder_peak_mb')} MB above what is resident (its whole-clip spectrogram, freed "
+              "before sampling starts).", ""]
+    if r.get("note"):
+        lines += [r["note"], ""]
+    return lines
+
+
 def generic_section(r: dict, title: str, script: str, keys: list[str]) -> list[str]:
     lines = _header(r, title, script)
     lines += [f"- {k}: {r[k]}" for k in keys if k in r]
@@ -111,6 +135,9 @@ def main() -> None:
                                  ["input", "decode", "disk", "memory", "dataloader", "identical_examples",
                                   "loader_speedup", "loader_speedup_cpu"])
         block.append(f"loader_speedup: {r['loader_speedup']}x")
+    if (r := _load("long_audio_memory")) is not None:
+        lines += long_audio_section(r)
+        block += [f"long_audio_{k}: {v}" for k, v in r.items() if k.startswith("peak_rss_ratio_")]
     if (r := _load("gpu")) is not None:
         lines += generic_section(r, "GPU, paper configuration", "gpu.sh", [k for k in r if k not in ("benchmark", "date", "machine", "command")])
     else:
