@@ -45,6 +45,7 @@ import torch
 
 from diffheads.cli import main
 from diffheads.io.video import write_video
+from tiny import TINY_MODEL, tiny_checkpoint
 
 TMP_NAME = re.compile(r"^\..+\.tmp(\.[^.]+)?$")  # what diffheads.io.atomic.atomic_path names its temporary files
 
@@ -493,8 +494,6 @@ CASES: list[Case] = [
 
 # ---------------------------------------------------------------- train, generate, animate, export
 
-TINY_MODEL = ["model.image_size=16", "model.model_channels=32", "model.channel_mult=[1,2]", "model.num_res_blocks=1",
-              "model.attention_resolutions=[8]", "model.num_head_channels=32"]
 TRAIN_FAST = [*TINY_MODEL, "trainer.max_steps=2", "trainer.checkpoint_every_n_steps=1", "trainer.log_every_n_steps=1",
               "optim.batch_size=2", "data.examples_per_clip=2"]
 
@@ -510,19 +509,9 @@ def _embedded(tmp: Path, shared: Shared) -> Path:
     return data
 
 
-def _checkpoint(tmp: Path, **model: Any) -> Path:
-    """An untrained tiny model file (16 px, log-mel audio of width 200) with `model` config changes."""
-    from diffheads.audio.encoders import LogMelEncoder
-    from diffheads.checkpoint import save_model
-    from diffheads.config import load_config
-    from diffheads.models.unet import UNet
-
-    cfg = load_config("configs/demo.yaml", [*TINY_MODEL, "model.audio_dim=200", "sample.steps=2"])
-    unet = UNet(cfg.model)
-    import dataclasses
-
-    cfg = dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, **model))
-    return save_model(tmp / "model.ckpt", unet, cfg, LogMelEncoder().describe())
+def _checkpoint(tmp: Path, *overrides: str) -> Path:
+    """An untrained tiny model file (16 px, log-mel audio of width 200) with config `overrides`."""
+    return tiny_checkpoint(tmp / "model.ckpt", "sample.steps=2", *overrides)
 
 
 def _train(data: Path, out: Path, *extra: str, config: str = "configs/demo.yaml") -> list[str]:
@@ -627,8 +616,25 @@ def _setup_generate_checkpoint_truncated(tmp: Path, shared: Shared) -> Run:
     return _generate_run(tmp, shared, ckpt, data=tmp / "data")
 
 
+def _other_architecture(tmp: Path) -> Path:
+    """Weights of the tiny network under a stored config that says model_channels=64."""
+    import json
+
+    import safetensors.torch
+    from safetensors import safe_open
+
+    path = _checkpoint(tmp)
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata()
+    config = json.loads(meta["config"])
+    config["model"]["model_channels"] = 64
+    safetensors.torch.save_file(safetensors.torch.load_file(str(path)), str(path),
+                                metadata={**meta, "config": json.dumps(config)})
+    return path
+
+
 def _setup_generate_other_architecture(tmp: Path, shared: Shared) -> Run:
-    return _generate_run(tmp, shared, _checkpoint(tmp, model_channels=64), data=tmp / "data")
+    return _generate_run(tmp, shared, _other_architecture(tmp), data=tmp / "data")
 
 
 def _setup_generate_foreign_checkpoint(tmp: Path, shared: Shared) -> Run:

@@ -14,9 +14,9 @@ from diffheads.checkpoint import FORMAT, load_model, save_model
 from diffheads.cli import main
 from diffheads.config import load_config, to_dict
 from diffheads.models.unet import UNet
+from tiny import TINY_MODEL
 
-TINY = ["model.image_size=16", "model.model_channels=32", "model.channel_mult=[1,2]", "model.num_res_blocks=1",
-        "model.attention_resolutions=[8]", "model.num_head_channels=32", "model.audio_dim=200"]
+TINY = [*TINY_MODEL, "model.audio_dim=200"]
 
 
 class _CreatesFile:

@@ -9,37 +9,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 
 from diffheads.audio.encoders import LogMelEncoder
-from diffheads.checkpoint import load_model, save_model
-from diffheads.config import SampleConfig, Solver, load_config
+from diffheads.checkpoint import load_model
+from diffheads.config import SampleConfig, Solver
 from diffheads.generate import animate
 from diffheads.io.audio import load_audio, write_wav
 from diffheads.io.image import write_png
 from diffheads.io.video import VideoWriter, read_video
-from diffheads.models.unet import UNet
 from runcli import run_cli
+from tiny import tiny_checkpoint
 
-TINY_MODEL = [
-    "model.image_size=16",
-    "model.model_channels=32",
-    "model.channel_mult=[1,2]",
-    "model.num_res_blocks=1",
-    "model.attention_resolutions=[8]",
-    "model.num_head_channels=32",
-    "model.dropout=0.0",
-]
 # the ancestral sampler draws fresh noise at every step: the most seed-dependent solver
 SAMPLING = ["--solver", "ancestral", "--steps", "3", "--stabilize-every", "5", "--quiet"]
-
-
-def tiny_checkpoint(path: Path, seed: int = 0) -> Path:
-    """A randomly initialised 16 px UNet with the log-mel encoder, exported with save_model."""
-    encoder = LogMelEncoder()
-    cfg = load_config(None, [*TINY_MODEL, f"model.audio_dim={encoder.dim}"])
-    torch.manual_seed(seed)
-    return save_model(path, UNet(cfg.model), cfg, encoder.describe())
 
 
 @pytest.fixture(scope="module")
@@ -57,7 +39,7 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
     rng = np.random.default_rng(0)
     write_wav(root / "speech.wav", synth_speech(rng, sample_voice(rng), 1.0).audio)
     write_png(root / "face.png", images.astronaut())
-    return {"data": data, "model": tiny_checkpoint(root / "model.ckpt"),
+    return {"data": data, "model": tiny_checkpoint(root / "model.ckpt", "model.dropout=0.0"),
             "audio": root / "speech.wav", "image": root / "face.png"}
 
 

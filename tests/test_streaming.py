@@ -11,8 +11,8 @@ import torch
 from torch.profiler import ProfilerActivity, profile
 
 from diffheads.audio.encoders import LogMelEncoder
-from diffheads.checkpoint import load_model, save_model
-from diffheads.config import DiffusionConfig, ModelConfig, Prediction, SampleConfig, Solver, load_config
+from diffheads.checkpoint import load_model
+from diffheads.config import DiffusionConfig, ModelConfig, Prediction, SampleConfig, Solver
 from diffheads.data.dataset import to_model_frames
 from diffheads.diffusion.gaussian import GaussianDiffusion
 from diffheads.diffusion.video import sample_video
@@ -22,28 +22,7 @@ from diffheads.generate import animate, load_portrait, sample_clips, to_uint8
 from diffheads.io.audio import load_audio, write_wav
 from diffheads.io.image import write_png
 from diffheads.io.video import VideoWriter, read_video, write_video
-from diffheads.models.unet import UNet
-
-TINY_MODEL = [
-    "model.image_size=16",
-    "model.model_channels=32",
-    "model.channel_mult=[1,2]",
-    "model.num_res_blocks=1",
-    "model.attention_resolutions=[8]",
-    "model.num_head_channels=32",
-    "model.dropout=0.0",
-    "sample.solver=ddim",
-    "sample.steps=2",
-]
-
-
-def tiny_checkpoint(path: Path, seed: int = 0) -> Path:
-    """A randomly initialised 16 px UNet with the log-mel encoder, exported as `animate` reads it."""
-    encoder = LogMelEncoder()
-    cfg = load_config(None, [*TINY_MODEL, f"model.audio_dim={encoder.dim}"])
-    torch.manual_seed(seed)
-    return save_model(path, UNet(cfg.model), cfg, encoder.describe())
-
+from tiny import tiny_checkpoint
 
 def _gradient_clip(n: int, height: int, width: int) -> np.ndarray:
     """Compressible frames that all differ: a colour ramp and a square moving one pixel per frame."""
@@ -214,7 +193,8 @@ def test_streaming_allocates_nothing_that_grows_with_the_clip():
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    return tiny_checkpoint(tmp_path_factory.mktemp("streaming") / "model.ckpt")
+    return tiny_checkpoint(tmp_path_factory.mktemp("streaming") / "model.ckpt", "model.dropout=0.0", "sample.solver=ddim",
+                           "sample.steps=2")
 
 
 def test_animate_streams_a_long_recording(checkpoint, tmp_path, monkeypatch):

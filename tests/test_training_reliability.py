@@ -22,17 +22,13 @@ from diffheads.training.checkpoint_io import AtomicCheckpointIO
 from diffheads.training.resume import rng_states, set_rng_states
 from diffheads.training.train import train
 from runcli import run_cli
+from tiny import TINY_MODEL
 
 HERE = Path(__file__).parent
 # 4 training clips x 4 examples / batch 4 = 4 batches per epoch; checkpoints at steps 3 and 6 fall mid-epoch.
 # Each checkpoint is two writes (stepNNNNNNN.ckpt, then last.ckpt): write 4 is last.ckpt at step 6.
 TINY = [
-    "model.image_size=16",
-    "model.model_channels=32",
-    "model.channel_mult=[1,2]",
-    "model.num_res_blocks=1",
-    "model.attention_resolutions=[8]",
-    "model.num_head_channels=32",
+    *TINY_MODEL,
     "model.dropout=0.1",
     "trainer.max_steps=8",
     "trainer.max_epochs=10",
