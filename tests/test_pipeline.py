@@ -16,17 +16,13 @@ import torch
 from diffheads.checkpoint import load_model
 from diffheads.cli import main
 from runcli import run_cli
+from tiny import TINY_MODEL
 from diffheads.io.audio import write_wav
 from diffheads.io.image import write_png
 from diffheads.io.video import read_video
 
 TINY = [
-    "model.image_size=16",
-    "model.model_channels=32",
-    "model.channel_mult=[1,2]",
-    "model.num_res_blocks=1",
-    "model.attention_resolutions=[8]",
-    "model.num_head_channels=32",
+    *TINY_MODEL,
     "trainer.max_steps=4",
     "trainer.max_epochs=2",
     "trainer.log_every_n_steps=1",
