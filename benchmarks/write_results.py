@@ -98,10 +98,10 @@ def long_audio_section(r: dict) -> list[str]:
     first, last = list(r["runs"].values())[0], list(r["runs"].values())[-1]
     lines += ["", f"**Peak RSS ratio, longest / shortest: {r['peak_rss_ratio']}** (acceptance: below 1.2; with the "
               f"teardown: {r['peak_rss_ratio_with_teardown']}). Half way through the runs, while frames are sampled "
-              f"and encoded, the ratio is {r.get('rss_ratio_while_sampling')}. The log-mel audio encoder, run alone on "
-              f"the same recordings, lifts the high-water mark by {first.get('log_mel_encoder_peak_mb')} and "
-              f"{last.get('log_mel_encoder_peak_mb')} MB above what is resident (its whole-clip spectrogram, freed "
-              "before sampling starts).", ""]
+              f"and encoded, the ratio is {r.get('rss_ratio_while_sampling')}. Decoding the recording and embedding "
+              f"it (log-mel, spectrogram in 30 s pieces), run alone, leave a high-water mark "
+              f"{first.get('log_mel_encoder_peak_mb')} and {last.get('log_mel_encoder_peak_mb')} MB above what is "
+              "resident afterwards: the decoder holds the samples twice for a moment.", ""]
     if r.get("note"):
         lines += [r["note"], ""]
     return lines
