@@ -17,7 +17,10 @@ def reference_dir() -> Path:
     return REFERENCE
 
 
+GOLDEN = Path(__file__).parent / "data" / "golden_small.pt"  # a copy of ../shared/reference/golden_small.pt
+
+
 @pytest.fixture(scope="session")
-def golden(reference_dir: Path) -> dict:
-    """The reference golden vectors (weights-only load)."""
-    return torch.load(reference_dir / "golden_small.pt", map_location="cpu", weights_only=True)
+def golden() -> dict:
+    """The reference golden vectors (weights-only load) from the project's test data."""
+    return torch.load(GOLDEN, map_location="cpu", weights_only=True)

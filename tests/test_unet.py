@@ -136,11 +136,6 @@ def test_timestep_features_match_float64_formula(channels):
 # 3. golden vectors of the reference code ---------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def golden():
-    return torch.load(reference_file("golden_small.pt"), weights_only=True)
-
-
 def golden_model(golden) -> UNet:
     names = {f.name for f in dataclasses.fields(ModelConfig)}
     cfg = from_dict({"model": {k: v for k, v in golden["config"].items() if k in names}}).model

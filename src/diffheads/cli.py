@@ -207,6 +207,17 @@ def cmd_export(args: argparse.Namespace) -> dict:
     return {"output": str(export_model(args.checkpoint, args.output, trust=args.trust_checkpoint))}
 
 
+def cmd_check_reference(args: argparse.Namespace) -> dict:
+    from diffheads.reference_check import check_reference
+
+    report = check_reference(args.golden)
+    for c in report["checks"]:
+        print(f"{'ok  ' if c['ok'] else 'FAIL'} {c['name']:<42} max |error| {c['max_abs_error']:.3g}"
+              f"  (atol {c['atol']:g}, rtol {c['rtol']:g})", file=sys.stderr)
+    args.exit_code = 0 if report["ok"] else 1
+    return {k: report[k] for k in ("golden", "ok", "n_checks", "failed")}
+
+
 def cmd_evaluate(args: argparse.Namespace) -> dict:
     from diffheads.evaluate.run import ALL_METRICS, EvaluateConfig, evaluate
 
@@ -342,6 +353,11 @@ def build_parser() -> argparse.ArgumentParser:
     _add_trust_flag(p)
     p.set_defaults(func=cmd_export)
 
+    p = sub.add_parser("check-reference", help="compare our network and diffusion maths with a golden file of the "
+                       "authors' code (exit 0 only when all agree)")
+    p.add_argument("golden", help="golden file, e.g. tests/data/golden_small.pt")
+    p.set_defaults(func=cmd_check_reference)
+
     p = sub.add_parser("evaluate", help="score generated videos against ground truth (FID, FVD, SyncNet, blinks, ...)")
     p.add_argument("--generated", required=True, help="folder of generated mp4s (the --out of 'diffheads generate')")
     p.add_argument("--real", help="the DATA folder they were generated from, or a folder of real videos with the same names")
@@ -413,7 +429,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     if result is not None:
         print(json.dumps(result, indent=2, default=str))
-    return 0
+    return getattr(args, "exit_code", 0)
 
 
 if __name__ == "__main__":
