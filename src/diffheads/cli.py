@@ -207,6 +207,14 @@ def cmd_export(args: argparse.Namespace) -> dict:
     return {"output": str(export_model(args.checkpoint, args.output, trust=args.trust_checkpoint))}
 
 
+def cmd_import_reference(args: argparse.Namespace) -> dict:
+    from diffheads.reference_import import ReferenceOptions, import_reference
+
+    options = ReferenceOptions(image_size=args.image_size, n_motion_frames=args.n_motion_frames,
+                               n_audio_motion_embs=args.n_audio_motion_embs, num_head_channels=args.num_head_channels)
+    return import_reference(args.reference, args.output, options, trust=args.trust_checkpoint, sda_path=args.sda)
+
+
 def cmd_check_reference(args: argparse.Namespace) -> dict:
     from diffheads.reference_check import check_reference
 
@@ -352,6 +360,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("output", help="model file to write (safetensors + config), e.g. runs/x/model.safetensors")
     _add_trust_flag(p)
     p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("import-reference", help="the authors' UNet (TorchScript release or training checkpoint) "
+                       "as a diffheads model file")
+    p.add_argument("reference", help="crema_script.pt (TorchScript: needs --trust-checkpoint) or a Lightning checkpoint")
+    p.add_argument("output", help="model file to write (safetensors + inferred config)")
+    p.add_argument("--sda", help="the SDA audio encoder (audio_encoder.pt) that animate should use with this model")
+    p.add_argument("--image-size", type=int, default=128, help="frame side the model was trained at (weights cannot tell)")
+    p.add_argument("--n-motion-frames", type=int, default=2, help="motion frames the model was trained with")
+    p.add_argument("--n-audio-motion-embs", type=int, default=2, help="k: audio rows on each side of the frame")
+    p.add_argument("--num-head-channels", type=int, default=64, help="channels per attention head")
+    _add_trust_flag(p)
+    p.set_defaults(func=cmd_import_reference)
 
     p = sub.add_parser("check-reference", help="compare our network and diffusion maths with a golden file of the "
                        "authors' code (exit 0 only when all agree)")

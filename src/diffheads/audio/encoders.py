@@ -184,6 +184,11 @@ def build_encoder(spec: dict[str, Any], device: str = "cpu") -> AudioEncoder:
     cls = _encoder_class(name)
     if name == "logmel":
         return cls(**spec)
+    if not spec.get("path"):
+        raise DiffheadsError(
+            f"this model's {name} audio encoder file is not recorded; give it when importing "
+            "(diffheads import-reference ... --sda audio_encoder.pt) or export the model again"
+        )
     return cls(name=name, device=device, **spec)
 
 
