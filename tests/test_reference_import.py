@@ -119,3 +119,51 @@ def test_a_file_without_the_network_is_refused(tmp_path, capsys):
     assert main(["import-reference", str(tmp_path / "other.ckpt"), str(tmp_path / "m.safetensors")]) == 2
     assert "holds no Diffused Heads UNet" in capsys.readouterr().err
     assert not (tmp_path / "m.safetensors").exists()
+
+
+class _TinySDA(torch.nn.Module):
+    """Stands in for audio_encoder.pt: (1, n, 3200) windows -> (1, n, 32)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.proj = torch.nn.Linear(3200, 32)
+
+    def forward(self, windows: torch.Tensor) -> torch.Tensor:
+        return torch.tanh(self.proj(windows))
+
+
+def test_imported_model_animates_with_its_sda_encoder(tmp_path):
+    """The SDA file given at import drives animate: embeddings per 40 ms, one frame each."""
+    import numpy as np
+
+    from diffheads.io.audio import write_wav
+    from diffheads.io.image import write_png
+    from diffheads.io.video import count_frames
+
+    scripted = torch.jit.trace(_Traceable(_net(seed=3)), _inputs())
+    scripted.save(str(tmp_path / "crema_script.pt"))
+    torch.jit.script(_TinySDA().eval()).save(str(tmp_path / "audio_encoder.pt"))
+    run_cli("import-reference", str(tmp_path / "crema_script.pt"), str(tmp_path / "crema.safetensors"),
+            "--trust-checkpoint", "--image-size", "16", "--num-head-channels", "32", "--sda", str(tmp_path / "audio_encoder.pt"))
+    t = np.arange(int(0.4 * 16000)) / 16000
+    write_wav(tmp_path / "speech.wav", 0.3 * np.sin(2 * np.pi * 180 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t)))
+    write_png(tmp_path / "face.png", np.full((16, 16, 3), 120, np.uint8))
+    run_cli("animate", "--checkpoint", str(tmp_path / "crema.safetensors"), "--image", str(tmp_path / "face.png"),
+            "--audio", str(tmp_path / "speech.wav"), "--output", str(tmp_path / "out.mp4"), "--no-align",
+            "--solver", "ddim", "--steps", "2", "--quiet")
+    assert count_frames(tmp_path / "out.mp4") == 10
+
+
+def test_imported_model_without_sda_says_how_to_fix(tmp_path, capsys):
+    import numpy as np
+
+    from diffheads.io.audio import write_wav
+    from diffheads.io.image import write_png
+
+    torch.save({"state_dict": {f"unet.{k}": v for k, v in _net().state_dict().items()}}, tmp_path / "last.ckpt")
+    import_reference(tmp_path / "last.ckpt", tmp_path / "m.safetensors", SMALL_OPTIONS)
+    write_wav(tmp_path / "speech.wav", 0.3 * np.sin(np.arange(6400) / 10))
+    write_png(tmp_path / "face.png", np.full((16, 16, 3), 120, np.uint8))
+    assert main(["animate", "--checkpoint", str(tmp_path / "m.safetensors"), "--image", str(tmp_path / "face.png"),
+                 "--audio", str(tmp_path / "speech.wav"), "--output", str(tmp_path / "o.mp4"), "--no-align", "--quiet"]) == 2
+    assert "--sda audio_encoder.pt" in capsys.readouterr().err and not (tmp_path / "o.mp4").exists()
