@@ -1,5 +1,6 @@
 # make demo: create/refresh .venv, install, run the end-to-end demo on CPU (outputs/demo/).
-# make test: same venv, run the test suite (slow end-to-end tests included).
+# make test: same venv, run the test suite (slow end-to-end tests included; the app's browser tests need
+#            Debian's chromium, which .ci/install-chromium installs when missing and allowed).
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -10,7 +11,7 @@ DEMO_OUT ?= outputs/demo
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --disable-pip-version-check -q -c constraints.txt -e ".[test]"
+	$(BIN)/python -m pip install --disable-pip-version-check -q -c constraints.txt -e ".[test,app]"
 	touch $(STAMP)
 
 venv: $(STAMP)
@@ -23,6 +24,7 @@ demo-check: demo
 	$(BIN)/python -m diffheads.demo_check $(DEMO_OUT)/report.json
 
 test: $(STAMP)
+	sh .ci/install-chromium
 	$(BIN)/python -m pytest
 
 test-fast: $(STAMP)

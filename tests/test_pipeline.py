@@ -16,39 +16,18 @@ import torch
 from diffheads.checkpoint import load_model
 from diffheads.cli import main
 from runcli import run_cli
-from tiny import TINY_MODEL
+from tiny import TINY_TRAINING, train_tiny
 from diffheads.io.audio import write_wav
 from diffheads.io.image import write_png
 from diffheads.io.video import read_video
 
-TINY = [
-    *TINY_MODEL,
-    "trainer.max_steps=4",
-    "trainer.max_epochs=2",
-    "trainer.log_every_n_steps=1",
-    "trainer.checkpoint_every_n_steps=2",
-    "optim.batch_size=4",
-    "data.examples_per_clip=4",
-    "sample.steps=3",
-    "optim.ema_decay=0.9",
-    "trainer.sample_every_n_steps=2",
-    "trainer.sample_frames=3",
-]
+TINY = TINY_TRAINING
 
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory) -> dict[str, Path]:
     """A 16 px synthetic dataset, its embeddings and a model trained for 4 steps."""
-    root = tmp_path_factory.mktemp("pipe")
-    data, run = root / "data", root / "run"
-    out = run_cli("synth", str(data), "--train-identities", "2", "--test-identities", "1",
-                  "--clips-per-identity", "2", "--seconds", "1.2", "--size", "16", "--quiet")
-    assert (data / "file_list_test.txt").is_file() and out
-    emb = run_cli("embed", str(data), "--quiet")
-    assert emb["written"] == 6 and emb["dim"] == 200
-    res = run_cli("train", "configs/demo.yaml", f"data.root={data}", f"trainer.out_dir={run}", *TINY)
-    assert res["steps"] == 4
-    return {"data": data, "run": run, "model": Path(res["model"]), "last": Path(res["last_checkpoint"])}
+    return train_tiny(tmp_path_factory.mktemp("pipe"))
 
 
 def test_train_writes_config_logs_and_checkpoints(trained):

@@ -201,6 +201,13 @@ def cmd_animate(args: argparse.Namespace) -> dict:
     return {"output": str(out)}
 
 
+def cmd_app(args: argparse.Namespace) -> None:
+    from diffheads.app.serve import AppOptions, serve
+
+    serve(AppOptions(checkpoint=args.checkpoint, host=args.host, port=args.port, device=args.device,
+                     trust_checkpoint=args.trust_checkpoint))
+
+
 def cmd_export(args: argparse.Namespace) -> dict:
     from diffheads.checkpoint import export_model
 
@@ -354,6 +361,14 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling_flags(p)
     _add_trust_flag(p)
     p.set_defaults(func=cmd_animate)
+
+    p = sub.add_parser("app", help="a local web page to animate faces (needs the extra diffheads[app])")
+    p.add_argument("--checkpoint", help="model file (default: the demo model outputs/demo/model.ckpt if present)")
+    p.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback: only this machine)")
+    p.add_argument("--port", type=int, default=7860)
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
+    _add_trust_flag(p)
+    p.set_defaults(func=cmd_app)
 
     p = sub.add_parser("export", help="write the sampling weights of a checkpoint (e.g. checkpoints/last.ckpt) as a model file")
     p.add_argument("checkpoint", help="a training checkpoint or exported model")

@@ -292,11 +292,20 @@ def load_portrait(
 
 
 class _FrameSink:
-    """on_frame callback of one streamed clip: uint8, pasted back into its background if given, encoded."""
+    """on_frame callback of one streamed clip: uint8, pasted back into its background if given, encoded.
 
-    def __init__(self, writer: VideoWriter, portrait: Portrait | None) -> None:
+    `on_written(done, total)` is called after each frame is encoded; an exception it raises (a
+    cancellation, say) stops the sampling and the unfinished video is removed.
+    """
+
+    def __init__(
+        self, writer: VideoWriter, portrait: Portrait | None, total: int,
+        on_written: Callable[[int, int], None] | None = None,
+    ) -> None:
         self.writer = writer
         self.portrait = portrait
+        self.total = total
+        self.on_written = on_written
 
     def __call__(self, t: int, frames: torch.Tensor) -> None:
         crop = to_uint8(frames)[0]
@@ -304,6 +313,53 @@ class _FrameSink:
             background, to_crop = self.portrait.background(t)
             crop = paste_back(background, crop, to_crop)
         self.writer.write(crop)
+        if self.on_written is not None:
+            self.on_written(self.writer.frames_written, self.total)
+
+
+def load_speech(audio: str | Path) -> np.ndarray:
+    """16 kHz mono float32 samples of `audio` (any format PyAV reads); a silent recording is an error."""
+    wav = load_audio(audio)
+    if max(float(wav.max()), -float(wav.min())) < 1e-4:  # no np.abs(wav): a copy of a long recording
+        raise DiffheadsError(f"audio {audio} is silent; give a recording with speech")
+    return wav
+
+
+def identity_of(portrait: Portrait, size: int) -> torch.Tensor:
+    """(3, size, size) model-ready identity frame of an aligned portrait."""
+    return to_model_frames(portrait.identity_crop[None], size)[0]
+
+
+def write_animation(
+    model: LoadedModel,
+    identity: torch.Tensor,
+    emb: torch.Tensor,
+    wav: np.ndarray,
+    output: str | Path,
+    sample: SampleConfig,
+    seed: int = 0,
+    portrait: Portrait | None = None,
+    progress: bool = True,
+    on_written: Callable[[int, int], None] | None = None,
+) -> Path:
+    """Sample one clip from `identity` and the audio embeddings `emb` and stream it into `output` with `wav`.
+
+    With a `portrait` each frame is pasted back into its full-resolution picture, otherwise the
+    crop is written. `on_written(done, total)` follows the frames as they are encoded (see
+    _FrameSink). The output appears only once complete.
+    """
+    n_frames = len(emb) if sample.max_frames <= 0 else min(len(emb), sample.max_frames)
+    size = model.cfg.model.image_size
+    height, width = portrait.frames.shape[1:3] if portrait is not None else (size, size)
+    out = Path(output)
+    sound = wav[: round(n_frames * SAMPLE_RATE / 25)]
+    with output_dir(out.parent, "folder of --output"), VideoWriter(
+        out, 25, width, height, audio=sound, sample_rate=SAMPLE_RATE
+    ) as writer:
+        on_frame = _FrameSink(writer, portrait, n_frames, on_written)
+        sample_clips(model, identity[None], [emb], sample, seed=seed, progress=progress,
+                     on_frame=on_frame, keep_frames=False)
+    return out
 
 
 def animate(
@@ -338,27 +394,9 @@ def animate(
     encoder = build_encoder(model.audio_encoder, device)
     size = model.cfg.model.image_size
     portrait = load_portrait(image, video, size, mean_face, margins) if align else None
-    if portrait is not None:
-        identity = to_model_frames(portrait.identity_crop[None], size)[0]
-    else:
-        identity = load_identity_frame(image, video, size)
-    wav = load_audio(audio)
-    if max(float(wav.max()), -float(wav.min())) < 1e-4:  # no np.abs(wav): a copy of a long recording
-        raise DiffheadsError(f"audio {audio} is silent; give a recording with speech")
-    n_frames = frames_in_audio(len(wav))
-    emb = encoder.encode(wav, n_frames)
+    identity = identity_of(portrait, size) if portrait is not None else load_identity_frame(image, video, size)
+    wav = load_speech(audio)
+    emb = encoder.encode(wav, frames_in_audio(len(wav)))
     _check_width(model, emb.shape[1], str(audio))
-    if sample.max_frames > 0:
-        n_frames = min(n_frames, sample.max_frames)
-    paste = portrait is not None and not crop_only
-    height, width = portrait.frames.shape[1:3] if paste else (size, size)
-    out = Path(output)
-    sound = wav[: round(n_frames * SAMPLE_RATE / 25)]
-    with output_dir(out.parent, "folder of --output"), VideoWriter(
-        out, 25, width, height, audio=sound, sample_rate=SAMPLE_RATE
-    ) as writer:
-        on_frame = _FrameSink(writer, portrait if paste else None)
-        sample_clips(model, identity[None], [emb], sample, seed=seed, progress=progress,
-                     on_frame=on_frame, keep_frames=False)
-    return out
-
+    return write_animation(model, identity, emb, wav, output, sample, seed,
+                           portrait=None if crop_only else portrait, progress=progress)

@@ -1,0 +1,192 @@
+"""The web app's work without a browser: alignment messages, progress, cancellation, one job at a time."""
+
+from __future__ import annotations
+
+import socket
+import threading
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from diffheads.app.engine import Cancelled, Progress, Settings, Studio, crop_preview
+from diffheads.app.serve import NO_MODEL_HELP, check_port, choose_model
+from diffheads.checkpoint import load_model
+from diffheads.cli import main
+from diffheads.errors import DiffheadsError
+from diffheads.io.audio import write_wav
+from diffheads.io.image import write_png
+from diffheads.io.video import read_video
+from facevideo import astronaut
+from tiny import tiny_checkpoint
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("app_inputs")
+    write_png(folder / "face.png", astronaut())
+    write_png(folder / "noise.png", np.random.default_rng(0).integers(0, 255, (200, 200, 3), dtype=np.uint8))
+    t = np.arange(int(0.4 * 16000)) / 16000
+    write_wav(folder / "speech.wav", (0.3 * np.sin(2 * np.pi * 200 * t)).astype(np.float32))
+    write_wav(folder / "silence.wav", np.zeros(8000, np.float32))
+    tiny_checkpoint(folder / "model.ckpt")
+    return {p.stem: p for p in folder.iterdir()}
+
+
+@pytest.fixture(scope="module")
+def studio(files) -> Studio:
+    return Studio(load_model(files["model"], "cpu"), "tiny", "cpu")
+
+
+@pytest.fixture(scope="module")
+def portrait(studio, files):
+    return studio.align(files["face"], is_video=False)
+
+
+FAST = Settings(solver="ddim", steps=1)
+
+
+def test_progress_estimates_the_time_left():
+    assert Progress(0, 20, 0.0).eta_s is None
+    assert Progress(5, 20, 10.0).eta_s == pytest.approx(30.0)  # 2 s a frame, 15 frames to go
+    assert Progress(5, 20, 10.0).describe() == "frame 5/20, about 30 s left"
+    assert Progress(20, 20, 40.0).eta_s == 0
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"solver": "euler"}, "unknown sampler 'euler'"),
+        ({"steps": 0}, "steps must be between 1 and 1000"),
+        ({"stabilize_every": -1}, "stabilisation interval must be 0 (off) or positive"),
+        ({"output_mode": "gif"}, "unknown output mode 'gif'"),
+    ],
+)
+def test_bad_settings_are_refused(change, message):
+    with pytest.raises(DiffheadsError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        Settings(**change).check()
+
+
+def test_alignment_errors_name_the_upload_not_its_temporary_path(studio, files):
+    with pytest.raises(DiffheadsError) as e:
+        studio.align(files["noise"], is_video=False)
+    assert str(e.value).startswith("no face found in the photo;") and str(files["noise"]) not in str(e.value)
+
+
+def test_aligned_crop_preview_is_the_model_input_enlarged(portrait):
+    preview = crop_preview(portrait)
+    assert preview.shape == (256, 256, 3)  # 16 px crop, x16
+    np.testing.assert_array_equal(preview[::16, ::16], portrait.identity_crop)
+
+
+def test_animate_reports_progress_and_writes_the_video(studio, portrait, files, tmp_path):
+    seen: list[tuple[int, int]] = []
+    result = studio.animate("a", portrait, files["speech"], tmp_path / "out.mp4", FAST,
+                            on_progress=lambda p: seen.append((p.done, p.total)))
+    assert seen == [(i, 10) for i in range(11)]  # 0.4 s at 25 fps, one update a frame
+    frames, fps = read_video(result.video)
+    assert frames.shape == (10, 512, 512, 3) and fps == 25
+    report = result.report("tiny", "cpu")
+    assert report["frames"] == 10 and report["duration_s"] == 0.4 and report["solver"] == "ddim"
+    assert set(report["timing_s"]) == {"audio_loading", "queue_wait", "audio_encoding", "sampling", "total"}
+
+    crop = studio.animate("a", portrait, files["speech"], tmp_path / "crop.mp4",
+                          Settings(solver="ddim", steps=1, output_mode="crop"))
+    assert read_video(crop.video)[0].shape == (10, 16, 16, 3)
+
+
+def test_same_seed_same_video_other_seed_other_video(studio, portrait, files, tmp_path):
+    videos = [read_video(studio.animate("a", portrait, files["speech"], tmp_path / f"{i}.mp4",
+                                        Settings(solver="ddim", steps=1, seed=seed, output_mode="crop")).video)[0]
+              for i, seed in enumerate((4, 4, 5))]
+    np.testing.assert_array_equal(videos[0], videos[1])
+    assert np.abs(videos[0].astype(int) - videos[2].astype(int)).mean() > 1
+
+
+def test_cancel_stops_after_the_current_frame_and_leaves_nothing(studio, portrait, files, tmp_path):
+    done: list[int] = []
+
+    def cancel_at_3(p: Progress) -> None:
+        done.append(p.done)
+        if p.done == 3:
+            studio.cancel("visitor")
+
+    with pytest.raises(Cancelled):
+        studio.animate("visitor", portrait, files["speech"], tmp_path / "out.mp4", FAST, on_progress=cancel_at_3)
+    assert done == [0, 1, 2, 3]
+    assert list(tmp_path.iterdir()) == []  # no video, no temporary file
+    # the cancellation does not stick to the visitor's next job, nor touch other visitors
+    assert studio.animate("visitor", portrait, files["speech"], tmp_path / "again.mp4", FAST).video.is_file()
+
+
+def test_jobs_from_two_visitors_run_one_after_the_other(studio, portrait, files, tmp_path):
+    events: list[tuple[str, int]] = []
+    waited: list[str] = []
+    second: list[threading.Thread] = []
+
+    def run(key: str, on_progress) -> None:  # noqa: ANN001
+        studio.animate(key, portrait, files["speech"], tmp_path / f"{key}.mp4", FAST, on_progress=on_progress,
+                       on_wait=lambda: waited.append(key))
+
+    def first_progress(p: Progress) -> None:
+        events.append(("first", p.done))
+        if p.done == 1:  # the second visitor arrives while the first job is sampling
+            t = threading.Thread(target=run, args=("second", lambda q: events.append(("second", q.done))))
+            t.start()
+            second.append(t)
+            t.join(0.5)  # give it time to reach the device lock
+
+    run("first", first_progress)
+    second[0].join(60)
+    assert waited == ["second"]
+    assert events == [("first", i) for i in range(11)] + [("second", i) for i in range(11)]
+
+
+def test_silent_audio_is_refused(studio, portrait, files, tmp_path):
+    with pytest.raises(DiffheadsError, match="is silent"):
+        studio.animate("a", portrait, files["silence"], tmp_path / "out.mp4", FAST)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_model_choice(tmp_path):
+    demo = tmp_path / "outputs" / "demo" / "model.ckpt"
+    assert choose_model(None, demo) == (None, "")
+    demo.parent.mkdir(parents=True)
+    demo.write_bytes(b"x")
+    assert choose_model(None, demo) == (demo, f"{demo} (the demo model from make demo)")
+    assert choose_model(str(demo), demo)[0] == demo
+    with pytest.raises(DiffheadsError, match="checkpoint .*nope.ckpt does not exist"):
+        choose_model(str(tmp_path / "nope.ckpt"), demo)
+    assert "make demo" in NO_MODEL_HELP and "--checkpoint" in NO_MODEL_HELP
+
+
+def test_a_port_in_use_is_a_one_line_error():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        port = s.getsockname()[1]
+        with pytest.raises(DiffheadsError, match=f"port {port} on 127.0.0.1 is in use; .* --port"):
+            check_port("127.0.0.1", port)
+
+
+def test_app_command_errors(tmp_path, capsys):
+    assert main(["app", "--checkpoint", str(tmp_path / "nope.ckpt")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("diffheads app: error: checkpoint") and "does not exist" in err and "\n" not in err
+    assert main(["app", "--port", "70000"]) == 2
+    assert "--port must be between 1 and 65535" in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # no public sharing link
+        main(["app", "--share"])
+
+
+def test_without_a_model_the_page_says_how_to_get_one(files, tmp_path):
+    import gradio as gr
+
+    from diffheads.app.page import Page
+
+    page = Page(None, NO_MODEL_HELP, tmp_path)
+    page.build()  # the page itself still loads
+    crop, message, state = page.on_photo(str(files["face"]))
+    assert crop is None and state is None and message == f"**No model loaded.** {NO_MODEL_HELP}"
+    with pytest.raises(gr.Error, match="No model loaded. Run `make demo`"):
+        page.generate(None, str(files["speech"]), "ddim", 1, 0, 0, "crop", request=None)
