@@ -119,6 +119,29 @@ def test_cancel_stops_after_the_current_frame_and_leaves_nothing(studio, portrai
     assert studio.animate("visitor", portrait, files["speech"], tmp_path / "again.mp4", FAST).video.is_file()
 
 
+def test_a_cancel_is_not_undone_by_the_same_visitors_next_job(studio, portrait, files, tmp_path):
+    """Gradio frees the queue slot on Cancel at once: the visitor's next job may start before the old one stops."""
+    results: dict[str, object] = {}
+    next_job_waiting = threading.Event()
+
+    def next_job() -> None:
+        results["next"] = studio.animate("v", portrait, files["speech"], tmp_path / "next.mp4", FAST,
+                                         on_wait=next_job_waiting.set)
+
+    thread = threading.Thread(target=next_job)
+
+    def cancel_then_start_next(p: Progress) -> None:
+        if p.done == 2:
+            studio.cancel("v")
+            thread.start()
+            assert next_job_waiting.wait(30)  # the next job is in, waiting for the device
+
+    with pytest.raises(Cancelled):
+        studio.animate("v", portrait, files["speech"], tmp_path / "first.mp4", FAST, on_progress=cancel_then_start_next)
+    thread.join(60)
+    assert results["next"].frames == 10 and not (tmp_path / "first.mp4").exists()
+
+
 def test_jobs_from_two_visitors_run_one_after_the_other(studio, portrait, files, tmp_path):
     events: list[tuple[str, int]] = []
     waited: list[str] = []

@@ -7,9 +7,10 @@ page's session) can cancel their own job, which stops it after the frame being s
 
 from __future__ import annotations
 
+import contextlib
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -106,8 +107,8 @@ class Studio:
         self.device = device
         self.encoder = build_encoder(model.audio_encoder, device)
         self._device_lock = threading.Lock()
-        self._cancel: dict[str, threading.Event] = {}
-        self._flags_lock = threading.Lock()
+        self._jobs: dict[str, set[threading.Event]] = {}  # cancellation flags of the running jobs, per visitor
+        self._jobs_lock = threading.Lock()
 
     @property
     def size(self) -> int:
@@ -126,12 +127,24 @@ class Studio:
             raise DiffheadsError(str(e).replace(str(face), what)) from None
 
     def cancel(self, key: str) -> None:
-        """Stop visitor `key`'s running job after its current frame."""
-        self._flag(key).set()
+        """Stop visitor `key`'s running or waiting jobs after their current frame (later jobs are not affected)."""
+        with self._jobs_lock:
+            for flag in self._jobs.get(key, ()):
+                flag.set()
 
-    def _flag(self, key: str) -> threading.Event:
-        with self._flags_lock:
-            return self._cancel.setdefault(key, threading.Event())
+    @contextlib.contextmanager
+    def _job(self, key: str) -> Iterator[threading.Event]:
+        """A cancellation flag of this job alone, registered under `key` while the job runs."""
+        flag = threading.Event()
+        with self._jobs_lock:
+            self._jobs.setdefault(key, set()).add(flag)
+        try:
+            yield flag
+        finally:
+            with self._jobs_lock:
+                self._jobs[key].discard(flag)
+                if not self._jobs[key]:
+                    del self._jobs[key]
 
     def animate(
         self,
@@ -147,10 +160,21 @@ class Studio:
 
         `on_wait` is called when the job has to wait for another one to finish first.
         """
+        with self._job(key) as flag:
+            return self._animate(flag, portrait, audio, output, settings, on_progress, on_wait)
+
+    def _animate(
+        self,
+        flag: threading.Event,
+        portrait: Portrait,
+        audio: str | Path,
+        output: str | Path,
+        settings: Settings,
+        on_progress: Callable[[Progress], None] | None,
+        on_wait: Callable[[], None] | None,
+    ) -> Animation:
         settings.check()
         started = time.perf_counter()
-        flag = self._flag(key)
-        flag.clear()
         wav = load_speech(audio)
         n_frames = frames_in_audio(len(wav))
         if n_frames == 0:

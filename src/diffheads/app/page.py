@@ -111,7 +111,8 @@ class Page:
     # ---- layout -------------------------------------------------------------------------------------
     def build(self) -> gr.Blocks:
         defaults = self.studio.default_settings() if self.studio is not None else Settings()
-        with gr.Blocks(title="diffheads: talking faces") as page:
+        # no usage statistics sent; Gradio's copies of uploads and results older than a day are deleted hourly
+        with gr.Blocks(title="diffheads: talking faces", analytics_enabled=False, delete_cache=(3600, 86400)) as page:
             gr.Markdown("# diffheads: make a face speak\nDiffused Heads (Stypulkowski et al., WACV 2024): "
                         "one face picture + speech -> a video of that face speaking, frame by frame.")
             gr.Markdown(self._model_line(), elem_id=ELEM["model"])

@@ -17,6 +17,8 @@ NO_MODEL_HELP = (
     "`diffheads train` (RUN/model.ckpt) or `diffheads import-reference`."
 )
 
+MAX_UPLOAD = "1gb"  # largest photo, video or audio file the page accepts
+
 
 @dataclass(frozen=True)
 class AppOptions:
@@ -79,5 +81,5 @@ def serve(options: AppOptions) -> None:
         page.launch(
             server_name=options.host, server_port=options.port, share=False, ssr_mode=False, inbrowser=False,
             show_error=True, quiet=True, theme=theme(), css=CSS, footer_links=[], mcp_server=False, pwa=False,
-            allowed_paths=[workdir],
+            max_file_size=MAX_UPLOAD,
         )
