@@ -23,7 +23,7 @@ import pytest
 
 from diffheads.io.audio import write_wav
 from diffheads.io.image import write_png
-from facevideo import astronaut
+from facevideo import astronaut, moving_face_video
 from tiny import train_tiny
 
 pytestmark = pytest.mark.slow
@@ -55,6 +55,7 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
     write_png(folder / "noise.png", np.random.default_rng(0).integers(0, 255, (200, 200, 3), dtype=np.uint8))
     t = np.arange(int(SPEECH_SECONDS * 16000)) / 16000
     write_wav(folder / "speech.wav", (0.3 * np.sin(2 * np.pi * 200 * t) * np.sin(2 * np.pi * 2 * t)).astype(np.float32))
+    moving_face_video(folder / "face_video.mp4", seconds=0.6, fps=25, size=256)
     t = np.arange(20 * 16000) / 16000  # long enough to cancel half-way
     write_wav(folder / "long.wav", (0.3 * np.sin(2 * np.pi * 180 * t) * np.sin(2 * np.pi * 3 * t)).astype(np.float32))
     return {p.stem: p for p in folder.iterdir()}
@@ -190,3 +191,10 @@ def test_photo_without_a_face_says_so(page, inputs):
     page.locator("#generate").click()  # generating anyway says what is missing
     page.wait_for_selector("text=Give a photo or a video with one face first")
     page.screenshot(path=str(artifacts_dir() / "app_no_face.png"), full_page=True)
+
+
+def test_a_face_video_is_aligned_on_upload(page, inputs):
+    page.get_by_role("tab", name="Video").click()
+    upload(page, "face-video", inputs["face_video"])
+    page.wait_for_function("document.querySelector('#face-message').innerText.includes('Face found')")
+    page.wait_for_selector("#aligned-crop img")

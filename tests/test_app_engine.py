@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import socket
+import sys
 import threading
 from pathlib import Path
 
@@ -71,6 +72,28 @@ def test_alignment_errors_name_the_upload_not_its_temporary_path(studio, files):
     with pytest.raises(DiffheadsError) as e:
         studio.align(files["noise"], is_video=False)
     assert str(e.value).startswith("no face found in the photo;") and str(files["noise"]) not in str(e.value)
+
+
+def test_several_faces_are_named_too(studio, files, tmp_path):
+    small = astronaut()[::2, ::2]
+    write_png(tmp_path / "two.png", np.concatenate([small, small], axis=1))
+    with pytest.raises(DiffheadsError, match=r"^2 faces found in the photo; crop the picture"):
+        studio.align(tmp_path / "two.png", is_video=False)
+
+
+def test_a_face_video_becomes_the_background(studio, files, tmp_path):
+    from facevideo import moving_face_video
+
+    moving_face_video(tmp_path / "me.mp4", seconds=0.6, fps=25, size=256)
+    portrait = studio.align(tmp_path / "me.mp4", is_video=True)
+    assert portrait.frames.shape == (15, 256, 256, 3)
+    result = studio.animate("a", portrait, files["speech"], tmp_path / "out.mp4", FAST)
+    frames = read_video(result.video)[0]
+    assert frames.shape == (10, 256, 256, 3)
+    # away from the face the output follows the input video's frames, not a still picture
+    corner = (slice(200, 256), slice(0, 56))
+    assert np.abs(frames[0][corner].astype(int) - frames[9][corner].astype(int)).mean() > 2
+    assert np.abs(frames[9][corner].astype(int) - portrait.frames[9][corner].astype(int)).mean() < 4
 
 
 def test_aligned_crop_preview_is_the_model_input_enlarged(portrait):
@@ -213,3 +236,11 @@ def test_without_a_model_the_page_says_how_to_get_one(files, tmp_path):
     assert crop is None and state is None and message == f"**No model loaded.** {NO_MODEL_HELP}"
     with pytest.raises(gr.Error, match="No model loaded. Run `make demo`"):
         page.generate(None, str(files["speech"]), "ddim", 1, 0, 0, "crop", request=None)
+
+
+def test_without_the_app_extra_the_command_says_how_to_install_it(monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "gradio", None)  # import gradio -> ImportError
+    assert main(["app"]) == 2
+    assert capsys.readouterr().err.strip() == (
+        "diffheads app: error: the app needs the optional extra: pip install 'diffheads[app]' (make demo installs it)"
+    )

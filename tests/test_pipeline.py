@@ -178,7 +178,7 @@ def test_resume_continues_from_last(trained, tmp_path):
 def test_console_script_runs(trained):
     exe = Path(sys.executable).parent / "diffheads"
     out = subprocess.run([str(exe), "--help"], capture_output=True, text=True, check=True).stdout
-    for command in ("synth", "embed", "prepare", "train", "generate", "animate", "demo"):
+    for command in ("synth", "embed", "prepare", "train", "generate", "animate", "app", "demo"):
         assert command in out
 
 

@@ -238,7 +238,7 @@ def _generate_batches(
     """Sample the clips `todo` in batches and write each as an mp4 with its audio, appending to `written`."""
     for start in range(0, len(todo), sample.batch_size):
         batch = [clips[i] for i in todo[start : start + sample.batch_size]]
-        _check_width(model, batch[0]["audio_emb"].shape[1], str(embeddings))
+        check_audio_width(model, batch[0]["audio_emb"].shape[1], str(embeddings))
         videos = sample_clips(
             model,
             torch.stack([b["identity_frame"] for b in batch]),
@@ -254,7 +254,8 @@ def _generate_batches(
             written.append(target)
 
 
-def _check_width(model: LoadedModel, width: int, where: str) -> None:
+def check_audio_width(model: LoadedModel, width: int, where: str) -> None:
+    """A one-line error unless embeddings of `width` columns (from `where`) fit the model's audio_dim."""
     expected = model.cfg.model.audio_dim
     if expected is not None and width != expected:
         raise DiffheadsError(
@@ -397,6 +398,6 @@ def animate(
     identity = identity_of(portrait, size) if portrait is not None else load_identity_frame(image, video, size)
     wav = load_speech(audio)
     emb = encoder.encode(wav, frames_in_audio(len(wav)))
-    _check_width(model, emb.shape[1], str(audio))
+    check_audio_width(model, emb.shape[1], str(audio))
     return write_animation(model, identity, emb, wav, output, sample, seed,
                            portrait=None if crop_only else portrait, progress=progress)

@@ -20,7 +20,7 @@ from diffheads.audio.encoders import build_encoder, frames_in_audio
 from diffheads.checkpoint import LoadedModel
 from diffheads.config import SampleConfig, Solver
 from diffheads.errors import DiffheadsError
-from diffheads.generate import _check_width, identity_of, load_portrait, load_speech, write_animation
+from diffheads.generate import check_audio_width, identity_of, load_portrait, load_speech, write_animation
 from diffheads.face.portrait import Portrait
 
 OUTPUT_MODES = {"pasted back": "the face is pasted back into the full picture", "crop": "the aligned face crop only"}
@@ -189,7 +189,7 @@ class Studio:
                 raise Cancelled()
             waited = time.perf_counter()
             emb = self.encoder.encode(wav, n_frames)
-            _check_width(self.model, emb.shape[1], "the audio")
+            check_audio_width(self.model, emb.shape[1], "the audio")
             encoded = time.perf_counter()
 
             def written(done: int, total: int) -> None:
