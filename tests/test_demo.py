@@ -15,7 +15,9 @@ from diffheads.demo_check import check_report, main as check_main
 def test_quick_demo_writes_every_artefact(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--quick", "--out", str(out)]) == 0
-    report = json.loads(capsys.readouterr().out)
+    printed = capsys.readouterr()
+    report = json.loads(printed.out)
+    assert f"try the model in your browser: diffheads app --checkpoint {out}/model.ckpt" in printed.err
     for key in ("lip_sync_r", "control_lip_sync_r", "n_clips", "train_seconds", "sample_seconds"):
         assert key in report
     assert report["n_clips"] == 1 and report["train_steps"] == 3

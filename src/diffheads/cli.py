@@ -260,7 +260,10 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
 def cmd_demo(args: argparse.Namespace) -> dict:
     from diffheads.demo import run_demo
 
-    return run_demo(args.out, config=args.config, overrides=args.overrides, quick=args.quick)
+    report = run_demo(args.out, config=args.config, overrides=args.overrides, quick=args.quick)
+    print(f"diffheads demo: try the model in your browser: diffheads app --checkpoint {args.out}/model.ckpt",
+          file=sys.stderr)
+    return report
 
 
 class _Parser(argparse.ArgumentParser):
