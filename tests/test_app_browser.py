@@ -104,14 +104,20 @@ def browser():
         b.close()
 
 
-@pytest.fixture
-def page(browser, app_url):
+def open_page(browser, url: str):  # noqa: ANN001, ANN201
+    """A new visitor (own browser context, so own Gradio session) on the app."""
     context = browser.new_context(viewport={"width": 1400, "height": 1100}, accept_downloads=True)
     page = context.new_page()
     page.set_default_timeout(120_000)
-    page.goto(app_url)
+    page.goto(url)
+    return page
+
+
+@pytest.fixture
+def page(browser, app_url):
+    page = open_page(browser, app_url)
     yield page
-    context.close()
+    page.context.close()
 
 
 def upload(page, elem_id: str, path: Path) -> None:
@@ -198,3 +204,27 @@ def test_a_face_video_is_aligned_on_upload(page, inputs):
     upload(page, "face-video", inputs["face_video"])
     page.wait_for_function("document.querySelector('#face-message').innerText.includes('Face found')")
     page.wait_for_selector("#aligned-crop img")
+
+
+def test_a_second_visitor_waits_in_the_queue(page, browser, app_url, inputs):
+    upload(page, "face-photo", inputs["astronaut"])
+    page.wait_for_selector("#aligned-crop img")
+    upload(page, "speech", inputs["long"])
+    set_number(page, "steps", 50)
+    page.locator("#generate").click()
+    page.wait_for_function("/frame [1-9][0-9]*\\/500/.test(document.body.innerText)")
+
+    other = open_page(browser, app_url)
+    try:
+        upload(other, "face-photo", inputs["astronaut"])
+        other.wait_for_selector("#aligned-crop img")  # aligning does not wait for the running job
+        upload(other, "speech", inputs["speech"])
+        set_number(other, "steps", 2)
+        other.locator("#generate").click()
+        other.wait_for_function("/queue: 1\\/1/.test(document.querySelector('#result-video').innerText)")
+        assert "Done" not in other.locator("#status").inner_text()
+        page.locator("#cancel").click()  # the first visitor gives up: the second one's job runs
+        other.wait_for_function("document.querySelector('#status').innerText.includes('Done: 20 frames')")
+        page.wait_for_function("document.querySelector('#status').innerText.includes('Cancelled')")
+    finally:
+        other.context.close()
