@@ -8,6 +8,7 @@ page's session) can cancel their own job, which stops it after the frame being s
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -20,8 +21,8 @@ from diffheads.audio.encoders import build_encoder, frames_in_audio
 from diffheads.checkpoint import LoadedModel
 from diffheads.config import SampleConfig, Solver
 from diffheads.errors import DiffheadsError
+from diffheads.face.portrait import FPS, Portrait
 from diffheads.generate import check_audio_width, identity_of, load_portrait, load_speech, write_animation
-from diffheads.face.portrait import Portrait
 
 OUTPUT_MODES = {"pasted back": "the face is pasted back into the full picture", "crop": "the aligned face crop only"}
 DEFAULT_SOLVER = Solver.DPMPP_2M
@@ -216,14 +217,13 @@ class Studio:
             "sampling": sampled - encoded,
             "total": sampled - started,
         }
-        return Animation(out, n_frames, n_frames / 25, settings, timing)
+        return Animation(out, n_frames, n_frames / FPS, settings, timing)
 
     def _sample_config(self, settings: Settings) -> SampleConfig:
-        base = self.model.cfg.sample
-        return SampleConfig(
-            solver=Solver(settings.solver), steps=settings.steps, eta=base.eta, stabilize_every=settings.stabilize_every,
-            clip_denoised=base.clip_denoised, batch_size=1, max_frames=0, precision=base.precision,
-            channels_last=base.channels_last, compile=False,
+        """The model's own sampling configuration with the page's choices, one whole clip, no compilation."""
+        return dataclasses.replace(
+            self.model.cfg.sample, solver=Solver(settings.solver), steps=settings.steps,
+            stabilize_every=settings.stabilize_every, batch_size=1, max_frames=0, compile=False,
         )
 
 
