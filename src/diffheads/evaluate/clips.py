@@ -83,6 +83,7 @@ class LoadedPair:
     audio: np.ndarray | None  # 16 kHz mono
     real_landmarks: np.ndarray | None  # (T, 68, 2) in generated-frame pixels
     truth: dict[str, np.ndarray] | None
+    real_size: tuple[int, int] | None = None  # (H, W) of the real video as stored, before the resize
 
 
 def _resize(frames: np.ndarray, height: int, width: int) -> np.ndarray:
@@ -99,11 +100,13 @@ def load_pair(pair: ClipPair) -> LoadedPair:
     generated, _ = read_video(pair.generated)
     h, w = generated.shape[1:3]
     real, landmarks, truth = None, None, None
+    real_size: tuple[int, int] | None = None
     n = len(generated)
     if pair.real is not None:
         real_full, _ = read_video(pair.real)
         n = min(n, len(real_full))
         real = _resize(real_full[:n], h, w)
+        real_size = (int(real_full.shape[1]), int(real_full.shape[2]))
         if pair.landmarks is not None:
             lm = np.load(pair.landmarks).astype(np.float64)[:, :, :2]
             scale = np.array([w / real_full.shape[2], h / real_full.shape[1]])
@@ -121,4 +124,4 @@ def load_pair(pair: ClipPair) -> LoadedPair:
             break
         except NoAudioError:
             continue
-    return LoadedPair(pair.rel, generated[:n], real, audio, landmarks, truth)
+    return LoadedPair(pair.rel, generated[:n], real, audio, landmarks, truth, real_size)

@@ -23,6 +23,13 @@ COLUMNS = (
     ("AV Conf", "av_confidence"),
     ("LSE-D", "lse_d"),
     ("LSE-C", "lse_c"),
+    ("mouth-open r", "mouth_open_r"),
+    ("mouth-open r (control)", "control_mouth_open_r"),
+    ("M-LMD", "m_lmd"),
+    ("M-LMD (control)", "control_m_lmd"),
+    ("F-LMD", "f_lmd"),
+    ("F-LMD (control)", "control_f_lmd"),
+    ("face found (LMD)", "lmd_detection_rate"),
     ("WER", "wer"),
     ("Blinks/s", "blinks_per_second"),
     ("Blink dur (s)", "blink_duration_s"),
@@ -30,7 +37,8 @@ COLUMNS = (
     ("F-MSE", "fmse"),
     ("lip-sync r (synthetic)", "lip_sync_r"),
 )
-PER_VIDEO_PLOTS = ("psnr", "ssim", "av_offset", "av_confidence", "blinks_per_second", "ofm", "fmse", "lip_sync_r")
+PER_VIDEO_PLOTS = ("psnr", "ssim", "av_offset", "av_confidence", "blinks_per_second", "ofm", "fmse", "lip_sync_r",
+                   "mouth_open_r", "m_lmd", "f_lmd", "lmd_detection_rate")
 
 
 def _fmt(value: Any) -> str:
@@ -146,7 +154,7 @@ def plot_per_video(path: Path, rows: list[dict[str, Any]]) -> Path | None:
 
 
 def plot_curves(plots_dir: Path, clip: str, curves: dict[str, Any]) -> list[Path]:
-    """Eye aspect ratio, SyncNet distance by offset and mouth opening of the chosen clip."""
+    """Eye aspect ratio, SyncNet distance by offset and mouth opening (vs truth, vs real) of the chosen clip."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -180,6 +188,14 @@ def plot_curves(plots_dir: Path, clip: str, curves: dict[str, Any]) -> list[Path
         ax.set(xlabel="s", ylabel="mouth opening (px)", title=f"lip sync: {clip}")
         ax.legend()
         paths.append(_save(fig, plots_dir / f"mouth_{name}.png"))
+    if "mouth_open_real" in curves:
+        opening, real = curves["mouth_open_real"]
+        fig, ax = plt.subplots(figsize=(7, 2.6))
+        ax.plot(np.arange(len(real)) / 25, real, label="real")
+        ax.plot(np.arange(len(opening)) / 25, opening, label="generated")
+        ax.set(xlabel="s", ylabel="mouth opening (px)", title=f"mouth opening in the real mouth box: {clip}")
+        ax.legend()
+        paths.append(_save(fig, plots_dir / f"mouth_real_{name}.png"))
     return paths
 
 

@@ -18,8 +18,9 @@ from diffheads.face.track import track_landmarks
 from diffheads.io.outdir import output_dir
 
 FPS = 25
-ALL_METRICS = ("psnr", "ssim", "fid", "fvd", "sync", "wer", "blinks", "smoothness", "lipsync")
+ALL_METRICS = ("psnr", "ssim", "fid", "fvd", "sync", "wer", "blinks", "smoothness", "lipsync", "mouth_open", "lmd")
 WEIGHT_METRICS = {"fid": "inception", "fvd": "i3d", "sync": "syncnet"}
+SET_CURVES = ("mouth_open_real", "lmd_landmarks")  # per-clip series kept for the set-level lip-sync measures
 
 
 @dataclass
@@ -124,6 +125,35 @@ def _filled(landmarks: np.ndarray) -> np.ndarray:
     return fill_missing(landmarks)
 
 
+def _mouth_box(pair: LoadedPair, real_lm: np.ndarray | None) -> np.ndarray | None:
+    """(T, 20, 2) mouth points of the real clip in generated-frame pixels: DATA/lmks, else Face Mesh on its frames."""
+    if pair.real_landmarks is not None:
+        return pair.real_landmarks[:, 48:68]
+    if pair.real is not None and _usable(real_lm, len(pair.real)):
+        return _filled(real_lm)[:, 48:68]
+    return None
+
+
+def _to_real_pixels(pair: LoadedPair) -> np.ndarray:
+    """(2,) factors taking generated-frame (x, y) pixels to pixels of the real video as stored."""
+    h, w = pair.generated.shape[1:3]
+    real_h, real_w = pair.real_size or (h, w)
+    return np.array([real_w / w, real_h / h])
+
+
+def lmd_row(gen_lm: np.ndarray, real_lm: np.ndarray) -> dict[str, float | int]:
+    """Per-video M-LMD and F-LMD (pixels, and per real inter-ocular distance) and the detection rates."""
+    from diffheads.metrics import lmd
+
+    iod = lmd.inter_ocular(real_lm)
+    return {
+        "m_lmd": lmd.m_lmd(gen_lm, real_lm), "f_lmd": lmd.f_lmd(gen_lm, real_lm),
+        "m_lmd_iod": lmd.m_lmd(gen_lm, real_lm, iod), "f_lmd_iod": lmd.f_lmd(gen_lm, real_lm, iod),
+        "lmd_frames": lmd.frames_compared(gen_lm, real_lm),
+        "lmd_detection_rate": lmd.detection_rate(gen_lm), "real_lmd_detection_rate": lmd.detection_rate(real_lm),
+    }
+
+
 def video_metrics(pair: LoadedPair, cfg: EvaluateConfig, scorers: Scorers) -> tuple[dict[str, Any], dict[str, Any]]:
     """Per-video numbers (a CSV row) and the curves worth plotting for this clip."""
     from diffheads.metrics import blinks, fidelity, smoothness
@@ -141,10 +171,11 @@ def video_metrics(pair: LoadedPair, cfg: EvaluateConfig, scorers: Scorers) -> tu
             if frames is not None:
                 row[f"{name}ofm"] = smoothness.ofm(frames, legacy=cfg.legacy_smoothness)
                 row[f"{name}fmse"] = smoothness.fmse(frames, legacy=cfg.legacy_smoothness)
-    # Face Mesh on the frames of both videos, so generated and real are measured the same way
-    needs_landmarks = "blinks" in wanted or scorers.syncnet is not None
+    # Face Mesh on the frames of both videos, so generated and real are measured the same way (one pass each)
+    needs_landmarks = "blinks" in wanted or scorers.syncnet is not None or ("lmd" in wanted and real is not None)
+    needs_mouth_box = "mouth_open" in wanted and pair.real_landmarks is None
     gen_lm = face_landmarks(gen) if needs_landmarks else None
-    real_lm = face_landmarks(real) if needs_landmarks and real is not None else None
+    real_lm = face_landmarks(real) if (needs_landmarks or needs_mouth_box) and real is not None else None
     row["face_found"] = bool(_usable(gen_lm, len(gen))) if needs_landmarks else None
     if "blinks" in wanted:
         for name, frames, lm in (("", gen, gen_lm), ("real_", real, real_lm)):
@@ -166,6 +197,20 @@ def video_metrics(pair: LoadedPair, cfg: EvaluateConfig, scorers: Scorers) -> tu
             row[f"{name}lse_d"] = result.lse_d
             row[f"{name}lse_c"] = result.lse_c
             curves[f"{name}sync"] = result.mean_dists
+    if real is not None and "mouth_open" in wanted:
+        box = _mouth_box(pair, real_lm)
+        row["mouth_box"] = None if box is None else ("DATA/lmks" if pair.real_landmarks is not None else "face mesh")
+        if box is not None:
+            from diffheads.metrics.mouth import mouth_opening, pearson_r
+
+            series = (mouth_opening(gen, box), mouth_opening(real, box))
+            row["mouth_open_r"] = pearson_r(*series)
+            curves["mouth_open_real"] = series
+    if real is not None and gen_lm is not None and real_lm is not None and "lmd" in wanted:
+        to_real = _to_real_pixels(pair)
+        gen_px, real_px = gen_lm * to_real, real_lm * to_real
+        row.update(lmd_row(gen_px, real_px))
+        curves["lmd_landmarks"] = (gen_px.astype(np.float32), real_px.astype(np.float32))
     known = pair.real_landmarks  # the synthetic data's exact landmarks give the mouth boxes
     if "lipsync" in wanted and pair.truth is not None and "mouth_open" in pair.truth and known is not None:
         from diffheads.metrics.mouth import mouth_opening, pearson_r
@@ -192,7 +237,103 @@ def _mean(rows: list[dict[str, Any]], key: str) -> float | None:
     return float(np.mean(values)) if values else None
 
 
-def aggregate(rows: list[dict[str, Any]], cfg: EvaluateConfig, scorers: Scorers) -> dict[str, Any]:
+def other_clip(clips: list[str]) -> dict[str, str]:
+    """A fixed derangement for the controls: each clip -> the next in sorted order, the last -> the first."""
+    order = sorted(clips)
+    return {c: order[(i + 1) % len(order)] for i, c in enumerate(order)}
+
+
+MOUTH_OPEN_VARIANT = (
+    "Pearson r of the mouth opening (mouth_opening: soft dark-pixel count / mouth width, in the real clip's "
+    "landmark mouth box) on generated vs real frames; each series minus its clip's mean, pooled over clips"
+)
+LMD_VARIANT = (
+    "Chen et al. 2018/2019 {name}: mean Euclidean distance of {points}, Face Mesh read as 68 points on generated "
+    "and on real frames, no alignment; mean over points, then frames with a face on both sides, then videos"
+)
+
+
+def mouth_open_metrics(series: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
+    """mouth_open_r (within clips, pooled) and its control (each generated clip against another clip's real series)."""
+    from diffheads.metrics.mouth import within_clip_r
+
+    clips = sorted(series)
+    gen, real = [series[c][0] for c in clips], [series[c][1] for c in clips]
+    n_frames = sum(min(len(g), len(r)) for g, r in zip(gen, real))
+    out: dict[str, Any] = {
+        "mouth_open_r": {"value": within_clip_r(gen, real), "n_videos": len(clips), "n_frames": n_frames,
+                         "variant": MOUTH_OPEN_VARIANT},
+    }
+    control: dict[str, Any] = {"value": None, "n_videos": len(clips),
+                               "variant": "mouth_open_r with each generated clip against the next clip's real series "
+                                          "(sorted clip order, rotated by one; trimmed to the common length)"}
+    if len(clips) >= 2:
+        other = other_clip(clips)
+        control["value"] = within_clip_r(gen, [series[other[c]][1] for c in clips])
+    else:
+        control["reason"] = "needs at least 2 clips"
+    out["control_mouth_open_r"] = control
+    return out
+
+
+def lmd_metrics(rows: list[dict[str, Any]], landmarks: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
+    """M-LMD, F-LMD (per-video means from the rows), their controls and the Face Mesh detection rates."""
+    from diffheads.metrics.lmd import detected
+
+    clips = sorted(landmarks)
+    gen_found = np.concatenate([detected(landmarks[c][0]) for c in clips])
+    real_found = np.concatenate([detected(landmarks[c][1]) for c in clips])
+    rates = {"lmd_detection_rate": float(gen_found.mean()) if len(gen_found) else None,
+             "real_lmd_detection_rate": float(real_found.mean()) if len(real_found) else None}
+    other = other_clip(clips)
+    controls = [lmd_row(landmarks[c][0], landmarks[other[c]][1]) for c in clips] if len(clips) >= 2 else []
+    units = {"units": "pixels of the real clip (its stored resolution)",
+             "normalised_units": "fraction of the real face's outer-eye-corner distance (points 36-45)"}
+    out: dict[str, Any] = {}
+    for key, name, points in (("m_lmd", "M-LMD", "mouth points 48-67"), ("f_lmd", "F-LMD", "all 68 points")):
+        frames = [r for r in rows if r.get(key) is not None and math.isfinite(r[key])]
+        out[key] = {"value": _mean(rows, key), "normalised": _mean(rows, f"{key}_iod"), **units,
+                    "n_videos": len(frames), "n_frames": int(sum(r["lmd_frames"] for r in frames)), **rates,
+                    "variant": LMD_VARIANT.format(name=name, points=points)}
+        control: dict[str, Any] = {"value": _mean(controls, key), "normalised": _mean(controls, f"{key}_iod"),
+                                   **units, "n_videos": len(controls),
+                                   "variant": f"{name} of each generated clip against the next clip's real landmarks "
+                                              "(sorted clip order, rotated by one; trimmed to the common length)"}
+        if len(clips) < 2:
+            control["reason"] = "needs at least 2 clips"
+        out[f"control_{key}"] = control
+    out["lmd_detection_rate"] = {"value": rates["lmd_detection_rate"], "real": rates["real_lmd_detection_rate"],
+                                 "n_frames": len(gen_found),
+                                 "variant": "fraction of frames where Face Mesh found a face (frames for LMD)"}
+    return out
+
+
+def real_lipsync_metrics(
+    rows: list[dict[str, Any]], cfg: EvaluateConfig, scorers: Scorers, clip_curves: dict[str, dict[str, Any]]
+) -> dict[str, Any]:
+    """The set-level measures against real clips (mouth_open_r, LMD and their controls); skips say why not."""
+    out: dict[str, Any] = {}
+    mouth = {c: v["mouth_open_real"] for c, v in clip_curves.items() if "mouth_open_real" in v}
+    if "mouth_open" in cfg.metrics:
+        if mouth:
+            out.update(mouth_open_metrics(mouth))
+        else:
+            scorers.skipped["mouth_open"] = (
+                "mouth_open_r needs real clips of the same names (--real) and their mouth landmarks "
+                "(DATA/lmks, or Face Mesh finding the face in 80% of the real frames)"
+            )
+    landmarks = {c: v["lmd_landmarks"] for c, v in clip_curves.items() if "lmd_landmarks" in v}
+    if "lmd" in cfg.metrics:
+        if landmarks:
+            out.update(lmd_metrics(rows, landmarks))
+        else:
+            scorers.skipped["lmd"] = "M-LMD / F-LMD need real clips of the same names (--real)"
+    return out
+
+
+def aggregate(
+    rows: list[dict[str, Any]], cfg: EvaluateConfig, scorers: Scorers, clip_curves: dict[str, dict[str, Any]] | None = None
+) -> dict[str, Any]:
     """metrics.json's `metrics` section: each value with its variant and what it was computed over."""
     metrics: dict[str, Any] = {}
 
@@ -222,6 +363,7 @@ def aggregate(rows: list[dict[str, Any]], cfg: EvaluateConfig, scorers: Scorers)
             "real": None if entry["real"] is None else entry["real"] / FPS, "units": "seconds",
         }
     per_video("lip_sync_r", "lip_sync_r", "synthetic data: Pearson r of measured vs true mouth opening (per-video mean)")
+    metrics.update(real_lipsync_metrics(rows, cfg, scorers, clip_curves or {}))
     if scorers.fid is not None:
         try:
             result = scorers.fid.compute()
@@ -282,15 +424,19 @@ def evaluate(
         scorers = build_scorers(cfg)
         for metric, reason in scorers.skipped.items():
             print(f"diffheads evaluate: {metric} skipped: {reason}", file=sys.stderr)
-        rows, plot_curves = [], {}
+        rows, plot_curves, clip_curves = [], {}, {}
         plot_clip = cfg.plot_clip or pairs[0].rel
         for pair in tqdm(pairs, desc="evaluate", unit="video", disable=not progress, file=sys.stderr):
             loaded = load_pair(pair)
             row, curves = video_metrics(loaded, cfg, scorers)
             rows.append(row)
+            clip_curves[pair.rel] = {k: curves[k] for k in SET_CURVES if k in curves}
             if pair.rel == plot_clip:
                 plot_curves = curves
-        metrics = aggregate(rows, cfg, scorers)
+        metrics = aggregate(rows, cfg, scorers, clip_curves)
+        for metric in ("mouth_open", "lmd"):
+            if metric in scorers.skipped:
+                print(f"diffheads evaluate: {metric} skipped: {scorers.skipped[metric]}", file=sys.stderr)
         if scorers.lip_reader is not None:
             wer = score_wer(pairs, scorers)
             if wer is not None:

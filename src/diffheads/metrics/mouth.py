@@ -90,3 +90,26 @@ def lip_sync_r(measured: list[np.ndarray], truth: list[np.ndarray]) -> float:
     if not pairs:
         return float("nan")
     return pearson_r(np.concatenate([m for m, _ in pairs]), np.concatenate([t for _, t in pairs]))
+
+
+def within_clip_r(measured: list[np.ndarray], truth: list[np.ndarray]) -> float:
+    """Pearson r pooled over clips after removing each clip's own mean from each of its two series; nan when undefined.
+
+    Each pair is trimmed to its common length and frames where either series is not finite are dropped. Centring
+    per clip keeps only the motion within clips: pooled raw series would also reward clip-level offsets (a clip
+    whose mouth is open wider throughout), which say nothing about lip sync.
+    """
+    if len(measured) != len(truth):
+        raise ValueError(f"{len(measured)} measured series but {len(truth)} truth series")
+    centred_measured, centred_truth = [], []
+    for m, t in zip(measured, truth):
+        m, t = np.asarray(m, np.float64).ravel(), np.asarray(t, np.float64).ravel()
+        n = min(len(m), len(t))
+        m, t = m[:n], t[:n]
+        keep = np.isfinite(m) & np.isfinite(t)
+        if keep.any():
+            centred_measured.append(m[keep] - m[keep].mean())
+            centred_truth.append(t[keep] - t[keep].mean())
+    if not centred_measured:
+        return float("nan")
+    return pearson_r(np.concatenate(centred_measured), np.concatenate(centred_truth))
