@@ -132,6 +132,11 @@ class FaceMesh(_Graph):
             out[k] = [(p.x * w, p.y * h, p.z * w) for p in face.landmark]
         return out
 
+    def restart(self) -> None:
+        """Forget the tracked face, so the next frame is searched afresh (after a scene cut)."""
+        with quiet_native_logs():
+            self._graph.reset()
+
 
 
 @dataclass

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import cv2
 import numpy as np
@@ -30,16 +30,23 @@ def detect_faces(mesh: FaceMesh, frame: np.ndarray, max_side: int = 640, min_sid
 
 
 def track_landmarks(
-    frames: Iterable[tuple[float, np.ndarray]], max_side: int = 640, min_side: int = 0
+    frames: Iterable[tuple[float, np.ndarray]],
+    max_side: int = 640,
+    min_side: int = 0,
+    new_shot: Callable[[np.ndarray], bool] | None = None,
 ) -> tuple[np.ndarray, np.ndarray, int]:
     """(T, 68, 2) landmarks (NaN where no face), the frames' times, and the most faces seen in a probe frame.
 
     A second face is looked for in a few frames spread over the clip (the first one and the
-    last two with a power-of-two index) by MediaPipe's full-range face detector.
+    last two with a power-of-two index) by MediaPipe's full-range face detector. When
+    `new_shot(frame)` says a frame may start a new shot, tracking starts afresh there: a track
+    carried over a cut would put the first landmarks of the new shot where the old face was.
     """
     points, times, probes = [], [], {}
     with FaceMesh(video=True, max_faces=1) as mesh:
         for time, frame in frames:
+            if new_shot is not None and new_shot(frame) and points:
+                mesh.restart()
             faces = detect_faces(mesh, frame, max_side, min_side)
             points.append(to_68(faces[0])[:, :2] if len(faces) else np.full((68, 2), np.nan, np.float32))
             times.append(time)

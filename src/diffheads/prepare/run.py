@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import multiprocessing
 import os
+import re
 import sys
 import time
 from collections import Counter
@@ -22,7 +23,8 @@ from diffheads.face.mean_face import load_mean_face
 from diffheads.io.atomic import atomic_write_text
 from diffheads.io.outdir import output_dir
 from diffheads.prepare.clip import ClipResult, PrepareConfig, is_prepared, prepare_or_skip
-from diffheads.prepare.sources import find_raw_clips
+from diffheads.prepare.segments import read_segments
+from diffheads.prepare.sources import RawClip, find_raw_clips
 from diffheads.prepare.split import SplitRule
 
 REPORT = "prepare_report.json"
@@ -39,11 +41,29 @@ def _previous_skips(out: Path) -> dict[str, dict[str, Any]]:
         return {}
 
 
-def _write_file_lists(layout: DataLayout, prepared: list[str], rule: SplitRule) -> dict[str, int]:
-    """file_list_train.txt and file_list_test.txt over every prepared clip."""
+def _check_segment_names(clips: list[RawClip]) -> None:
+    """No raw clip may be named like a segment of another (<rel>_s000), or one would overwrite the other."""
+    rels = {c.rel for c in clips}
+    for rel in sorted(rels):
+        match = re.fullmatch(r"(.+)_s\d{3,}", rel)
+        if match and match.group(1) in rels:
+            raise DiffheadsError(
+                f"clip '{rel}' has the name a segment of clip '{match.group(1)}' would get when it is split; rename one"
+            )
+
+
+def _side(rule: SplitRule, rel: str, ids: list[str]) -> str:
+    """'train' or 'test' for all segments of a clip alike: by the clip's id, or by any segment's id in a test list."""
+    if rule.test_clips and any(cid in rule.test_clips for cid in ids):
+        return "test"
+    return rule.split(rel)
+
+
+def _write_file_lists(layout: DataLayout, prepared: dict[str, list[str]], rule: SplitRule) -> dict[str, int]:
+    """file_list_train.txt and file_list_test.txt over every prepared clip (each segment of a split one)."""
     lists: dict[str, list[str]] = {"train": [], "test": []}
     for rel in sorted(prepared):
-        lists[rule.split(rel)].append(f"./{rel}.mp4")
+        lists[_side(rule, rel, prepared[rel])].extend(f"./{cid}.mp4" for cid in prepared[rel])
     for split, lines in lists.items():
         atomic_write_text(layout.file_list(split), "".join(f"{line}\n" for line in lines))
     return {split: len(lines) for split, lines in lists.items()}
@@ -82,6 +102,7 @@ def prepare_dataset(
     out = Path(out_dir)
     face = load_mean_face(mean_face)
     clips = find_raw_clips(raw_dir)
+    _check_segment_names(clips)
     # a path that cannot be written fails before any clip is decoded; a failed run leaves no empty folders
     with output_dir(out, "output folder"):
         layout = DataLayout.of(out)
@@ -98,7 +119,12 @@ def prepare_dataset(
         prep_seconds = time.perf_counter() - started
 
         new_prepared = [r for r in results if r.status == "prepared"]
-        prepared = sorted(set(done) | {r.rel for r in new_prepared})
+        records = {rel: info for rel in done if (info := read_segments(layout, rel))}
+        records |= {r.rel: r.record for r in new_prepared if r.record}
+        prepared = {
+            rel: [s["id"] for s in records[rel]["segments"]] if rel in records else [rel]
+            for rel in [*done, *(r.rel for r in new_prepared)]
+        }
         skipped = sorted(
             carried
             + [{"clip": r.rel, "reason": r.reason, "detail": r.detail} for r in results if r.status == "skipped"],
@@ -121,6 +147,7 @@ def prepare_dataset(
             "prepare_seconds": round(prep_seconds, 2),
             "frames_per_second": round(frames / prep_seconds, 1) if frames else 0.0,
             "workers": workers,
+            **_segment_summary(records),
             "embeddings": None,
             "config": {
                 "prepare": _jsonable(asdict(cfg)),
@@ -143,6 +170,22 @@ def prepare_dataset(
         return report
 
 
+def _segment_summary(records: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Report fields about clips written as parts of their timeline (split at faceless stretches or cuts, or trimmed)."""
+    split = [r for r in records.values() if len(r["segments"]) > 1]
+    dropped: Counter[str] = Counter()
+    for record in records.values():
+        for span in record["dropped"]:
+            dropped[span["reason"]] += span["end"] - span["start"]
+    return {
+        "clips_split": len(split),
+        "segments_of_split_clips": sum(len(r["segments"]) for r in split),
+        "clips_trimmed": len(records) - len(split),
+        "frames_dropped_by_reason": dict(sorted(dropped.items())),
+        "segmented": [records[rel] for rel in sorted(records)],
+    }
+
+
 def _jsonable(value: Any) -> Any:
     """Sets and tuples as sorted lists so the report is plain JSON."""
     if isinstance(value, dict):
@@ -163,6 +206,17 @@ def summary(report: dict[str, Any]) -> str:
         f"{report['frames_prepared_now']} frames in {report['prepare_seconds']} s "
         f"({report['frames_per_second']} frames/s with {report['workers']} workers)",
     ]
+    if report["segmented"]:
+        done = []
+        if report["clips_split"]:
+            done.append(f"split {report['clips_split']} clips into {report['segments_of_split_clips']} segments")
+        if report["clips_trimmed"]:
+            done.append(f"trimmed {report['clips_trimmed']} clips")
+        dropped = ", ".join(f"{k}: {v}" for k, v in report["frames_dropped_by_reason"].items())
+        lines.append(
+            f"{' and '.join(done)} at faceless stretches and scene cuts (frames dropped: {dropped or 'none'}); "
+            f"the segments of each are in {report['out_dir']}/{REPORT}"
+        )
     if report["skipped"]:
         reasons = ", ".join(f"{k}: {v}" for k, v in report["skipped_by_reason"].items())
         lines.append(f"skipped {len(report['skipped'])} clips ({reasons}); details in {report['out_dir']}/{REPORT}")
