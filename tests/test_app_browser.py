@@ -164,7 +164,15 @@ def test_upload_generate_and_download(page, inputs, tmp_path):
     assert {k: report[k] for k in ("solver", "steps", "seed", "output_mode", "frames")} == {
         "solver": "dpm++2m", "steps": 2, "seed": 3, "output_mode": "pasted back", "frames": 20}
     assert report["timing_s"]["sampling"] > 0 and report["timing_s"]["total"] >= report["timing_s"]["sampling"]
+    assert report["trained_on"].startswith("synthetic cartoon faces") and "make demo-real" in report["note"]
     page.screenshot(path=str(artifacts_dir() / "app_finished.png"), full_page=True)
+
+
+def test_the_model_list_says_what_the_model_learnt_from(page):
+    chosen = page.locator("#model-choice input").input_value()  # --checkpoint: listed first and selected
+    assert chosen.endswith("model.ckpt — synthetic cartoon faces, 4 clips (4.8 s), 16 px, 4 steps")
+    note = page.locator("#model-note").inner_text()
+    assert "This model was trained only on synthetic cartoon faces" in note and "make demo-real" in note
 
 
 def test_progress_then_cancel_then_generate_again(page, inputs):

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from diffheads.app.engine import Cancelled, Progress, Settings, Studio, crop_preview
-from diffheads.app.serve import NO_MODEL_HELP, check_port, choose_model
-from diffheads.checkpoint import load_model
+from diffheads.app.engine import Cancelled, Progress, Settings, Studio, crop_preview, discover_models, find_model_files
+from diffheads.app.serve import NO_MODEL_HELP, check_port
+from diffheads.checkpoint import load_model, save_model
 from diffheads.cli import main
 from diffheads.errors import DiffheadsError
 from diffheads.io.audio import write_wav
@@ -111,7 +111,8 @@ def test_animate_reports_progress_and_writes_the_video(studio, portrait, files, 
     assert frames.shape == (10, 512, 512, 3) and fps == 25
     report = result.report("tiny", "cpu")
     assert report["frames"] == 10 and report["duration_s"] == 0.4 and report["solver"] == "ddim"
-    assert set(report["timing_s"]) == {"audio_loading", "queue_wait", "audio_encoding", "sampling", "total"}
+    assert set(report["timing_s"]) == {"audio_loading", "queue_wait", "model_loading", "audio_encoding", "sampling",
+                                       "total"}
 
     crop = studio.animate("a", portrait, files["speech"], tmp_path / "crop.mp4",
                           Settings(solver="ddim", steps=1, output_mode="crop"))
@@ -194,16 +195,128 @@ def test_silent_audio_is_refused(studio, portrait, files, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
-def test_model_choice(tmp_path):
-    demo = tmp_path / "outputs" / "demo" / "model.ckpt"
-    assert choose_model(None, demo) == (None, "")
-    demo.parent.mkdir(parents=True)
-    demo.write_bytes(b"x")
-    assert choose_model(None, demo) == (demo, f"{demo} (the demo model from make demo)")
-    assert choose_model(str(demo), demo)[0] == demo
+def _trained_on(synthetic: bool, size: int = 16, clips: int = 8) -> dict:
+    return {"data_root": "/data/x", "synthetic": synthetic, "train_clips": clips, "train_seconds": 40.0,
+            "image_size": size, "steps": 100}
+
+
+def _model_file(path: Path, trained_on: dict | None, *overrides: str, seed: int = 0) -> Path:
+    """A tiny model file at `path` with this `trained_on` record (None: an older file without one)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tiny_checkpoint(path, *overrides, seed=seed)
+    if trained_on is not None:
+        model = load_model(path)
+        save_model(path, model.unet, model.cfg, model.audio_encoder, trained_on)
+    return path
+
+
+@pytest.fixture
+def outputs(tmp_path) -> Path:
+    """outputs/ with the demo model (and its copy in train/), a real-footage model and files that are not listed."""
+    out = tmp_path / "outputs"
+    demo = _model_file(out / "demo" / "model.ckpt", _trained_on(True))
+    (out / "demo" / "train").mkdir()
+    (out / "demo" / "train" / "model.ckpt").write_bytes(demo.read_bytes())  # what make demo leaves: listed once
+    _model_file(out / "demo" / "train" / "checkpoints" / "model.ckpt", _trained_on(True), seed=1)  # training folder
+    _model_file(out / "a" / "b" / "c" / "d" / "model.ckpt", _trained_on(True), seed=2)  # too deep
+    _model_file(out / "runs" / "x" / "model.ckpt", None, f"data.root={tmp_path / 'gone'}", seed=3)  # older: no record
+    _model_file(out / "demo-grid" / "model.ckpt", _trained_on(False, clips=540))
+    (out / "broken").mkdir()
+    (out / "broken" / "model.ckpt").write_bytes(b"not a model")
+    return out
+
+
+def test_the_models_under_outputs_are_listed_with_what_they_learnt_from(outputs):
+    files = find_model_files(outputs)
+    assert [str(p.relative_to(outputs)) for p in files] == [
+        "broken/model.ckpt", "demo/model.ckpt", "demo-grid/model.ckpt", "demo/train/model.ckpt", "runs/x/model.ckpt"]
+    choices, skipped = discover_models(None, outputs)
+    assert [c.label for c in choices] == [  # real footage first (selected), then the demo model, then the others
+        f"{outputs}/demo-grid/model.ckpt — real footage, 540 clips (40 s) of /data/x, 16 px, 100 steps",
+        f"{outputs}/demo/model.ckpt — synthetic cartoon faces, 8 clips (40 s), 16 px, 100 steps",
+        f"{outputs}/runs/x/model.ckpt — unknown data ({outputs.parent}/gone is gone or not a dataset), 16 px",
+    ]
+    assert [c.note is not None for c in choices] == [False, True, False]
+    assert "synthetic cartoon faces" in choices[1].note and "make demo-real" in choices[1].note
+    assert len(skipped) == 1 and skipped[0].startswith(f"{outputs}/broken/model.ckpt: ")
+
+
+def test_the_demo_model_is_selected_when_there_is_no_real_one(outputs):
+    (outputs / "demo-grid" / "model.ckpt").unlink()
+    assert discover_models(None, outputs)[0][0].path == outputs / "demo" / "model.ckpt"
+    for f in outputs.rglob("model.ckpt"):
+        f.unlink()
+    assert discover_models(None, outputs) == ([], [])
+    assert discover_models(None, outputs / "missing") == ([], [])
+
+
+def test_the_checkpoint_given_comes_first(outputs, tmp_path):
+    mine = _model_file(tmp_path / "mine.ckpt", _trained_on(True, size=16), seed=5)
+    choices, _ = discover_models(mine, outputs)
+    assert choices[0].path == mine and len(choices) == 4
+    again, _ = discover_models(outputs / "demo" / "train" / "model.ckpt", outputs)  # a copy is not listed twice
+    assert [c.path.relative_to(outputs).as_posix() for c in again] == [
+        "demo/train/model.ckpt", "demo-grid/model.ckpt", "runs/x/model.ckpt"]
     with pytest.raises(DiffheadsError, match="checkpoint .*nope.ckpt does not exist"):
-        choose_model(str(tmp_path / "nope.ckpt"), demo)
-    assert "make demo" in NO_MODEL_HELP and "--checkpoint" in NO_MODEL_HELP
+        discover_models(tmp_path / "nope.ckpt", outputs)
+    assert "make demo" in NO_MODEL_HELP and "make demo-real" in NO_MODEL_HELP and "--checkpoint" in NO_MODEL_HELP
+
+
+def test_switching_models_loads_the_one_each_job_names(files, tmp_path):
+    small = _model_file(tmp_path / "outputs" / "real" / "model.ckpt", _trained_on(False))
+    large = _model_file(tmp_path / "outputs" / "demo" / "model.ckpt", _trained_on(True, size=32), "model.image_size=32")
+    choices, _ = discover_models(None, tmp_path / "outputs")
+    studio = Studio.open(choices, "cpu")
+    assert (studio.current.path, studio.size) == (small, 16)
+    face16 = studio.align(files["face"], is_video=False)
+    assert studio.select(large).path == large and studio.size == 32 and studio.name == str(large)
+    face32 = studio.align(files["face"], is_video=False)
+    assert face32.identity_crop.shape == (32, 32, 3)
+
+    # a job names its model: the real one is loaded back for it, on the device lock
+    result = studio.animate("a", face16, files["speech"], tmp_path / "a.mp4", FAST, model=str(small))
+    assert studio.current.path == small and result.timing_s["model_loading"] > 0
+    report = result.report(str(small), "cpu")
+    assert report["trained_on"].startswith("real footage") and "note" not in report
+    result = studio.animate("a", face32, files["speech"], tmp_path / "b.mp4", FAST, model=large)
+    assert studio.size == 32 and "synthetic cartoon faces" in result.report(str(large), "cpu")["note"]
+    with pytest.raises(DiffheadsError, match="the face was aligned for a 16 px model but .* works at 32 px"):
+        studio.animate("a", face16, files["speech"], tmp_path / "c.mp4", FAST)
+    with pytest.raises(DiffheadsError, match="is not one this app offers"):
+        studio.select(tmp_path / "other.ckpt")
+
+
+def test_a_model_that_does_not_load_is_dropped_unless_it_was_asked_for(tmp_path):
+    out = tmp_path / "outputs"
+    broken = _model_file(out / "real" / "model.ckpt", None)
+    model = load_model(broken)
+    save_model(broken, model.unet, model.cfg, {}, _trained_on(False))  # no audio encoder recorded
+    demo = _model_file(out / "demo" / "model.ckpt", _trained_on(True))
+    choices, _ = discover_models(None, out)
+    assert [c.path for c in choices] == [broken, demo]  # the real-footage one would be selected
+    reasons: list[str] = []
+    studio = Studio.open(choices, "cpu", strict=False, on_skip=reasons.append)
+    assert [c.path for c in studio.choices] == [demo] and studio.current.path == demo
+    assert reasons == [f"{broken}: {broken} does not record its audio encoder; retrain or re-export it with diffheads"]
+    with pytest.raises(DiffheadsError, match="does not record its audio encoder"):
+        Studio.open(choices, "cpu")  # a --checkpoint that does not load is an error
+
+
+def test_the_page_switches_model_and_aligns_the_face_again(files, tmp_path):
+    from diffheads.app.page import Page
+
+    real = _model_file(tmp_path / "outputs" / "grid" / "model.ckpt", _trained_on(False))
+    demo = _model_file(tmp_path / "outputs" / "demo" / "model.ckpt", _trained_on(True, size=32), "model.image_size=32")
+    page = Page(Studio.open(discover_models(None, tmp_path / "outputs")[0], "cpu"), NO_MODEL_HELP, tmp_path)
+    page.build()
+    crop, message, portrait, source = page.on_photo(str(files["face"]), str(real))
+    assert portrait.identity_crop.shape == (16, 16, 3) and source == (str(files["face"]), False)
+    line, note, crop, message, portrait, source = page.on_model(str(demo), source)
+    assert f"`{demo}`" in line and "synthetic cartoon faces, 8 clips" in line
+    assert note.startswith("**Note:** This model was trained only on synthetic cartoon faces")
+    assert portrait.identity_crop.shape == (32, 32, 3) and "aligned to 32x32 px" in message
+    line, note, *_ = page.on_model(str(real), source)
+    assert "real footage" in line and note == ""
 
 
 def test_a_port_in_use_is_a_one_line_error():
@@ -232,8 +345,8 @@ def test_without_a_model_the_page_says_how_to_get_one(files, tmp_path):
 
     page = Page(None, NO_MODEL_HELP, tmp_path)
     page.build()  # the page itself still loads
-    crop, message, state = page.on_photo(str(files["face"]))
-    assert crop is None and state is None and message == f"**No model loaded.** {NO_MODEL_HELP}"
+    crop, message, state, source = page.on_photo(str(files["face"]))
+    assert crop is None and state is None and source is None and message == f"**No model loaded.** {NO_MODEL_HELP}"
     with pytest.raises(gr.Error, match="No model loaded. Run `make demo`"):
         page.generate(None, str(files["speech"]), "ddim", 1, 0, 0, "crop", request=None)
 

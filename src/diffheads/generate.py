@@ -8,6 +8,7 @@ import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -39,6 +40,18 @@ def to_uint8(frames: torch.Tensor) -> np.ndarray:
 def sampling_process(model: LoadedModel, sample: SampleConfig) -> GaussianDiffusion:
     """The model's diffusion process respaced to `sample.steps`."""
     return GaussianDiffusion.from_config(model.cfg.diffusion).with_steps(sample.steps)
+
+
+SYNTHETIC_FACES_NOTE = (
+    "this model was trained only on synthetic cartoon faces, so a real face comes out blurred; for a real face run "
+    "`make demo-real` (a person-specific model of GRID speaker s1, outputs/demo-grid/model.ckpt) or train your own "
+    "with configs/person.yaml (docs/person.md)"
+)
+
+
+def synthetic_faces_note(provenance: dict[str, Any]) -> str | None:
+    """The one-line warning for a model that knows only synthetic faces (checkpoint.model_provenance), else None."""
+    return SYNTHETIC_FACES_NOTE if provenance.get("synthetic") is True else None
 
 
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}

@@ -1,32 +1,122 @@
 """What the web app does, without the web page: align an uploaded face, animate it, one job at a time.
 
-`Studio` holds one loaded model and its audio encoder. Jobs from all visitors go through one lock,
-so the device runs one animation at a time whatever the web server does; each visitor (a key, the
-page's session) can cancel their own job, which stops it after the frame being sampled.
+`Studio` holds one loaded model and its audio encoder, and the list of models it offers
+(`discover_models`: the files under outputs/, labelled with what they were trained on). Jobs from
+all visitors go through one lock, so the device runs one animation at a time whatever the web
+server does; a job names its model, which is loaded on that lock when it is not the one loaded.
+Each visitor (a key, the page's session) can cancel their own job, which stops it after the frame
+being sampled.
 """
 
 from __future__ import annotations
 
 import contextlib
 import dataclasses
+import filecmp
+import os
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
 from diffheads.audio.encoders import build_encoder, frames_in_audio
-from diffheads.checkpoint import LoadedModel
+from diffheads.checkpoint import LoadedModel, describe_provenance, load_model, model_provenance
 from diffheads.config import SampleConfig, Solver
 from diffheads.errors import DiffheadsError
 from diffheads.face.portrait import FPS, Portrait
-from diffheads.generate import check_audio_width, identity_of, load_portrait, load_speech, write_animation
+from diffheads.generate import (
+    check_audio_width, identity_of, load_portrait, load_speech, synthetic_faces_note, write_animation,
+)
 
 OUTPUT_MODES = {"pasted back": "the face is pasted back into the full picture", "crop": "the aligned face crop only"}
 DEFAULT_SOLVER = Solver.DPMPP_2M
 DEFAULT_STEPS = 10  # benchmarks/RESULTS.md: fewest dpm++2m steps matching 200-step DDPM on the demo
+OUTPUTS = Path("outputs")  # where make demo, make demo-real and the docs' runs leave their models
+MODEL_FILE = "model.ckpt"  # the exported model of a run (RUN/model.ckpt)
+MAX_DEPTH = 3  # model files are looked for at most this many folders below outputs/
+SKIPPED_FOLDERS = frozenset({"checkpoints"})  # Lightning's resumable training checkpoints, not models to try
+
+
+@dataclass(frozen=True)
+class ModelChoice:
+    """A model file the app offers, with what it was trained on (checkpoint.model_provenance)."""
+
+    path: Path
+    provenance: dict[str, Any]
+    trust: bool = False  # may need arbitrary unpickling: only a --checkpoint given with --trust-checkpoint
+
+    @property
+    def label(self) -> str:
+        """'outputs/demo/model.ckpt — synthetic cartoon faces, 60 clips (4 min), 32 px, 1500 steps'."""
+        return f"{self.path} — {describe_provenance(self.provenance)}"
+
+    @property
+    def note(self) -> str | None:
+        """The warning to show with this model (synthetic faces only), or None."""
+        return synthetic_faces_note(self.provenance)
+
+    @property
+    def image_size(self) -> int:
+        return int(self.provenance["image_size"])
+
+    def load(self, device: str) -> LoadedModel:
+        return load_model(self.path, device, trust=self.trust)
+
+
+def find_model_files(outputs: Path = OUTPUTS, max_depth: int = MAX_DEPTH) -> list[Path]:
+    """Every model.ckpt at most `max_depth` folders below `outputs`, shallowest first, outside checkpoints/."""
+    found: list[Path] = []
+    for folder, dirs, files in os.walk(outputs):
+        depth = len(Path(folder).relative_to(outputs).parts)
+        keep = [d for d in dirs if d not in SKIPPED_FOLDERS and not d.startswith(".")]
+        dirs[:] = keep if depth < max_depth else []
+        found += [Path(folder) / f for f in files if f == MODEL_FILE]
+    return sorted(found, key=lambda p: (len(p.parts), p.parts))
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    """Same file, or a byte-for-byte copy (make demo copies train/model.ckpt to model.ckpt)."""
+    return a.resolve() == b.resolve() or filecmp.cmp(a, b, shallow=False)
+
+
+def _preference(choice: ModelChoice, demo: Path) -> int:
+    """Default-selection rank: a model trained on real footage, then the demo model, then the others."""
+    if choice.provenance.get("synthetic") is False:
+        return 0
+    return 1 if demo.is_file() and _same_file(choice.path, demo) else 2
+
+
+def discover_models(
+    checkpoint: str | Path | None = None, outputs: Path = OUTPUTS, trust: bool = False
+) -> tuple[list[ModelChoice], list[str]]:
+    """(models to offer, the one to select first; why files were skipped).
+
+    First `checkpoint` if given, then the model files under `outputs` (copies listed once): those
+    trained on real footage, then the demo model (outputs/demo/model.ckpt), then the others. Only
+    `checkpoint` may be loaded with `trust`; the files found are read weights-only.
+    """
+    chosen: list[ModelChoice] = []
+    if checkpoint:
+        path = Path(checkpoint)
+        if not path.is_file():
+            raise DiffheadsError(f"checkpoint {checkpoint} does not exist; give a model file (e.g. RUN/model.ckpt)")
+        chosen.append(ModelChoice(path, model_provenance(path, trust), trust))
+    found: list[ModelChoice] = []
+    skipped: list[str] = []
+    for path in find_model_files(outputs) if outputs.is_dir() else []:
+        if any(_same_file(path, c.path) for c in chosen + found):
+            continue
+        try:
+            found.append(ModelChoice(path, model_provenance(path)))
+        except DiffheadsError as e:
+            skipped.append(f"{path}: {e}")
+    demo = outputs / "demo" / MODEL_FILE
+    found.sort(key=lambda c: _preference(c, demo))  # stable: shallowest first within a rank
+    return chosen + found, skipped
 
 
 class Cancelled(Exception):
@@ -82,12 +172,16 @@ class Animation:
     seconds: float  # video duration
     settings: Settings
     timing_s: dict[str, float]
+    trained_on: str = ""  # checkpoint.describe_provenance of the model used
+    note: str | None = None  # the warning that goes with that model (synthetic faces), if any
 
     def report(self, model_name: str, device: str) -> dict:
-        """Settings and timing, as shown on the page."""
+        """Settings and timing, as shown on the page (with the model's warning, if any)."""
         sampling = self.timing_s["sampling"]
         return {
             "model": model_name,
+            **({"trained_on": self.trained_on} if self.trained_on else {}),
+            **({"note": self.note} if self.note else {}),
             "device": device,
             **asdict(self.settings),
             "frames": self.frames,
@@ -98,32 +192,85 @@ class Animation:
 
 
 class Studio:
-    """One model on one device, animating faces for any number of visitors, one job at a time."""
+    """One model at a time on one device, animating faces for any number of visitors, one job at a time.
 
-    def __init__(self, model: LoadedModel, name: str, device: str) -> None:
-        if not model.audio_encoder:
-            raise DiffheadsError(f"{name} does not record its audio encoder; retrain or re-export it with diffheads")
-        self.model = model
-        self.name = name
+    `choices` are the models offered (the first is `model`); without them the one model is offered as `name`.
+    """
+
+    def __init__(self, model: LoadedModel, name: str, device: str, choices: Sequence[ModelChoice] = ()) -> None:
+        provenance = model.provenance or {"image_size": model.cfg.model.image_size}
+        self.choices = list(choices) or [ModelChoice(Path(name), provenance)]
         self.device = device
-        self.encoder = build_encoder(model.audio_encoder, device)
+        self._set(model, self.choices[0])
         self._device_lock = threading.Lock()
         self._jobs: dict[str, set[threading.Event]] = {}  # cancellation flags of the running jobs, per visitor
         self._jobs_lock = threading.Lock()
+
+    @classmethod
+    def open(cls, choices: Sequence[ModelChoice], device: str, strict: bool = True,
+             on_skip: Callable[[str], None] | None = None) -> Studio | None:
+        """A studio with the first of `choices` that loads loaded, offering it and those after it.
+
+        With `strict` the first must load (its error is raised); otherwise a model that fails to load
+        (an imported model whose SDA encoder is missing, say) is dropped, with its reason sent to
+        `on_skip`, and None is returned when none loads.
+        """
+        for i, choice in enumerate(choices):
+            try:
+                return cls(choice.load(device), str(choice.path), device, [choice, *choices[i + 1 :]])
+            except DiffheadsError as e:
+                if strict:
+                    raise
+                if on_skip is not None:
+                    on_skip(f"{choice.path}: {e}")
+        return None
+
+    def _set(self, model: LoadedModel, choice: ModelChoice) -> None:
+        """Make `model` (the file of `choice`) the loaded one."""
+        if not model.audio_encoder:
+            raise DiffheadsError(
+                f"{choice.path} does not record its audio encoder; retrain or re-export it with diffheads"
+            )
+        self.encoder = build_encoder(model.audio_encoder, self.device)
+        self.model, self.current, self.name = model, choice, str(choice.path)
 
     @property
     def size(self) -> int:
         return self.model.cfg.model.image_size
 
+    def choice(self, path: str | Path | None) -> ModelChoice:
+        """The offered model at `path` (None: the loaded one); a one-line error for a file not offered."""
+        if path is None:
+            return self.current
+        for c in self.choices:
+            if str(c.path) == str(path):
+                return c
+        raise DiffheadsError(f"model {path} is not one this app offers; choose one from the list")
+
+    def select(self, path: str | Path) -> ModelChoice:
+        """Load the offered model at `path` for the following jobs, once the running job is done (device lock)."""
+        choice = self.choice(path)
+        with self._device_lock:
+            self._use(choice)
+        return choice
+
+    def _use(self, choice: ModelChoice) -> None:
+        """Load `choice` unless it is loaded already; the device lock is held."""
+        if choice is not self.current:
+            self._set(choice.load(self.device), choice)
+
     def default_settings(self) -> Settings:
         """The page's starting values: fast sampling, the model's own stabilisation interval."""
         return Settings(stabilize_every=self.model.cfg.sample.stabilize_every)
 
-    def align(self, face: str | Path, is_video: bool) -> Portrait:
-        """Find and align the one face of an uploaded photo or video (errors name 'the photo' / 'the video')."""
+    def align(self, face: str | Path, is_video: bool, size: int | None = None) -> Portrait:
+        """Find and align the one face of an uploaded photo or video at `size` px (default: the loaded model's).
+
+        Errors name 'the photo' / 'the video', not the upload's temporary path.
+        """
         what = "the video" if is_video else "the photo"
         try:
-            return load_portrait(None if is_video else face, face if is_video else None, self.size)
+            return load_portrait(None if is_video else face, face if is_video else None, size or self.size)
         except DiffheadsError as e:
             raise DiffheadsError(str(e).replace(str(face), what)) from None
 
@@ -156,13 +303,16 @@ class Studio:
         settings: Settings,
         on_progress: Callable[[Progress], None] | None = None,
         on_wait: Callable[[], None] | None = None,
+        model: str | Path | None = None,
     ) -> Animation:
         """Animate `portrait` with `audio` into `output`; raises Cancelled if visitor `key` cancels.
 
-        `on_wait` is called when the job has to wait for another one to finish first.
+        `on_wait` is called when the job has to wait for another one to finish first. `model` is the
+        path of one of the offered models (default: the loaded one); it is loaded when its turn comes.
         """
+        choice = self.choice(model)
         with self._job(key) as flag:
-            return self._animate(flag, portrait, audio, output, settings, on_progress, on_wait)
+            return self._animate(flag, portrait, audio, output, settings, on_progress, on_wait, choice)
 
     def _animate(
         self,
@@ -173,8 +323,15 @@ class Studio:
         settings: Settings,
         on_progress: Callable[[Progress], None] | None,
         on_wait: Callable[[], None] | None,
+        choice: ModelChoice,
     ) -> Animation:
         settings.check()
+        aligned = portrait.identity_crop.shape[0]
+        if aligned != choice.image_size:
+            raise DiffheadsError(
+                f"the face was aligned for a {aligned} px model but {choice.path} works at {choice.image_size} px; "
+                "give the face again"
+            )
         started = time.perf_counter()
         wav = load_speech(audio)
         n_frames = frames_in_audio(len(wav))
@@ -189,6 +346,8 @@ class Studio:
             if flag.is_set():
                 raise Cancelled()
             waited = time.perf_counter()
+            self._use(choice)
+            loaded = time.perf_counter()
             emb = self.encoder.encode(wav, n_frames)
             check_audio_width(self.model, emb.shape[1], "the audio")
             encoded = time.perf_counter()
@@ -213,11 +372,13 @@ class Studio:
         timing = {
             "audio_loading": prepared - started,
             "queue_wait": waited - prepared,
-            "audio_encoding": encoded - waited,
+            "model_loading": loaded - waited,  # 0 unless the job's model was not the one loaded
+            "audio_encoding": encoded - loaded,
             "sampling": sampled - encoded,
             "total": sampled - started,
         }
-        return Animation(out, n_frames, n_frames / FPS, settings, timing)
+        return Animation(out, n_frames, n_frames / FPS, settings, timing, describe_provenance(choice.provenance),
+                         choice.note)
 
     def _sample_config(self, settings: Settings) -> SampleConfig:
         """The model's own sampling configuration with the page's choices, one whole clip, no compilation."""

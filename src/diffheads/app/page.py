@@ -8,7 +8,10 @@ from pathlib import Path
 
 import gradio as gr
 
-from diffheads.app.engine import OUTPUT_MODES, Animation, Cancelled, Progress, Settings, Studio, crop_preview
+from diffheads.app.engine import (
+    OUTPUT_MODES, Animation, Cancelled, ModelChoice, Progress, Settings, Studio, crop_preview,
+)
+from diffheads.checkpoint import describe_provenance
 from diffheads.config import Solver
 from diffheads.errors import DiffheadsError
 
@@ -20,9 +23,11 @@ ELEM = {  # element ids, for styling and for the browser tests
     "photo": "face-photo", "video": "face-video", "crop": "aligned-crop", "face_message": "face-message",
     "audio": "speech", "generate": "generate", "cancel": "cancel", "result": "result-video",
     "download": "download", "status": "status", "report": "run-report", "model": "model-info", "steps": "steps",
-    "seed": "seed",
+    "seed": "seed", "model_choice": "model-choice", "model_note": "model-note",
 }
-CSS = "#face-message p { font-size: 1.05em; } #status p { font-size: 1.05em; }"
+CSS = ("#face-message p { font-size: 1.05em; } #status p { font-size: 1.05em; } "
+       "#model-note p { font-size: 1.05em; color: #b45309; }")
+MODEL_HELP = "the models under outputs/ and --checkpoint, with what each was trained on"
 
 
 def theme() -> gr.themes.Base:
@@ -42,28 +47,40 @@ class Page:
         self._last_video: dict[str, Path] = {}  # per visitor, removed when they generate the next one
 
     # ---- events -------------------------------------------------------------------------------------
-    def on_face(self, face: str | None, is_video: bool) -> tuple:
-        """A photo or video was given (or cleared): show the aligned crop, or say what is wrong."""
+    def on_face(self, face: str | None, is_video: bool, model: str | None = None) -> tuple:
+        """A photo or video was given (or cleared): (crop, message, portrait, face source) for the chosen model."""
         if face is None:
-            return None, "", None
+            return None, "", None, None
         if self.studio is None:
-            return None, f"**No model loaded.** {self.no_model_help}", None
+            return None, f"**No model loaded.** {self.no_model_help}", None, None
+        source = (str(face), is_video)  # to align again when another model is chosen
         try:
-            portrait = self.studio.align(face, is_video)
+            size = self.studio.choice(model).image_size
+            portrait = self.studio.align(face, is_video, size)
         except DiffheadsError as e:
-            return None, f"**{_sentence(str(e))}**", None
-        size = self.studio.size
-        return crop_preview(portrait), f"Face found and aligned to {size}x{size} px: this is what the model sees.", portrait
+            return None, f"**{_sentence(str(e))}**", None, source
+        found = f"Face found and aligned to {size}x{size} px: this is what the model sees."
+        return crop_preview(portrait), found, portrait, source
 
-    def on_photo(self, photo: str | None) -> tuple:
-        return self.on_face(photo, is_video=False)
+    def on_photo(self, photo: str | None, model: str | None = None) -> tuple:
+        return self.on_face(photo, False, model)
 
-    def on_video(self, video: str | None) -> tuple:
-        return self.on_face(video, is_video=True)
+    def on_video(self, video: str | None, model: str | None = None) -> tuple:
+        return self.on_face(video, True, model)
+
+    def on_model(self, model: str, source: tuple[str, bool] | None) -> tuple:
+        """Another model was chosen: load it (after the running job), say what it knows, align the face for it."""
+        try:
+            choice = self.studio.select(model)
+        except DiffheadsError as e:
+            raise gr.Error(_sentence(str(e))) from None
+        face = self.on_face(*source, model) if source else (gr.skip(),) * 4
+        return (self._model_line(choice), _note(choice), *face)
 
     def generate(
         self, portrait, audio: str | None, solver: str, steps: float, stabilize: float, seed: float, mode: str,  # noqa: ANN001
-        request: gr.Request, progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio's way to ask for a bar)
+        model: str | None = None,
+        request: gr.Request = None, progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio's way to ask for a bar)
     ) -> tuple:
         if self.studio is None:
             raise gr.Error(f"No model loaded. {self.no_model_help}")
@@ -83,14 +100,15 @@ class Page:
         try:
             result = self.studio.animate(
                 key, portrait, audio, target, settings, on_progress,
-                on_wait=lambda: progress(0.0, desc="waiting for the job before yours"),
+                on_wait=lambda: progress(0.0, desc="waiting for the job before yours"), model=model,
             )
         except Cancelled:
             return None, None, "Cancelled: nothing was written.", None
         except DiffheadsError as e:
             raise gr.Error(_sentence(str(e).replace(str(audio), "the audio"))) from None
         self._last_video[key] = result.video
-        return str(result.video), str(result.video), self._summary(result), result.report(self.studio.name, self.studio.device)
+        report = result.report(model or self.studio.name, self.studio.device)
+        return str(result.video), str(result.video), self._summary(result), report
 
     def cancel(self, request: gr.Request) -> str:
         if self.studio is not None:
@@ -115,8 +133,16 @@ class Page:
         with gr.Blocks(title="diffheads: talking faces", analytics_enabled=False, delete_cache=(3600, 86400)) as page:
             gr.Markdown("# diffheads: make a face speak\nDiffused Heads (Stypulkowski et al., WACV 2024): "
                         "one face picture + speech -> a video of that face speaking, frame by frame.")
-            gr.Markdown(self._model_line(), elem_id=ELEM["model"])
+            current = self.studio.current if self.studio is not None else None
+            if current is not None:
+                model = gr.Dropdown([(c.label, str(c.path)) for c in self.studio.choices], value=str(current.path),
+                                    label="Model", info=MODEL_HELP, elem_id=ELEM["model_choice"])
+            else:
+                model = gr.State(None)
+            model_info = gr.Markdown(self._model_line(current), elem_id=ELEM["model"])
+            model_note = gr.Markdown(_note(current), elem_id=ELEM["model_note"])
             portrait = gr.State(None)
+            face_source = gr.State(None)
             with gr.Row():
                 with gr.Column():
                     with gr.Tabs():
@@ -156,20 +182,28 @@ class Page:
                     status = gr.Markdown("", elem_id=ELEM["status"])
                     report = gr.JSON(label="Settings and timing", elem_id=ELEM["report"])
 
-            face_outputs = [crop, face_message, portrait]
-            photo.change(self.on_photo, [photo], face_outputs)
-            video.change(self.on_video, [video], face_outputs)
-            job = go.click(self.generate, [portrait, audio, solver, steps, stabilize, seed, mode],
+            face_outputs = [crop, face_message, portrait, face_source]
+            photo.change(self.on_photo, [photo, model], face_outputs)
+            video.change(self.on_video, [video, model], face_outputs)
+            if current is not None:  # loading a model waits for the device like a job
+                model.change(self.on_model, [model, face_source], [model_info, model_note, *face_outputs],
+                             concurrency_limit=1, concurrency_id="device")
+            job = go.click(self.generate, [portrait, audio, solver, steps, stabilize, seed, mode, model],
                            [result, download, status, report], concurrency_limit=1, concurrency_id="device",
                            show_progress_on=[result])
             stop.click(self.cancel, None, [status], cancels=[job], queue=False)
         return page
 
-    def _model_line(self) -> str:
-        if self.studio is None:
+    def _model_line(self, choice: ModelChoice | None) -> str:
+        if self.studio is None or choice is None:
             return f"**No model loaded.** {self.no_model_help}"
-        s = self.studio
-        return f"**Model:** `{s.name}` ({s.size}x{s.size} px) on `{s.device}`"
+        return f"**Model:** `{choice.path}` on `{self.studio.device}`: {describe_provenance(choice.provenance)}."
+
+
+def _note(choice: ModelChoice | None) -> str:
+    """The chosen model's warning (synthetic faces) as a visible line, or nothing."""
+    note = choice.note if choice is not None else None
+    return f"**Note:** {_sentence(note)}" if note else ""
 
 
 def _sentence(message: str) -> str:

@@ -1,4 +1,4 @@
-"""`diffheads app`: pick the model, load it, serve the page on loopback until interrupted."""
+"""`diffheads app`: list the models (--checkpoint and those under outputs/), load one, serve the page on loopback."""
 
 from __future__ import annotations
 
@@ -10,11 +10,11 @@ from pathlib import Path
 
 from diffheads.errors import DiffheadsError
 
-DEMO_MODEL = Path("outputs/demo/model.ckpt")  # where `make demo` leaves its model
 NO_MODEL_HELP = (
-    "Run `make demo` in the diffheads folder first (about 15 minutes on a CPU; it trains the demo model into "
-    "outputs/demo/model.ckpt), or start the app with `diffheads app --checkpoint MODEL` using a model from "
-    "`diffheads train` (RUN/model.ckpt) or `diffheads import-reference`."
+    "Run `make demo` in the diffheads folder first (about 15 minutes on a CPU; it trains a model of synthetic cartoon "
+    "faces into outputs/demo/model.ckpt) or `make demo-real` (a person-specific model of GRID speaker s1 from real "
+    "footage, outputs/demo-grid/model.ckpt), or start the app with `diffheads app --checkpoint MODEL` using a model "
+    "from `diffheads train` (RUN/model.ckpt) or `diffheads import-reference`."
 )
 
 MAX_UPLOAD = "1gb"  # largest photo, video or audio file the page accepts
@@ -29,18 +29,6 @@ class AppOptions:
     port: int = 7860
     device: str = "cpu"
     trust_checkpoint: bool = False
-
-
-def choose_model(checkpoint: str | None, demo_model: Path = DEMO_MODEL) -> tuple[Path | None, str]:
-    """(model file, name to show): the given checkpoint, else the demo model if `make demo` left one, else None."""
-    if checkpoint:
-        path = Path(checkpoint)
-        if not path.is_file():
-            raise DiffheadsError(f"checkpoint {checkpoint} does not exist; give a model file (e.g. RUN/model.ckpt)")
-        return path, str(path)
-    if demo_model.is_file():
-        return demo_model, f"{demo_model} (the demo model from make demo)"
-    return None, ""
 
 
 def check_port(host: str, port: int) -> None:
@@ -62,21 +50,24 @@ def serve(options: AppOptions) -> None:
         import gradio  # noqa: F401
     except ImportError:
         raise DiffheadsError("the app needs the optional extra: pip install 'diffheads[app]' (make demo installs it)") from None
-    from diffheads.app.engine import Studio
+    from diffheads.app.engine import Studio, discover_models
     from diffheads.app.page import CSS, Page, new_workdir, theme
-    from diffheads.checkpoint import load_model
 
-    path, name = choose_model(options.checkpoint)
+    choices, skipped = discover_models(options.checkpoint, trust=options.trust_checkpoint)
     check_port(options.host, options.port)
-    studio = None
-    if path is not None:
-        studio = Studio(load_model(path, options.device, trust=options.trust_checkpoint), name, options.device)
-    else:
+    for reason in skipped:
+        print(f"diffheads app: not listed: {reason}", file=sys.stderr)
+    studio = Studio.open(choices, options.device, strict=bool(options.checkpoint),
+                         on_skip=lambda reason: print(f"diffheads app: not listed: {reason}", file=sys.stderr))
+    if studio is None:
         print(f"diffheads app: no model: {NO_MODEL_HELP}", file=sys.stderr)
+    for c in studio.choices if studio is not None else []:
+        print(f"diffheads app: model {c.label}", file=sys.stderr)
     with new_workdir() as workdir:
         page = Page(studio, NO_MODEL_HELP, Path(workdir)).build()
         page.queue(max_size=64, default_concurrency_limit=1)
-        print(f"diffheads app: serving {name or 'no model'} at http://{options.host}:{options.port} "
+        name = studio.name if studio is not None else "no model"
+        print(f"diffheads app: serving {name} at http://{options.host}:{options.port} "
               "(Ctrl+C to stop)", file=sys.stderr, flush=True)
         page.launch(
             server_name=options.host, server_port=options.port, share=False, ssr_mode=False, inbrowser=False,

@@ -15,7 +15,7 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader
 
 from diffheads.audio.embed import read_encoder_spec
-from diffheads.checkpoint import read_checkpoint, save_model
+from diffheads.checkpoint import TRAINED_ON, describe_training_data, read_checkpoint, save_model
 from diffheads.config import RunConfig, save_config
 from diffheads.data.dataset import TalkingFaceDataset
 from diffheads.data.layout import DataLayout
@@ -53,6 +53,16 @@ def resolve_config(cfg: RunConfig) -> tuple[RunConfig, dict[str, Any]]:
         )
     model = dataclasses.replace(cfg.model, audio_dim=dim)
     return dataclasses.replace(cfg, model=model), encoder
+
+
+class RecordTrainingData(L.Callback):
+    """Puts the run's `trained_on` record, with the step count, into every training checkpoint."""
+
+    def __init__(self, trained_on: dict[str, Any]) -> None:
+        self.trained_on = trained_on
+
+    def on_save_checkpoint(self, trainer: L.Trainer, pl_module: L.LightningModule, checkpoint: dict[str, Any]) -> None:
+        checkpoint[TRAINED_ON] = {**self.trained_on, "steps": int(trainer.global_step)}
 
 
 def _resume_path(cfg: RunConfig, ckpt_dir: Path, trust: bool) -> str | None:
@@ -135,8 +145,9 @@ def train(cfg: RunConfig, trust_checkpoint: bool = False, progress: bool = True)
     lip = cfg.diffusion.lip_loss_weight > 0
     data = TalkingFaceDataset(cfg.data, cfg.model, "train", lip_loss=lip)  # checks every listed clip first
     val = TalkingFaceDataset(cfg.data, cfg.model, "test", lip_loss=False) if cfg.trainer.sample_every_n_steps else None
+    trained_on = describe_training_data(cfg.data.root, data.ids, cfg.model.image_size)
     with output_dir(out_dir, "trainer.out_dir"):
-        return _fit(cfg, encoder, data, val, out_dir, resume, trust_checkpoint, progress)
+        return _fit(cfg, encoder, data, val, out_dir, resume, trust_checkpoint, progress, trained_on)
 
 
 def _fit(
@@ -148,8 +159,9 @@ def _fit(
     resume: str | None,
     trust_checkpoint: bool,
     progress: bool,
+    trained_on: dict[str, Any],
 ) -> TrainResult:
-    """Build the loader, network and trainer, fit, and export the sampling weights."""
+    """Build the loader, network and trainer, fit, and export the sampling weights with what they learnt from."""
     if not progress:
         logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
@@ -166,7 +178,8 @@ def _fit(
     if cfg.trainer.channels_last:
         unet = unet.to(memory_format=torch.channels_last)
     module = DiffusionModule(unet, cfg, encoder)
-    trainer = build_trainer(cfg, out_dir, val, [ResumeState(sampler, cfg.optim.batch_size)], progress)
+    callbacks = [ResumeState(sampler, cfg.optim.batch_size), RecordTrainingData(trained_on)]
+    trainer = build_trainer(cfg, out_dir, val, callbacks, progress)
     ckpt_dir = out_dir / "checkpoints"
     if trainer.is_global_zero:
         save_config(cfg, out_dir / "config.yaml")
@@ -174,7 +187,8 @@ def _fit(
     trainer.fit(module, loader, ckpt_path=resume, weights_only=not trust_checkpoint)
     model_path = out_dir / "model.ckpt"
     if trainer.is_global_zero:
-        save_model(model_path, module.sampling_network(), cfg, encoder)
+        record = {**trained_on, "steps": int(trainer.global_step)}
+        save_model(model_path, module.sampling_network(), cfg, encoder, record)
     loss = trainer.callback_metrics.get("train/loss")
     last = ckpt_dir / "last.ckpt"
     return TrainResult(
