@@ -13,9 +13,10 @@ import pytest
 from diffheads.errors import DiffheadsError
 from diffheads.evaluate.clips import LoadedPair
 from diffheads.evaluate.run import EvaluateConfig, _to_real_pixels, evaluate, other_clip
+from diffheads.io.audio import load_audio
 from diffheads.io.video import read_video
 from diffheads.metrics.lmd import detection_rate, f_lmd, frame_distances, frames_compared, inter_ocular, m_lmd
-from diffheads.metrics.mouth import lip_sync_r, mouth_opening, within_clip_r
+from diffheads.metrics.mouth import lip_sync_r, mouth_opening, speech_span, within_clip_r
 from runcli import run_cli
 
 GRID = Path(__file__).resolve().parents[2] / "shared" / "data" / "grid" / "s1"
@@ -156,7 +157,8 @@ def test_real_clips_against_themselves(grid):
                   "--metrics", "mouth_open,lmd", "--quiet")
     metrics = res["metrics"]
     assert set(metrics) == {"mouth_open_r", "control_mouth_open_r", "m_lmd", "f_lmd", "control_m_lmd",
-                            "control_f_lmd", "lmd_detection_rate"}
+                            "control_f_lmd", "lmd_detection_rate", "mouth_open_r_whole_clip",
+                            "control_mouth_open_r_whole_clip"}
     assert res["skipped"] == {}
     # identical frames: the same opening series and the same Face Mesh landmarks
     assert metrics["mouth_open_r"]["value"] == pytest.approx(1.0, abs=1e-9)
@@ -175,8 +177,16 @@ def test_real_clips_against_themselves(grid):
     n = min(len(s) for s in series)
     gen, real = [series[0][:n], series[1][:n]], [series[1][:n], series[0][:n]]
     expected = np.corrcoef(_centred(gen), _centred(real))[0, 1]
-    control = metrics["control_mouth_open_r"]["value"]
+    control = metrics["control_mouth_open_r_whole_clip"]["value"]
     assert control == pytest.approx(expected, abs=1e-5) and control < 0.9
+    # the headline control uses each clip's speech span only (both series start at their own speech onset)
+    spans = [speech_span(load_audio(grid["data"] / "audio" / f"{cid}.wav"), len(s)) for cid, s in zip(clips, series)]
+    spoken = [s[span] for s, span in zip(series, spans)]
+    assert all(10 < len(s) < len(full) for s, full in zip(spoken, series))
+    n = min(len(s) for s in spoken)
+    expected = np.corrcoef(_centred([spoken[0][:n], spoken[1][:n]]), _centred([spoken[1][:n], spoken[0][:n]]))[0, 1]
+    assert metrics["control_mouth_open_r"]["value"] == pytest.approx(expected, abs=1e-5)
+    assert metrics["mouth_open_r_whole_clip"]["value"] == pytest.approx(1.0, abs=1e-9)
     assert metrics["control_m_lmd"]["value"] > 0.1 and metrics["control_f_lmd"]["value"] > 0.1
 
     rows = list(csv.DictReader((out / "per_video.csv").open()))
@@ -211,3 +221,21 @@ def test_without_real_clips_the_measures_are_skipped_with_a_reason(grid, tmp_pat
     assert "--real" in res["skipped"]["mouth_open"] and "--real" in res["skipped"]["lmd"]
     with pytest.raises(DiffheadsError, match="no metric could be computed"):
         evaluate(grid["gen"], None, tmp_path / "out2", EvaluateConfig(metrics=("mouth_open", "lmd")), progress=False)
+
+
+def test_speech_span_finds_the_voiced_frames_and_ignores_clicks():
+    from diffheads.metrics.mouth import speech_span
+
+    rng = np.random.default_rng(0)
+    per_frame = 640
+    quiet = 1e-3 * rng.standard_normal(10 * per_frame)
+    t = np.arange(30 * per_frame) / 16000
+    voiced = 0.3 * np.sin(2 * np.pi * 180 * t) * (1 + 0.5 * np.sin(2 * np.pi * 3 * t))
+    click = np.zeros(8 * per_frame)
+    click[3 * per_frame : 3 * per_frame + 200] = 0.5  # one loud frame: not speech
+    audio = np.concatenate([quiet, voiced, quiet, click + 1e-3 * rng.standard_normal(len(click))])
+    n = len(audio) // per_frame
+    assert speech_span(audio, n) == slice(10, 40)
+    # silence alone, or a clip too short to judge, keeps every frame
+    assert speech_span(quiet, 10) == slice(0, 10)
+    assert speech_span(voiced[:per_frame], 1) == slice(0, 1)

@@ -20,7 +20,7 @@ from diffheads.io.outdir import output_dir
 FPS = 25
 ALL_METRICS = ("psnr", "ssim", "fid", "fvd", "sync", "wer", "blinks", "smoothness", "lipsync", "mouth_open", "lmd")
 WEIGHT_METRICS = {"fid": "inception", "fvd": "i3d", "sync": "syncnet"}
-SET_CURVES = ("mouth_open_real", "lmd_landmarks")  # per-clip series kept for the set-level lip-sync measures
+SET_CURVES = ("mouth_open_real", "mouth_open_real_whole", "lmd_landmarks")  # per-clip series kept for the set-level lip-sync measures
 
 
 @dataclass
@@ -201,11 +201,16 @@ def video_metrics(pair: LoadedPair, cfg: EvaluateConfig, scorers: Scorers) -> tu
         box = _mouth_box(pair, real_lm)
         row["mouth_box"] = None if box is None else ("DATA/lmks" if pair.real_landmarks is not None else "face mesh")
         if box is not None:
-            from diffheads.metrics.mouth import mouth_opening, pearson_r
+            from diffheads.metrics.mouth import mouth_opening, pearson_r, speech_span
 
             series = (mouth_opening(gen, box), mouth_opening(real, box))
-            row["mouth_open_r"] = pearson_r(*series)
-            curves["mouth_open_real"] = series
+            # speech only: the silence every clip starts and ends with would correlate with any other clip's
+            span = speech_span(pair.audio, len(gen)) if pair.audio is not None else slice(0, len(gen))
+            spoken = (series[0][span], series[1][span])
+            row["mouth_open_r"] = pearson_r(*spoken)
+            row["speech_frames"] = len(spoken[0])
+            curves["mouth_open_real"] = spoken
+            curves["mouth_open_real_whole"] = series
     if real is not None and gen_lm is not None and real_lm is not None and "lmd" in wanted:
         to_real = _to_real_pixels(pair)
         gen_px, real_px = gen_lm * to_real, real_lm * to_real
@@ -245,7 +250,8 @@ def other_clip(clips: list[str]) -> dict[str, str]:
 
 MOUTH_OPEN_VARIANT = (
     "Pearson r of the mouth opening (mouth_opening: soft dark-pixel count / mouth width, in the real clip's "
-    "landmark mouth box) on generated vs real frames; each series minus its clip's mean, pooled over clips"
+    "landmark mouth box) on generated vs real frames of the speech span (first to last voiced frame of the real "
+    "audio); each series minus its clip's mean, pooled over clips"
 )
 LMD_VARIANT = (
     "Chen et al. 2018/2019 {name}: mean Euclidean distance of {points}, Face Mesh read as 68 points on generated "
@@ -253,26 +259,40 @@ LMD_VARIANT = (
 )
 
 
-def mouth_open_metrics(series: dict[str, tuple[np.ndarray, np.ndarray]]) -> dict[str, Any]:
-    """mouth_open_r (within clips, pooled) and its control (each generated clip against another clip's real series)."""
+def mouth_open_metrics(
+    series: dict[str, tuple[np.ndarray, np.ndarray]], whole: dict[str, tuple[np.ndarray, np.ndarray]] | None = None
+) -> dict[str, Any]:
+    """mouth_open_r (within clips, pooled) and its control (each generated clip against another clip's real series).
+
+    `series` holds the speech spans; `whole` (optional) every frame, reported as the *_whole_clip keys.
+    """
+    out = _mouth_open_pair(series, "", MOUTH_OPEN_VARIANT)
+    if whole:
+        variant = MOUTH_OPEN_VARIANT.replace(" of the speech span (first to last voiced frame of the real audio)", "")
+        out.update(_mouth_open_pair(whole, "_whole_clip", variant + "; every frame, silences included"))
+    return out
+
+
+def _mouth_open_pair(series: dict[str, tuple[np.ndarray, np.ndarray]], suffix: str, variant: str) -> dict[str, Any]:
+    """mouth_open_r{suffix} and control_mouth_open_r{suffix} of one set of per-clip series."""
     from diffheads.metrics.mouth import within_clip_r
 
     clips = sorted(series)
     gen, real = [series[c][0] for c in clips], [series[c][1] for c in clips]
     n_frames = sum(min(len(g), len(r)) for g, r in zip(gen, real))
     out: dict[str, Any] = {
-        "mouth_open_r": {"value": within_clip_r(gen, real), "n_videos": len(clips), "n_frames": n_frames,
-                         "variant": MOUTH_OPEN_VARIANT},
+        f"mouth_open_r{suffix}": {"value": within_clip_r(gen, real), "n_videos": len(clips), "n_frames": n_frames,
+                                  "variant": variant},
     }
     control: dict[str, Any] = {"value": None, "n_videos": len(clips),
-                               "variant": "mouth_open_r with each generated clip against the next clip's real series "
+                               "variant": f"mouth_open_r{suffix} with each generated clip against the next clip's real series "
                                           "(sorted clip order, rotated by one; trimmed to the common length)"}
     if len(clips) >= 2:
         other = other_clip(clips)
         control["value"] = within_clip_r(gen, [series[other[c]][1] for c in clips])
     else:
         control["reason"] = "needs at least 2 clips"
-    out["control_mouth_open_r"] = control
+    out[f"control_mouth_open_r{suffix}"] = control
     return out
 
 
@@ -316,7 +336,8 @@ def real_lipsync_metrics(
     mouth = {c: v["mouth_open_real"] for c, v in clip_curves.items() if "mouth_open_real" in v}
     if "mouth_open" in cfg.metrics:
         if mouth:
-            out.update(mouth_open_metrics(mouth))
+            whole = {c: v["mouth_open_real_whole"] for c, v in clip_curves.items() if "mouth_open_real_whole" in v}
+            out.update(mouth_open_metrics(mouth, whole))
         else:
             scorers.skipped["mouth_open"] = (
                 "mouth_open_r needs real clips of the same names (--real) and their mouth landmarks "

@@ -8,6 +8,9 @@ LUMA = np.array([0.299, 0.587, 0.114], np.float32)
 DARK_LEVEL = 0.10  # luma of a fully dark mouth interior (0..1); darker still counts as fully dark
 MIN_CONTRAST = 0.2  # the bright reference stays at least this far above DARK_LEVEL
 PAD_FRACTION = 0.1  # box padding as a fraction of the mouth width (plus half a pixel)
+SPEECH_LEVEL = 0.4  # a frame is voiced above this fraction of the way from the noise floor to the peak, in dB
+NOISE_PERCENTILE = 10  # the noise floor: this percentile of the frames' levels
+MIN_VOICED_FRAMES = 3  # voiced runs shorter than this (clicks) are ignored
 
 
 def _luma(frames: np.ndarray) -> np.ndarray:
@@ -113,3 +116,27 @@ def within_clip_r(measured: list[np.ndarray], truth: list[np.ndarray]) -> float:
     if not centred_measured:
         return float("nan")
     return pearson_r(np.concatenate(centred_measured), np.concatenate(centred_truth))
+
+
+def speech_span(audio: np.ndarray, n_frames: int, sample_rate: int = 16000, fps: float = 25.0) -> slice:
+    """Video frames from the first to the last voiced one (an energy detector); the whole clip when none is voiced.
+
+    Frame levels are RMS in dB over each frame's audio; voiced means above SPEECH_LEVEL of the way from the noise
+    floor (NOISE_PERCENTILE) to the loudest frame, in runs of at least MIN_VOICED_FRAMES. On GRID s1 the span
+    starts and ends within about a frame of the corpus's word alignments on average.
+    """
+    per_frame = sample_rate / fps
+    audio = np.asarray(audio, np.float64).ravel()
+    n = min(n_frames, int(len(audio) // per_frame))
+    if n < MIN_VOICED_FRAMES:
+        return slice(0, n_frames)
+    cuts = (np.arange(n + 1) * per_frame).round().astype(int)
+    rms = np.sqrt(np.array([np.mean(audio[a:b] ** 2) for a, b in zip(cuts[:-1], cuts[1:])]) + 1e-20)
+    level = 20 * np.log10(rms)
+    floor, peak = np.percentile(level, NOISE_PERCENTILE), level.max()
+    voiced = level > floor + SPEECH_LEVEL * (peak - floor)
+    runs = np.flatnonzero(np.diff(np.concatenate([[0], voiced.astype(int), [0]])))
+    long_runs = [(a, b) for a, b in zip(runs[::2], runs[1::2]) if b - a >= MIN_VOICED_FRAMES]
+    if peak - floor < 6.0 or not long_runs:  # no speech above the noise: keep every frame
+        return slice(0, n_frames)
+    return slice(int(long_runs[0][0]), int(long_runs[-1][1]))
