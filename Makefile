@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= outputs/demo
 
-.PHONY: venv demo demo-check test test-fast clean
+.PHONY: venv demo demo-check demo-real demo-real-check test test-fast clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -18,6 +18,13 @@ venv: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/diffheads demo --out $(DEMO_OUT)
+
+# A person-specific model of a real face: GRID speaker s1 from ../shared/data (outputs/demo-grid/, docs/demo.md).
+demo-real: $(STAMP)
+	$(BIN)/diffheads demo --preset grid --out outputs/demo-grid
+
+demo-real-check: demo-real
+	$(BIN)/python -m diffheads.demo_check outputs/demo-grid/report.json
 
 # The demo's learning check: fails unless lip sync was learned (see docs/demo.md).
 demo-check: demo

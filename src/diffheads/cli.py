@@ -14,6 +14,8 @@ from typing import NoReturn
 from diffheads.config import SampleConfig, Solver
 from diffheads.errors import DiffheadsError
 
+DEFAULT_GRID_HINT = "../shared/data/grid/s1"  # the GRID demo's corpus, as the project checkout lays it out
+
 
 def _sample_overrides(args: argparse.Namespace, base: SampleConfig) -> SampleConfig:
     """SampleConfig from a base one and the sampling flags."""
@@ -52,7 +54,7 @@ def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile", action="store_true", help="torch.compile the network (needs a C/C++ compiler)")
     p.add_argument("--seed", type=int, default=0, help="random seed (same seed, same frames)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--quiet", action="store_true", help="no progress bar (warnings about the result still appear)")
 
 
 def cmd_synth(args: argparse.Namespace) -> dict:
@@ -119,7 +121,8 @@ def cmd_prepare(args: argparse.Namespace) -> dict:
 
     margins = dict(zip(("margin_x", "margin_top", "margin_bottom"), args.margins)) if args.margins else {}
     align = AlignConfig(size=args.size, smoothing_window=args.smoothing_window, **margins)
-    cfg = PrepareConfig(align=align, min_frames=args.min_frames, max_missing=args.max_missing)
+    cfg = PrepareConfig(align=align, min_frames=args.min_frames, max_missing=args.max_missing,
+                        max_gap_frames=args.max_gap_frames, cut_threshold=args.cut_threshold)
     report = prepare_dataset(
         args.raw_dir,
         args.out_dir,
@@ -180,7 +183,7 @@ def cmd_generate(args: argparse.Namespace) -> dict:
 
 def cmd_animate(args: argparse.Namespace) -> dict:
     from diffheads.checkpoint import load_model
-    from diffheads.generate import animate
+    from diffheads.generate import animate, synthetic_faces_note
 
     model = load_model(args.checkpoint, args.device, trust=args.trust_checkpoint)
     out = animate(
@@ -198,6 +201,9 @@ def cmd_animate(args: argparse.Namespace) -> dict:
         mean_face=args.mean_face,
         margins=tuple(args.margins) if args.margins else None,
     )
+    note = synthetic_faces_note(model.provenance)
+    if note:  # about the result, not progress: --quiet keeps it
+        print(f"diffheads animate: warning: {note}", file=sys.stderr)
     return {"output": str(out)}
 
 
@@ -230,7 +236,7 @@ def cmd_check_reference(args: argparse.Namespace) -> dict:
         print(f"{'ok  ' if c['ok'] else 'FAIL'} {c['name']:<42} max |error| {c['max_abs_error']:.3g}"
               f"  (atol {c['atol']:g}, rtol {c['rtol']:g})", file=sys.stderr)
     args.exit_code = 0 if report["ok"] else 1
-    return {k: report[k] for k in ("golden", "ok", "n_checks", "failed")}
+    return {k: report[k] for k in ("golden", "variant", "ok", "n_checks", "failed")}
 
 
 def cmd_evaluate(args: argparse.Namespace) -> dict:
@@ -258,8 +264,21 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
 
 
 def cmd_demo(args: argparse.Namespace) -> dict:
+    if args.preset == "grid":
+        from diffheads.demo_grid import QUICK_GRID, GridDemoData, run_grid_demo
+
+        data = dataclasses.replace(QUICK_GRID if args.quick else GridDemoData(), raw=args.data or GridDemoData.raw)
+        out = args.out or "outputs/demo-grid"
+        report = run_grid_demo(out, config=args.config, overrides=args.overrides, quick=args.quick, data=data)
+        print(f"diffheads demo: GRID s1 speaks held-out sentences: {out}/videos, {out}/contact_sheet.png; "
+              f"make it say anything: diffheads animate --checkpoint {out}/model.ckpt --image FRAME --audio SPEECH "
+              f"--no-align (or the app: diffheads app --checkpoint {out}/model.ckpt)", file=sys.stderr)
+        return report
+    if args.data:
+        raise DiffheadsError("--data belongs to --preset grid (the synthetic demo makes its own data)")
     from diffheads.demo import run_demo
 
+    args.out = args.out or "outputs/demo"
     report = run_demo(args.out, config=args.config, overrides=args.overrides, quick=args.quick)
     print(f"diffheads demo: try the model in your browser: diffheads app --checkpoint {args.out}/model.ckpt",
           file=sys.stderr)
@@ -316,8 +335,13 @@ def build_parser() -> argparse.ArgumentParser:
     _add_encoder_flags(p)
     p.add_argument("--no-embed", action="store_true", help="skip the audio embeddings (run 'diffheads embed' later)")
     p.add_argument("--workers", type=int, help="parallel processes (default: all cores)")
-    p.add_argument("--min-frames", type=int, default=16, help="skip clips shorter than this many 25 fps frames")
-    p.add_argument("--max-missing", type=float, default=0.2, help="skip clips with no face in more than this share of frames")
+    p.add_argument("--min-frames", type=int, default=16,
+                   help="skip clips, and drop segments of split clips, shorter than this many 25 fps frames")
+    p.add_argument("--max-missing", type=float, default=0.2, help="drop segments with no face in more than this share of frames")
+    p.add_argument("--max-gap-frames", type=int, default=3,
+                   help="faceless runs up to this many frames are interpolated; longer ones split the clip into segments")
+    p.add_argument("--cut-threshold", type=float, default=12.0,
+                   help="mean pixel change (0-255, 32 px thumbnails) across a hard scene cut, which splits the clip; 0 turns it off")
     p.add_argument("--retry-skipped", action="store_true", help="try again the clips an earlier run skipped")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_prepare)
@@ -384,7 +408,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("reference", help="crema_script.pt (TorchScript: needs --trust-checkpoint) or a Lightning checkpoint")
     p.add_argument("output", help="model file to write (safetensors + inferred config)")
     p.add_argument("--sda", help="the SDA audio encoder (audio_encoder.pt) that animate should use with this model")
-    p.add_argument("--image-size", type=int, default=128, help="frame side the model was trained at (weights cannot tell)")
+    p.add_argument("--image-size", type=int, default=128,
+                   help="frame side the model was trained at (weights cannot tell, except for audio attention)")
     p.add_argument("--n-motion-frames", type=int, default=2, help="motion frames the model was trained with")
     p.add_argument("--n-audio-motion-embs", type=int, default=2, help="k: audio rows on each side of the frame")
     p.add_argument("--num-head-channels", type=int, default=64, help="channels per attention head")
@@ -400,7 +425,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--generated", required=True, help="folder of generated mp4s (the --out of 'diffheads generate')")
     p.add_argument("--real", help="the DATA folder they were generated from, or a folder of real videos with the same names")
     p.add_argument("--out", required=True, help="folder for metrics.json, per_video.csv, report.md and plots/")
-    p.add_argument("--metrics", help="comma-separated subset of: psnr,ssim,fid,fvd,sync,wer,blinks,smoothness,lipsync (default all)")
+    p.add_argument("--metrics", help="comma-separated subset of: psnr,ssim,fid,fvd,sync,wer,blinks,smoothness,lipsync,mouth_open,lmd "
+                   "(default all)")
     p.add_argument("--weights-dir", help="folder holding the published weights files under their own names")
     p.add_argument("--inception-weights", help="weights-inception-2015-12-05-6726825d.pth (FID)")
     p.add_argument("--i3d-weights", help="i3d_torchscript.pt (FVD)")
@@ -418,9 +444,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_evaluate)
 
-    p = sub.add_parser("demo", help="synthesise, train, generate and report, end to end on CPU")
-    p.add_argument("--out", default="outputs/demo")
-    p.add_argument("--config", default=None, help="config (default: the packaged demo config)")
+    p = sub.add_parser("demo", help="train, generate and report end to end on CPU: synthetic faces, or GRID s1")
+    p.add_argument("--preset", choices=["synthetic", "grid"], default="synthetic",
+                   help="synthetic: cartoon faces made on the fly; grid: a person-specific model of GRID speaker s1")
+    p.add_argument("--out", default=None, help="output folder (default: outputs/demo, or outputs/demo-grid for grid)")
+    p.add_argument("--data", default=None,
+                   help=f"--preset grid: the folder of GRID s1 videos (default: {DEFAULT_GRID_HINT})")
+    p.add_argument("--config", default=None, help="config (default: the packaged demo.yaml or grid.yaml)")
     p.add_argument("--quick", action="store_true", help="a tiny smoke run (seconds, no learning expected)")
     p.add_argument("overrides", nargs="*", help="config overrides")
     p.set_defaults(func=cmd_demo)

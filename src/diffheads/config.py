@@ -20,20 +20,27 @@ from diffheads.errors import DiffheadsError
 
 
 class IdCondition(str, enum.Enum):
-    """How the identity frame enters the network (paper, ablation of identity conditioning)."""
+    """How the identity frame enters the network (paper, ablation of identity conditioning; docs/model.md).
+
+    The plain names are the reference's variants (same parameters and arithmetic); `_ours` are our earlier designs.
+    """
 
     FRAME = "frame"  # concatenated with the noisy frame along channels (default)
-    PRE_GN = "pre_gn"  # identity encoder vector added to the time embedding
-    POST_GN = "post_gn"  # identity encoder vector scales the normalised features
+    PRE_GN = "pre_gn"  # reference: `identity_encoder` (the UNet's encoder half, pooled) vector added to the time embedding
+    POST_GN = "post_gn"  # reference: `identity_encoder` vector; per block h = h * Linear(SiLU(v)) after the norm
+    PRE_GN_OURS = "pre_gn_ours"  # ours: small conv `id_encoder` vector added to the time embedding
+    POST_GN_OURS = "post_gn_ours"  # ours: small conv `id_encoder` vector; per block h = h * (1 + s_id)
 
 
 class AudioCondition(str, enum.Enum):
-    """How the audio window enters every residual block."""
+    """How the audio window enters the network; plain names are the reference's, `_ours` our designs (docs/model.md)."""
 
-    PRE_GN = "pre_gn"  # audio embedding added to the time embedding
-    POST_GN = "post_gn"  # multiplicative audio gate after the norm
-    DOUBLE_PRE_GN = "double_pre_gn"  # separate scale/shift from time then audio (default)
-    ATTENTION = "attention"  # cross-attention from features to the audio vectors
+    PRE_GN = "pre_gn"  # audio embedding added to the time embedding (reference)
+    POST_GN = "post_gn"  # reference: h = h * s_a after the time modulation
+    DOUBLE_PRE_GN = "double_pre_gn"  # separate scale/shift from time then audio (default, reference)
+    ATTENTION = "attention"  # reference: the self-attention layers attend to a projection of the audio vector
+    POST_GN_OURS = "post_gn_ours"  # ours: h = h * (1 + s_a) after the time modulation
+    ATTENTION_OURS = "attention_ours"  # ours: cross-attention in every block to the 2k+1 audio rows
 
 
 class TimeFrequencies(str, enum.Enum):
@@ -140,6 +147,7 @@ class DataConfig:
     embeddings: str = ""  # EMB: per-clip embedding files; empty means ROOT/emb
     identity_frame: IdentityFrameMode = IdentityFrameMode.RANDOM
     motion_blur: bool = False  # Gaussian blur (kernel 5, sigma 2) on motion frames
+    motion_dropout: float = 0.0  # probability that an example's motion frames are all the identity frame (as at t = 0)
     use_landmarks: bool = True  # read lmks/ for the lip loss when the loss is on
     examples_per_clip: int = 1  # training examples drawn per clip and epoch
     num_workers: int = 0

@@ -53,15 +53,17 @@ def _zscore(x: np.ndarray) -> np.ndarray:
     return (x - x.mean()) / std if std > 0 else x - x.mean()
 
 
-def opening_plot(path: Path, measures: dict[str, dict[str, Any]], max_clips: int = 6) -> Path:
-    """Mouth opening over time, true vs measured on generated frames (z-scored), one panel per clip."""
+def opening_plot(
+    path: Path, measures: dict[str, dict[str, Any]], max_clips: int = 6, truth_label: str = "true opening"
+) -> Path:
+    """Mouth opening over time, true (or real) vs measured on generated frames (z-scored), one panel per clip."""
     plt = _pyplot()
     ids = sorted(measures)[:max_clips]
     fig, axes = plt.subplots(len(ids), 1, figsize=(9, 2.2 * len(ids)), squeeze=False)
     for ax, cid in zip(axes[:, 0], ids):
         m = measures[cid]
         t = np.arange(len(m["truth"])) / 25.0
-        ax.plot(t, _zscore(m["truth"]), label="true opening", color="black")
+        ax.plot(t, _zscore(m["truth"]), label=truth_label, color="black")
         ax.plot(t, _zscore(m["generated"]), label="generated (measured)", color="tab:red")
         r = np.corrcoef(m["truth"], m["generated"])[0, 1] if m["generated"].std() > 0 else float("nan")
         ax.set_title(f"{cid}   r = {r:.2f}", fontsize=9)

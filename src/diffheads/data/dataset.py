@@ -240,6 +240,9 @@ class TalkingFaceDataset(Dataset):
         source = self._source(item % len(self.ids))
         rng = np.random.default_rng(seed)
         idx = example_indices(source.n, self.data.identity_frame, self.model.n_motion_frames, rng)
+        if self.data.motion_dropout > 0 and rng.random() < self.data.motion_dropout:
+            # without its past the network must take the mouth from the audio, not copy it from the previous frame
+            idx = ExampleIndices(idx.target, idx.identity, (-1,) * len(idx.motion))
         motion_idx = [i for i in idx.motion if i >= 0]
         frames = source.read([idx.target, idx.identity, *motion_idx])  # only the frames this example needs
         target, identity = frames[0], frames[1]

@@ -1,0 +1,209 @@
+"""`make demo-real`: a person-specific model of GRID speaker s1, trained on CPU, speaking held-out sentences."""
+
+from __future__ import annotations
+
+import json
+import platform
+import shutil
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from diffheads.config import RunConfig, load_config
+from diffheads.data.layout import DataLayout
+from diffheads.demo import PRESETS, _timed
+from diffheads.errors import DiffheadsError
+from diffheads.io.atomic import atomic_write_text
+
+REAL_METRICS = ("psnr", "ssim", "smoothness", "mouth_open", "lmd")
+REPORT_KEYS = (  # metrics.json entries repeated at the top of report.json
+    "mouth_open_r",
+    "control_mouth_open_r",
+    "m_lmd",
+    "f_lmd",
+    "control_m_lmd",
+    "control_f_lmd",
+    "lmd_detection_rate",
+)
+
+
+@dataclass
+class GridDemoData:
+    """Which GRID s1 sentences the demo trains on and which it holds out."""
+
+    raw: str = "../shared/data/grid/s1"  # folder of GRID s1 videos (any container PyAV reads)
+    test_every: int = 20  # every 20th sentence in name order is held out (30 of the 600)
+    test_offset: int = 9  # ... starting with the 10th
+    max_train_clips: int = 0  # 0: every other sentence; N: the first N in name order
+    max_test_clips: int = 0  # 0: every held-out sentence
+    workers: int = 2  # prepare processes
+
+
+QUICK_GRID = GridDemoData(test_every=3, test_offset=0, max_train_clips=4, max_test_clips=2)
+QUICK_OVERRIDES = [
+    "trainer.max_steps=3",
+    "trainer.max_epochs=1",
+    "trainer.log_every_n_steps=1",
+    "sample.steps=2",
+    "sample.max_frames=10",
+    "optim.batch_size=4",
+]
+
+
+def grid_clips(raw: Path) -> list[Path]:
+    """The GRID videos under `raw` in name order; one line of help when there are none."""
+    from diffheads.prepare.sources import VIDEO_SUFFIXES
+
+    if not raw.is_dir():
+        raise DiffheadsError(
+            f"GRID speaker s1 not found at {raw}; pass --data with a folder of GRID s1 videos "
+            "(the GRID audio-visual corpus, Cooke et al. 2006, CC BY 4.0; the project's shared/data/grid/s1)"
+        )
+    clips = sorted(p for p in raw.iterdir() if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
+    if len(clips) < 2:
+        raise DiffheadsError(f"{raw} holds {len(clips)} video(s); the GRID demo needs a folder of GRID s1 sentences")
+    return clips
+
+
+def split_sentences(clips: list[Path], data: GridDemoData) -> tuple[list[Path], list[Path]]:
+    """(train, held-out) videos: a fixed split by position in name order."""
+    test = [p for i, p in enumerate(clips) if i % data.test_every == data.test_offset % data.test_every]
+    train = [p for p in clips if p not in set(test)]
+    if data.max_test_clips:
+        test = test[: data.max_test_clips]
+    if data.max_train_clips:
+        train = train[: data.max_train_clips]
+    return train, test
+
+
+def _raw_folder(out: Path, train: list[Path], test: list[Path]) -> Path:
+    """A folder of links to the chosen sentences, so that prepare sees exactly them."""
+    folder = out / "raw"
+    shutil.rmtree(folder, ignore_errors=True)
+    folder.mkdir(parents=True)
+    for path in train + test:
+        (folder / path.name).symlink_to(path.resolve())
+    return folder
+
+
+def prepare_grid(out: Path, data: GridDemoData, size: int, progress: bool) -> dict[str, Any]:
+    """Align the chosen sentences at the model's size into out/data (resumed when already there)."""
+    from diffheads.audio.encoders import LogMelEncoder
+    from diffheads.face.align import AlignConfig
+    from diffheads.prepare.clip import PrepareConfig
+    from diffheads.prepare.run import prepare_dataset
+    from diffheads.prepare.split import SplitRule
+
+    train, test = split_sentences(grid_clips(Path(data.raw)), data)
+    stamp = out / "data" / "grid_demo.json"
+    wanted = {"size": size, "train": [p.stem for p in train], "test": [p.stem for p in test]}
+    if stamp.is_file() and json.loads(stamp.read_text()) != wanted:
+        shutil.rmtree(out / "data")  # another size or split: start again rather than mix
+    raw = _raw_folder(out, train, test)
+    report = prepare_dataset(
+        raw,
+        out / "data",
+        PrepareConfig(align=AlignConfig(size=size)),
+        split=SplitRule(test_clips=frozenset(p.stem for p in test)),
+        encoder=LogMelEncoder(),
+        workers=data.workers,
+        progress=progress,
+    )
+    atomic_write_text(stamp, json.dumps(wanted))
+    return report
+
+
+def measure_openings(layout: DataLayout, videos: dict[str, Path]) -> dict[str, dict[str, np.ndarray]]:
+    """Per clip: mouth opening on the real and on the generated frames, in the real clip's mouth boxes."""
+    from diffheads.io.video import read_video
+    from diffheads.metrics.mouth import mouth_opening
+
+    out = {}
+    for cid, path in videos.items():
+        generated, _ = read_video(path)
+        real, _ = read_video(layout.video(cid))
+        lm = np.load(layout.landmarks(cid))[:, 48:68, :2].astype(np.float64)
+        n = min(len(generated), len(real), len(lm))
+        scale = generated.shape[2] / real.shape[2]
+        out[cid] = {"truth": mouth_opening(real[:n], lm[:n]), "generated": mouth_opening(generated[:n], lm[:n] * scale)}
+    return out
+
+
+def run_grid_demo(
+    out: str | Path = "outputs/demo-grid",
+    config: str | Path | None = None,
+    overrides: list[str] | tuple[str, ...] = (),
+    quick: bool = False,
+    data: GridDemoData | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Prepare GRID s1, train a person-specific model, speak every held-out sentence, measure; returns the report."""
+    from diffheads.demo_plots import contact_sheet, loss_plot, opening_plot
+    from diffheads.evaluate.run import EvaluateConfig, evaluate
+    from diffheads.generate import generate_test_set
+    from diffheads.training.train import train
+
+    out = Path(out)
+    data = data or (QUICK_GRID if quick else GridDemoData())
+    grid_clips(Path(data.raw))  # a missing corpus fails before anything is written
+    for stale in ("train", "videos", "eval"):
+        shutil.rmtree(out / stale, ignore_errors=True)
+    base = [f"data.root={out / 'data'}", f"trainer.out_dir={out / 'train'}"]
+    cfg: RunConfig = load_config(config or PRESETS / "grid.yaml", base + (QUICK_OVERRIDES if quick else []) + list(overrides))
+    size = cfg.model.image_size
+    torch.set_num_threads(max(1, torch.get_num_threads()))
+
+    prep, prepare_s = _timed(prepare_grid, out, data, size, progress)
+    result, train_s = _timed(train, cfg, progress=progress)
+    model_path = out / "model.ckpt"
+    model_path.write_bytes(result.model_path.read_bytes())
+    gen, sample_s = _timed(
+        generate_test_set, model_path, out / "data", out / "videos", cfg.sample, skip_existing=False,
+        seed=cfg.trainer.seed, progress=progress,
+    )
+    layout = DataLayout.of(out / "data")
+    videos = {str(p.relative_to(out / "videos").with_suffix("")): p for p in gen.written}
+    summary, evaluate_s = _timed(
+        evaluate, out / "videos", out / "data", out / "eval", EvaluateConfig(metrics=REAL_METRICS), progress=progress
+    )
+    metrics = summary["metrics"]
+    n_frames = int(summary["n_frames"])
+    report: dict[str, Any] = {
+        **{key: metrics.get(key, {}).get("value") for key in REPORT_KEYS},
+        "real_lmd_detection_rate": metrics.get("lmd_detection_rate", {}).get("real"),
+        "mouth_open_measure": metrics.get("mouth_open_r", {}).get("variant"),
+        "control": "each generated clip against the real frames of another held-out sentence (chance level; GRID's "
+        "fixed grammar makes it a little above 0)",
+        "n_clips": len(videos),
+        "n_frames": n_frames,
+        "n_train_clips": prep["train_clips"],
+        "n_test_clips": prep["test_clips"],
+        "prepare_seconds": round(prepare_s, 1),
+        "train_seconds": round(train_s, 1),
+        "sample_seconds": round(sample_s, 1),
+        "sample_seconds_per_frame": round(sample_s / max(1, n_frames), 4),
+        "evaluate_seconds": round(evaluate_s, 1),
+        "train_steps": result.steps,
+        "final_loss": result.final_loss,
+        "solver": cfg.sample.solver.value,
+        "sample_steps": cfg.sample.steps,
+        "image_size": size,
+        "prediction": cfg.diffusion.prediction.value,
+        "quick": quick,
+        "dataset": {"corpus": "GRID speaker s1 (Cooke et al. 2006, CC BY 4.0)", **asdict(data)},
+        "evaluation": {name: {"generated": m.get("value"), "real": m.get("real")} for name, m in metrics.items()},
+        "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads()},
+        "model": str(model_path),
+    }
+    measures = measure_openings(layout, videos)
+    figures = [
+        contact_sheet(out / "contact_sheet.png", layout, videos, max_clips=8),
+        opening_plot(out / "mouth_opening.png", measures, truth_label="real frames (measured)"),
+    ]
+    loss = loss_plot(out / "loss.png", out / "train")
+    report["figures"] = [str(p) for p in figures + ([loss] if loss else [])]
+    atomic_write_text(out / "report.json", json.dumps(report, indent=2, default=float))
+    return report

@@ -1,0 +1,84 @@
+"""The GRID demo (`make demo-real`): the fixed sentence split, a quick end-to-end run, its learning check."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from diffheads.cli import main
+from diffheads.demo_check import check_report
+from diffheads.demo_grid import GridDemoData, grid_clips, split_sentences
+from diffheads.errors import DiffheadsError
+from diffheads.io.video import read_video
+
+GRID_S1 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "grid" / "s1"
+
+
+def test_split_is_fixed_disjoint_and_covers_the_corpus():
+    clips = grid_clips(GRID_S1)
+    assert len(clips) == 600
+    train, test = split_sentences(clips, GridDemoData())
+    assert len(test) == 30 and len(train) == 570
+    assert not {p.stem for p in train} & {p.stem for p in test}
+    names = sorted(p.name for p in clips)
+    assert [p.name for p in test] == names[9::20]  # every 20th sentence in name order, from the 10th
+    assert split_sentences(clips, GridDemoData()) == (train, test)
+
+
+def test_missing_corpus_is_one_line_and_writes_nothing(tmp_path, capsys):
+    out = tmp_path / "demo-grid"
+    assert main(["demo", "--preset", "grid", "--quick", "--out", str(out), "--data", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "GRID speaker s1 not found" in err[0] and "--data" in err[0]
+    assert not out.exists()
+    with pytest.raises(DiffheadsError, match="holds 0 video"):
+        grid_clips(tmp_path)
+
+
+@pytest.mark.slow
+def test_quick_grid_demo_writes_every_artefact(tmp_path, capsys):
+    out = tmp_path / "demo-grid"
+    assert main(["demo", "--preset", "grid", "--quick", "--out", str(out), "--data", str(GRID_S1)]) == 0
+    printed = capsys.readouterr()
+    report = json.loads(printed.out)
+    assert f"--checkpoint {out}/model.ckpt" in printed.err
+    for key in ("mouth_open_r", "control_mouth_open_r", "m_lmd", "f_lmd", "control_m_lmd", "control_f_lmd",
+                "lmd_detection_rate", "n_train_clips", "train_seconds", "sample_seconds", "prepare_seconds"):
+        assert key in report, key
+    assert report["n_clips"] == 2 and report["n_train_clips"] == 4 and report["train_steps"] == 3
+    for name in ("contact_sheet.png", "mouth_opening.png", "model.ckpt", "report.json", "eval/metrics.json"):
+        assert (out / name).is_file(), name
+    videos = sorted((out / "videos").rglob("*.mp4"))
+    assert len(videos) == 2
+    frames, _ = read_video(videos[0])
+    assert frames.shape[1:] == (64, 64, 3) and len(frames) == 10  # sample.max_frames of the quick run
+    # the held-out sentences are the listed test clips, never trained on
+    test = (out / "data" / "file_list_test.txt").read_text().split()
+    train = (out / "data" / "file_list_train.txt").read_text().split()
+    assert len(test) == 2 and len(train) == 4 and not set(test) & set(train)
+    # the contact sheet: real rows over generated rows for both clips
+    sheet = read_png(out / "contact_sheet.png")
+    assert sheet.shape[0] >= 4 * 64
+    # a second run reuses the prepared data and starts training afresh
+    (out / "train" / "stale.txt").write_text("x")
+    assert main(["demo", "--preset", "grid", "--quick", "--out", str(out), "--data", str(GRID_S1)]) == 0
+    assert not (out / "train" / "stale.txt").exists()
+    assert json.loads((out / "report.json").read_text())["n_clips"] == 2
+
+
+def read_png(path: Path) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(path))
+
+
+def test_grid_learning_check():
+    good = {"mouth_open_r": 0.6, "control_mouth_open_r": 0.1, "n_clips": 30}
+    assert check_report(good) == []
+    assert check_report(dict(good, mouth_open_r=0.4))
+    assert check_report(dict(good, control_mouth_open_r=0.3))
+    assert check_report(dict(good, mouth_open_r=None))
+    assert check_report(dict(good, n_clips=1))
