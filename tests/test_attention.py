@@ -18,7 +18,7 @@ from diffheads.config import AudioCondition, DiffusionConfig, ModelConfig, RunCo
 from diffheads.diffusion.video import sample_video
 from diffheads.errors import DiffheadsError
 from diffheads.generate import sample_clips, sampling_process
-from diffheads.models.blocks import AttentionBlock, AudioCrossAttention, set_attention
+from diffheads.models.blocks import AttentionBlock, AudioAttentionBlock, AudioCrossAttention, set_attention
 from diffheads.models.unet import UNet
 
 @pytest.fixture(autouse=True, scope="module")
@@ -178,13 +178,14 @@ def tiny_inputs(cfg: ModelConfig, batch: int = 2, dtype: torch.dtype = torch.flo
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("audio", [AudioCondition.DOUBLE_PRE_GN, AudioCondition.ATTENTION])
+@pytest.mark.parametrize("audio", [AudioCondition.DOUBLE_PRE_GN, AudioCondition.ATTENTION, AudioCondition.ATTENTION_OURS])
 def test_unet_sdpa_equals_einsum_and_keeps_its_state_dict(audio, dtype):
     torch.manual_seed(0)
     cfg = ModelConfig(**TINY, audio_condition_type=audio)
     model = randomise(UNet(cfg), 0.05).to(dtype).eval()
-    attention = [m for m in model.modules() if isinstance(m, (AttentionBlock, AudioCrossAttention))]
-    assert any(isinstance(m, AudioCrossAttention) for m in attention) == (audio is AudioCondition.ATTENTION)
+    attention = [m for m in model.modules() if isinstance(m, (AttentionBlock, AudioAttentionBlock, AudioCrossAttention))]
+    assert any(isinstance(m, AudioCrossAttention) for m in attention) == (audio is AudioCondition.ATTENTION_OURS)
+    assert any(isinstance(m, AudioAttentionBlock) for m in attention) == (audio is AudioCondition.ATTENTION)
     before = {k: v.clone() for k, v in model.state_dict().items()}
     x, t, cond = tiny_inputs(cfg, dtype=dtype)
     sdpa, einsum = both(model, x, t, cond)

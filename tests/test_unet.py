@@ -187,14 +187,22 @@ def tiny_inputs(cfg: ModelConfig, batch: int = 2, seed: int = 0):
     return x, torch.tensor([5, 930]), cond
 
 
-VARIANT_KEYS = {  # key fragments that each variant must have (True) or lack (False)
-    AudioCondition.DOUBLE_PRE_GN: {"audio_emb_layers": True, "audio_attn": False},
-    AudioCondition.POST_GN: {"audio_emb_layers": True, "audio_attn": False},
-    AudioCondition.PRE_GN: {"audio_emb_layers": False, "audio_attn": False},
-    AudioCondition.ATTENTION: {"audio_emb_layers": False, "audio_attn": True, "audio_embed.pos": True},
-    IdCondition.FRAME: {"id_encoder": False, "id_emb_layers": False},
-    IdCondition.PRE_GN: {"id_encoder": True, "id_emb_layers": False},
-    IdCondition.POST_GN: {"id_encoder": True, "id_emb_layers": True},
+# key fragments that each variant must have (True) or lack (False); exact lists: test_reference_variants.py.
+# Two dicts: the enums are str subclasses, so AudioCondition.POST_GN and IdCondition.POST_GN are one dict key.
+AUDIO_KEYS = {
+    AudioCondition.DOUBLE_PRE_GN: {"audio_emb_layers": True, "audio_attn": False, "audio_emb_proj": False},
+    AudioCondition.POST_GN: {"audio_emb_layers": True, "audio_attn": False, "audio_emb_proj": False},
+    AudioCondition.PRE_GN: {"audio_emb_layers": False, "audio_attn": False, "audio_emb_proj": False},
+    AudioCondition.ATTENTION: {"audio_emb_layers": False, "audio_attn": False, "audio_emb_proj": True},
+    AudioCondition.POST_GN_OURS: {"audio_emb_layers": True, "audio_attn": False, "audio_emb_proj": False},
+    AudioCondition.ATTENTION_OURS: {"audio_emb_layers": False, "audio_attn": True, "audio_embed.pos": True},
+}
+ID_KEYS = {
+    IdCondition.FRAME: {"id_encoder": False, "identity_encoder": False, "id_emb_layers": False, "x_emb_layers": False},
+    IdCondition.PRE_GN: {"id_encoder": False, "identity_encoder": True, "id_emb_layers": False, "x_emb_layers": False},
+    IdCondition.POST_GN: {"id_encoder": False, "identity_encoder": True, "id_emb_layers": False, "x_emb_layers": True},
+    IdCondition.PRE_GN_OURS: {"id_encoder": True, "identity_encoder": False, "id_emb_layers": False},
+    IdCondition.POST_GN_OURS: {"id_encoder": True, "identity_encoder": False, "id_emb_layers": True},
 }
 
 
@@ -207,7 +215,7 @@ def test_variant_forward_backward(audio_condition, id_condition, grayscale):
                       audio_condition_type=audio_condition)
     model = UNet(cfg)
     keys = list(model.state_dict())
-    for fragment, present in {**VARIANT_KEYS[audio_condition], **VARIANT_KEYS[id_condition]}.items():
+    for fragment, present in {**AUDIO_KEYS[audio_condition], **ID_KEYS[id_condition]}.items():
         assert any(fragment in k for k in keys) == present, fragment
     first_conv = model.input_blocks[0][0].weight
     motion = cfg.n_motion_frames * cfg.motion_channels
@@ -226,7 +234,8 @@ def test_variant_forward_backward(audio_condition, id_condition, grayscale):
         assert p.grad is not None, name
         assert torch.isfinite(p.grad).all(), name
     for name, p in model.named_parameters():
-        if any(s in name for s in ("audio_embed", "audio_emb_layers", "audio_attn.kv", "id_encoder", "id_emb_layers")):
+        if any(s in name for s in ("audio_embed", "audio_emb_layers", "audio_attn.kv", "id_encoder", "id_emb_layers",
+                                   "identity_encoder", "x_emb_layers", "audio_emb_proj")):
             assert p.grad.abs().sum() > 0, name
 
     model.eval()

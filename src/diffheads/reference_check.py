@@ -7,6 +7,11 @@ configuration, a random state dict of the reference network, inputs and the refe
 network from the configuration with our code, loads the state dict strictly, runs every
 comparison it has values for and returns one `Comparison` per quantity.
 
+The configuration is the reference UNet constructor's keyword dict, in its own names; its
+`id_condition_type` (frame, pre_gn, post_gn) and `audio_condition_type` (pre_gn, post_gn,
+double_pre_gn, attention) choose the conditioning variant, and keys it omits take the
+constructor's defaults, not ours.
+
 The reference computes its schedule in float32; our default is float64, a deliberate fix
 (docs/model.md). The float32 values are compared with `diffusion.legacy_float32_schedule=true`,
 the compatibility option that reproduces them; float64 references, when present, are compared
@@ -24,7 +29,7 @@ from typing import Any
 import torch
 
 from diffheads.conditioning import Conditioning
-from diffheads.config import DiffusionConfig, ModelConfig, from_dict
+from diffheads.config import AudioCondition, DiffusionConfig, IdCondition, ModelConfig, from_dict
 from diffheads.diffusion.gaussian import GaussianDiffusion, lip_loss
 from diffheads.diffusion.schedule import cosine_schedule
 from diffheads.errors import DiffheadsError
@@ -34,6 +39,14 @@ from diffheads.models.unet import UNet, count_parameters
 NETWORK_TOL = (1e-4, 1e-4)  # (atol, rtol): the reference itself moves by ~2.4e-6 between 1 and 2 threads
 NETWORK_KEYS = ("config", "state_dict", "inputs", "output")
 LIP_PADDING = 5  # the reference's lip-loss padding at 128 px, used for the golden values
+REFERENCE_REQUIRED = ("image_size", "in_channels", "model_channels", "out_channels", "num_res_blocks",
+                      "attention_resolutions")  # the reference UNet's positional arguments
+REFERENCE_DEFAULTS: dict[str, Any] = {  # the reference UNet constructor's keyword defaults (training branch)
+    "dropout": 0.0, "channel_mult": [1, 2, 4, 8], "num_heads": 1, "num_head_channels": -1, "resblock_updown": False,
+    "id_condition_type": "frame", "audio_condition_type": "pre_gn", "n_motion_frames": 0, "grayscale_motion": False,
+    "n_audio_motion_embs": 0,
+}
+REFERENCE_ALIASES = {"img_resize": "image_size"}  # the training config's name for the frame side
 
 
 @dataclass(frozen=True)
@@ -74,9 +87,24 @@ def load_golden(path: str | Path) -> dict[str, Any]:
 
 
 def reference_model_config(config: dict[str, Any]) -> ModelConfig:
-    """Our ModelConfig for the reference constructor arguments of a golden file (extra reference keys ignored)."""
+    """Our ModelConfig for the reference constructor arguments of a golden file (extra reference keys ignored).
+
+    Omitted keyword arguments take the reference constructor's defaults; the variant names must be the
+    reference's (our `_ours` designs do not exist there).
+    """
+    config = {REFERENCE_ALIASES.get(k, k): v for k, v in config.items()}
+    missing = [k for k in REFERENCE_REQUIRED if k not in config]
+    if missing:
+        raise DiffheadsError(f"golden config lacks {', '.join(missing)}, required by the reference UNet; "
+                             "store the constructor's keyword arguments under 'config'")
+    for key, kind in (("id_condition_type", IdCondition), ("audio_condition_type", AudioCondition)):
+        value = config.get(key)
+        if isinstance(value, str) and value.endswith("_ours"):
+            names = ", ".join(m.value for m in kind if not m.value.endswith("_ours"))
+            raise DiffheadsError(f"golden config: {key} {value!r} is a diffheads design the reference code does not "
+                                 f"have; a golden file names one of: {names}")
     names = {f.name for f in dataclasses.fields(ModelConfig)}
-    model = {k: v for k, v in config.items() if k in names}
+    model = {k: v for k, v in {**REFERENCE_DEFAULTS, **config}.items() if k in names}
     return from_dict({"model": model}, source="golden config").model
 
 
@@ -189,9 +217,12 @@ def check_golden(golden: dict[str, Any]) -> list[Comparison]:
 
 def check_reference(path: str | Path) -> dict[str, Any]:
     """`diffheads check-reference`: the comparisons of a golden file as a JSON-able report."""
-    checks = check_golden(load_golden(path))
+    golden = load_golden(path)
+    checks = check_golden(golden)
+    cfg = reference_model_config(golden["config"])
     return {
         "golden": str(path),
+        "variant": f"identity {cfg.id_condition_type.value}, audio {cfg.audio_condition_type.value}",
         "ok": all(c.ok for c in checks),
         "n_checks": len(checks),
         "failed": [c.name for c in checks if not c.ok],

@@ -1,12 +1,17 @@
 """`diffheads import-reference`: the authors' UNet (TorchScript release or training-branch checkpoint) as our model file.
 
-The reference network's state_dict keys and shapes equal ours (tests/test_unet.py), so importing
-is: find the network's tensors in the file, infer the configuration from their shapes, load them
-strictly into our UNet and export a safetensors model file with that configuration.
+The reference network's state_dict keys and shapes equal ours for every conditioning variant
+(tests/test_unet.py, tests/test_reference_variants.py), so importing is: find the network's tensors
+in the file, infer the configuration from their names and shapes, load them strictly into our UNet
+and export a safetensors model file with that configuration.
 
-What the shapes decide: model_channels, channel_mult, num_res_blocks, the levels with attention,
-out_channels, motion channels per frame (grayscale or RGB) and the audio window's width. What they
-cannot decide is given as options with the reference's values as defaults: image_size (128),
+What the keys and shapes decide: the identity conditioning (`identity_encoder.*`: pre_gn, plus
+per-block `x_emb_layers`: post_gn, else frame), the audio conditioning (`audio_emb_proj` in the
+attention blocks: attention; per-block `audio_emb_layers` of width 2*out: double_pre_gn, of width
+out: post_gn; none: pre_gn), model_channels, channel_mult, num_res_blocks, the levels with
+attention, out_channels, motion channels per frame (grayscale or RGB) and the audio window's width;
+for audio attention also image_size (its projection has one output per feature-map position). What
+they cannot decide is given as options with the reference's values as defaults: image_size (128),
 n_motion_frames (2), n_audio_motion_embs k (2; the audio embedding width is then the window's
 width / (2k + 1)) and num_head_channels (64).
 """
@@ -23,12 +28,14 @@ from typing import Any
 import torch
 
 from diffheads.checkpoint import read_checkpoint, save_model
-from diffheads.config import ModelConfig, RunConfig, to_dict
+from diffheads.config import AudioCondition, IdCondition, ModelConfig, RunConfig, to_dict
 from diffheads.errors import DiffheadsError
 from diffheads.models.unet import UNet
 
 NETWORK_PREFIXES = ("unet.", "diffusion.nn_backbone.", "nn_backbone.", "model.")
 FIRST_CONV = "input_blocks.0.0.weight"
+IDENTITY_ENCODER = "identity_encoder."
+OUR_DESIGN_KEYS = ("id_encoder.", "id_emb_layers.", "audio_attn.", "audio_embed.pos")
 
 
 @dataclass(frozen=True)
@@ -55,7 +62,8 @@ def network_tensors(state: dict[str, Any], source: str) -> dict[str, torch.Tenso
     The training branch's Lightning checkpoints hold the network twice (`unet.` and
     `diffusion.nn_backbone.`); the first known prefix wins, else the shortest one found.
     """
-    prefixes = sorted({k[: -len(FIRST_CONV)] for k in state if k.endswith(FIRST_CONV)}, key=len)
+    prefixes = sorted({k[: -len(FIRST_CONV)] for k in state if k.endswith(FIRST_CONV)
+                       and not k[: -len(FIRST_CONV)].endswith(IDENTITY_ENCODER)}, key=len)
     if not prefixes:
         raise DiffheadsError(f"{source} holds no Diffused Heads UNet (no parameter named like '{FIRST_CONV}')")
     prefix = next((p for p in ("", *NETWORK_PREFIXES) if p in prefixes), prefixes[0])
@@ -86,14 +94,37 @@ def _blocks(shapes: dict[str, tuple[int, ...]], part: str) -> list[int]:
     return sorted({int(k.split(".")[1]) for k in shapes if k.startswith(part + ".")})
 
 
+def infer_conditioning(shapes: dict[str, tuple[int, ...]]) -> tuple[IdCondition, AudioCondition]:
+    """The reference conditioning variants (identity, audio) that a UNet's parameter names and shapes imply."""
+    ours = sorted({f for f in OUR_DESIGN_KEYS for k in shapes if k.startswith(f) or f".{f}" in k})
+    if ours:
+        raise DiffheadsError(f"the weights hold {', '.join(ours)}: diffheads' own conditioning designs, not the "
+                             "reference's; a diffheads model file or checkpoint loads directly (no import needed)")
+    if any(k.startswith(IDENTITY_ENCODER) for k in shapes):
+        identity = IdCondition.POST_GN if any(".x_emb_layers." in k for k in shapes) else IdCondition.PRE_GN
+    else:
+        identity = IdCondition.FRAME
+    gate = "input_blocks.1.0.audio_emb_layers.1.weight"
+    if any(k.endswith(".audio_emb_proj.weight") for k in shapes):
+        audio = AudioCondition.ATTENTION
+    elif gate in shapes:
+        width = shapes["input_blocks.1.0.out_layers.3.weight"][0]
+        audio = AudioCondition.DOUBLE_PRE_GN if shapes[gate][0] == 2 * width else AudioCondition.POST_GN
+    else:
+        audio = AudioCondition.PRE_GN
+    return identity, audio
+
+
 def infer_model_config(shapes: dict[str, tuple[int, ...]], options: ReferenceOptions = ReferenceOptions()) -> ModelConfig:
-    """The ModelConfig of a reference UNet from its parameter shapes (name -> shape)."""
+    """The ModelConfig of a reference UNet, any conditioning variant, from its parameter shapes (name -> shape)."""
     if FIRST_CONV not in shapes or "out.2.weight" not in shapes or "audio_embed.0.weight" not in shapes:
         raise DiffheadsError("the weights lack input_blocks.0.0, out.2 or audio_embed.0: not a Diffused Heads UNet")
+    identity, audio = infer_conditioning(shapes)
     channels, first_in = shapes[FIRST_CONV][:2]
     out_channels = shapes["out.2.weight"][0]
     in_channels = 3
-    motion = first_in - 2 * in_channels  # noisy frame + identity frame + motion frames
+    # noisy frame + motion frames (+ identity frame when it is concatenated)
+    motion = first_in - (2 if identity is IdCondition.FRAME else 1) * in_channels
     if motion == options.n_motion_frames:
         grayscale = True
     elif motion == 3 * options.n_motion_frames:
@@ -116,15 +147,20 @@ def infer_model_config(shapes: dict[str, tuple[int, ...]], options: ReferenceOpt
         first = 1 + level * (per_level + 1)
         width = shapes[f"input_blocks.{first}.0.out_layers.3.weight"][0]
         mult.append(width // channels)
-        if any(f"input_blocks.{first + r}.1.qkv.weight" in shapes for r in range(per_level)):
-            attention.append(options.image_size // 2**level)
+        if any(k.startswith(f"input_blocks.{first + r}.1.") for r in range(per_level) for k in shapes):
+            attention.append(2**level)  # a downsample factor for now: a side once image_size is known
+    image_size = options.image_size
+    if audio is AudioCondition.ATTENTION:  # its projection has one output per position of the middle block's maps
+        side = round(shapes["middle_block.1.audio_emb_proj.weight"][0] ** 0.5)
+        image_size = side * 2 ** (levels - 1)
+    attention = [image_size // factor for factor in attention]
     window = 2 * options.n_audio_motion_embs + 1
     audio_in = shapes["audio_embed.0.weight"][1]
     if audio_in % window:
         raise DiffheadsError(f"the audio projection takes {audio_in} inputs, not a multiple of the {window}-row window; "
                              "pass --n-audio-motion-embs")
     return ModelConfig(
-        image_size=options.image_size,
+        image_size=image_size,
         in_channels=in_channels,
         model_channels=channels,
         out_channels=out_channels,
@@ -136,6 +172,8 @@ def infer_model_config(shapes: dict[str, tuple[int, ...]], options: ReferenceOpt
         grayscale_motion=grayscale,
         n_audio_motion_embs=options.n_audio_motion_embs,
         audio_dim=audio_in // window,
+        id_condition_type=identity,
+        audio_condition_type=audio,
     )
 
 

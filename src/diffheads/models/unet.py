@@ -10,9 +10,11 @@ from diffheads.config import AudioCondition, IdCondition, ModelConfig, TimeFrequ
 from diffheads.errors import DiffheadsError
 from diffheads.models.blocks import (
     AttentionBlock,
+    AudioAttentionBlock,
     BlockEmbeddings,
     CondResBlock,
     EmbedSequential,
+    ResBlock,
     head_count,
     zero_init,
 )
@@ -40,6 +42,70 @@ def _check(cfg: ModelConfig) -> None:
         raise DiffheadsError(f"model.attention_resolutions {cfg.attention_resolutions} must hold feature-map sides > 0")
 
 
+def attention_heads(cfg: ModelConfig, channels: int) -> int:
+    """Heads of an attention block of `channels` (reference rule), as a config error when they do not split."""
+    try:
+        return head_count(channels, cfg.num_heads, cfg.num_head_channels)
+    except ValueError as exc:
+        raise DiffheadsError(f"{exc}; change model.num_head_channels or model.num_heads") from None
+
+
+def attention_factors(cfg: ModelConfig) -> set[int]:
+    """Downsample factors with attention: the reference stores image_size // r for each side r."""
+    return {cfg.image_size // r for r in cfg.attention_resolutions}
+
+
+class UNetIdentityEncoder(nn.Module):
+    """The reference identity encoder (identity pre_gn / post_gn): the UNet's encoder half, unconditioned.
+
+    `input_blocks` (first conv on the identity frame, per level num_res_blocks plain residual blocks
+    with self-attention at the UNet's attention levels, a down-sampling residual block between
+    levels), `middle_block` (res, attention, res), then `out`: GroupNorm, SiLU, global average
+    pooling and a zero-initialised 1x1 conv to the 4C embedding width. At initialisation its vector is 0.
+    """
+
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        c = cfg.model_channels
+        factors = attention_factors(cfg)
+        ch = c * cfg.channel_mult[0]
+        self.input_blocks = nn.ModuleList([nn.Sequential(nn.Conv2d(cfg.in_channels, ch, 3, padding=1))])
+        ds = 1
+        for level, mult in enumerate(cfg.channel_mult):
+            for _ in range(cfg.num_res_blocks):
+                layers: list[nn.Module] = [ResBlock(ch, cfg.dropout, c * mult, norm_groups=cfg.norm_groups)]
+                ch = c * mult
+                if ds in factors:
+                    layers.append(AttentionBlock(ch, attention_heads(cfg, ch), cfg.norm_groups))
+                self.input_blocks.append(nn.Sequential(*layers))
+            if level != len(cfg.channel_mult) - 1:
+                if cfg.resblock_updown:
+                    down = ResBlock(ch, cfg.dropout, ch, down=True, norm_groups=cfg.norm_groups)
+                    self.input_blocks.append(nn.Sequential(down))
+                else:
+                    self.input_blocks.append(nn.AvgPool2d(2))
+                ds *= 2
+        self.middle_block = nn.Sequential(
+            ResBlock(ch, cfg.dropout, norm_groups=cfg.norm_groups),
+            AttentionBlock(ch, attention_heads(cfg, ch), cfg.norm_groups),
+            ResBlock(ch, cfg.dropout, norm_groups=cfg.norm_groups),
+        )
+        self.out = nn.Sequential(
+            nn.GroupNorm(cfg.norm_groups, ch),
+            nn.SiLU(),
+            nn.AdaptiveAvgPool2d(1),
+            zero_init(nn.Conv2d(ch, 4 * c, 1)),
+            nn.Flatten(),
+        )
+
+    def forward(self, identity_frame: torch.Tensor) -> torch.Tensor:
+        """(B, 3, H, W) -> (B, 4C)."""
+        h = identity_frame
+        for block in self.input_blocks:
+            h = block(h)
+        return self.out(self.middle_block(h))
+
+
 class UNet(nn.Module):
     """Predicts noise (and variance interpolation) of x_t given timestep, identity, motion frames and audio.
 
@@ -48,10 +114,12 @@ class UNet(nn.Module):
     `middle_block` (res, attention, res), `output_blocks` (num_res_blocks + 1 per level on the skip stack),
     head `out`. attention_resolutions are feature-map sides: attention sits where
     image_size // downsample factor equals one of them (reference stores image_size // r).
-    Only identity `frame` + audio `double_pre_gn` is the reference; the other variants add
-    `id_encoder` (identity pre_gn / post_gn), per-block `id_emb_layers` (identity post_gn),
-    per-block `audio_emb_layers` of width out (audio post_gn), per-block `audio_attn` and
-    `audio_embed.pos` (audio attention), and drop `audio_emb_layers` for audio pre_gn / attention.
+    Every variant under the reference's name has the reference's parameters and arithmetic:
+    identity pre_gn / post_gn add `identity_encoder` (registered first, as there) and, for post_gn,
+    per-block `x_emb_layers`; audio post_gn has per-block `audio_emb_layers` of width out, pre_gn none,
+    and attention replaces every self-attention block by an `AudioAttentionBlock`. Our own designs
+    (`_ours`) add `id_encoder` (identity pre_gn_ours / post_gn_ours), per-block `id_emb_layers`
+    (post_gn_ours), and per-block `audio_attn` with `audio_embed.pos` (audio attention_ours).
     """
 
     def __init__(self, cfg: ModelConfig) -> None:
@@ -63,13 +131,7 @@ class UNet(nn.Module):
         self.audio_dim = cfg.audio_dim if cfg.audio_dim is not None else cfg.model_channels
         c = cfg.model_channels
         emb_dim = 4 * c
-        attention_factors = {cfg.image_size // r for r in cfg.attention_resolutions}
-
-        def heads(ch: int) -> int:
-            try:
-                return head_count(ch, cfg.num_heads, cfg.num_head_channels)
-            except ValueError as exc:
-                raise DiffheadsError(f"{exc}; change model.num_head_channels or model.num_heads") from None
+        factors = attention_factors(cfg)
 
         def cross_heads(ch: int) -> int:
             # audio cross-attention runs in every block; widths the head rule cannot split get one head
@@ -91,6 +153,11 @@ class UNet(nn.Module):
                 **updown,
             )
 
+        def attention(ch: int, ds: int) -> nn.Module:
+            if self.audio_condition is AudioCondition.ATTENTION:
+                return AudioAttentionBlock(ch, emb_dim, cfg.image_size // ds, attention_heads(cfg, ch), cfg.norm_groups)
+            return AttentionBlock(ch, attention_heads(cfg, ch), cfg.norm_groups)
+
         def resample(ch: int, up: bool) -> nn.Module:
             if cfg.resblock_updown:
                 return res_block(ch, ch, up=up, down=not up)
@@ -100,12 +167,14 @@ class UNet(nn.Module):
         if self.id_condition is IdCondition.FRAME:
             self.in_channels += cfg.in_channels
 
+        if self.id_condition in (IdCondition.PRE_GN, IdCondition.POST_GN):
+            self.identity_encoder = UNetIdentityEncoder(cfg)
         self.time_embed = TimestepEmbedding(c, standard=cfg.time_frequencies is TimeFrequencies.STANDARD)
-        if self.audio_condition is AudioCondition.ATTENTION:
+        if self.audio_condition is AudioCondition.ATTENTION_OURS:
             self.audio_embed: nn.Module = AudioTokenEmbedding(cfg.audio_window_len, self.audio_dim, emb_dim)
         else:
             self.audio_embed = audio_mlp(cfg.audio_window_len, self.audio_dim, emb_dim)
-        if self.id_condition is not IdCondition.FRAME:
+        if self.id_condition in (IdCondition.PRE_GN_OURS, IdCondition.POST_GN_OURS):
             widths = [c * m for m in cfg.channel_mult]
             self.id_encoder = IdentityEncoder(cfg.in_channels, widths, emb_dim, cfg.norm_groups)
 
@@ -117,8 +186,8 @@ class UNet(nn.Module):
             for _ in range(cfg.num_res_blocks):
                 layers: list[nn.Module] = [res_block(ch, c * mult)]
                 ch = c * mult
-                if ds in attention_factors:
-                    layers.append(AttentionBlock(ch, heads(ch), cfg.norm_groups))
+                if ds in factors:
+                    layers.append(attention(ch, ds))
                 self.input_blocks.append(EmbedSequential(*layers))
                 skip_widths.append(ch)
             if level != len(cfg.channel_mult) - 1:
@@ -126,17 +195,15 @@ class UNet(nn.Module):
                 skip_widths.append(ch)
                 ds *= 2
 
-        self.middle_block = EmbedSequential(
-            res_block(ch, ch), AttentionBlock(ch, heads(ch), cfg.norm_groups), res_block(ch, ch)
-        )
+        self.middle_block = EmbedSequential(res_block(ch, ch), attention(ch, ds), res_block(ch, ch))
 
         self.output_blocks = nn.ModuleList()
         for level, mult in reversed(list(enumerate(cfg.channel_mult))):
             for i in range(cfg.num_res_blocks + 1):
                 layers = [res_block(ch + skip_widths.pop(), c * mult)]
                 ch = c * mult
-                if ds in attention_factors:
-                    layers.append(AttentionBlock(ch, heads(ch), cfg.norm_groups))
+                if ds in factors:
+                    layers.append(attention(ch, ds))
                 if level and i == cfg.num_res_blocks:
                     layers.append(resample(ch, up=True))
                     ds //= 2
@@ -149,10 +216,17 @@ class UNet(nn.Module):
         )
 
     def embed(self, t: torch.Tensor, cond: Conditioning) -> BlockEmbeddings:
-        """Time, audio and identity vectors for the residual blocks, combined as the variants prescribe."""
+        """Time, audio and identity vectors for the blocks, combined as the variants prescribe.
+
+        Reference order of the sums: identity pre_gn gives identity + time, then audio pre_gn adds the audio.
+        """
         emb = BlockEmbeddings(time=self.time_embed(t))
+        if self.id_condition is IdCondition.PRE_GN:
+            emb.time = self.identity_encoder(cond.identity_frame) + emb.time
+        elif self.id_condition is IdCondition.POST_GN:
+            emb.identity = self.identity_encoder(cond.identity_frame)
         window = cond.audio_window
-        if self.audio_condition is AudioCondition.ATTENTION:
+        if self.audio_condition is AudioCondition.ATTENTION_OURS:
             emb.audio_tokens = self.audio_embed(window)
         else:
             audio = self.audio_embed(window.reshape(window.shape[0], -1))
@@ -160,9 +234,9 @@ class UNet(nn.Module):
                 emb.time = emb.time + audio
             else:
                 emb.audio = audio
-        if self.id_condition is not IdCondition.FRAME:
+        if self.id_condition in (IdCondition.PRE_GN_OURS, IdCondition.POST_GN_OURS):
             identity = self.id_encoder(cond.identity_frame)
-            if self.id_condition is IdCondition.PRE_GN:
+            if self.id_condition is IdCondition.PRE_GN_OURS:
                 emb.time = emb.time + identity
             else:
                 emb.identity = identity
@@ -175,6 +249,12 @@ class UNet(nn.Module):
             raise DiffheadsError(
                 f"audio window has shape {tuple(window.shape)}, the model expects (B, {self.cfg.audio_window_len}, "
                 f"{self.audio_dim}); set model.audio_dim / model.n_audio_motion_embs to match the embeddings"
+            )
+        side = self.cfg.image_size
+        if self.audio_condition is AudioCondition.ATTENTION and tuple(x_t.shape[-2:]) != (side, side):
+            raise DiffheadsError(
+                f"frames are {tuple(x_t.shape[-2:])}, but audio_condition_type attention only works on "
+                f"{side}x{side} frames (model.image_size): its audio projection has one value per position"
             )
         if t.ndim == 0:
             t = t.expand(x_t.shape[0])
