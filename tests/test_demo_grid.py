@@ -21,10 +21,10 @@ def test_split_is_fixed_disjoint_and_covers_the_corpus():
     clips = grid_clips(GRID_S1)
     assert len(clips) == 600
     train, test = split_sentences(clips, GridDemoData())
-    assert len(test) == 30 and len(train) == 570
+    assert len(test) == 20 and len(train) == 580
     assert not {p.stem for p in train} & {p.stem for p in test}
     names = sorted(p.name for p in clips)
-    assert [p.name for p in test] == names[9::20]  # every 20th sentence in name order, from the 10th
+    assert [p.name for p in test] == names[14::30]  # every 30th sentence in name order, from the 15th
     assert split_sentences(clips, GridDemoData()) == (train, test)
 
 

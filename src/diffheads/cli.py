@@ -265,17 +265,19 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
 
 def cmd_demo(args: argparse.Namespace) -> dict:
     if args.preset == "grid":
-        from diffheads.demo_grid import QUICK_GRID, GridDemoData, run_grid_demo
+        from diffheads.demo_grid import QUICK_GRID, SHORT_GRID, GridDemoData, run_grid_demo
 
-        data = dataclasses.replace(QUICK_GRID if args.quick else GridDemoData(), raw=args.data or GridDemoData.raw)
+        base = QUICK_GRID if args.quick else SHORT_GRID if args.short else GridDemoData()
+        data = dataclasses.replace(base, raw=args.data or GridDemoData.raw)
         out = args.out or "outputs/demo-grid"
-        report = run_grid_demo(out, config=args.config, overrides=args.overrides, quick=args.quick, data=data)
+        report = run_grid_demo(out, config=args.config, overrides=args.overrides, quick=args.quick, data=data,
+                               short=args.short)
         print(f"diffheads demo: GRID s1 speaks held-out sentences: {out}/videos, {out}/contact_sheet.png; "
               f"make it say anything: diffheads animate --checkpoint {out}/model.ckpt --image FRAME --audio SPEECH "
               f"--no-align (or the app: diffheads app --checkpoint {out}/model.ckpt)", file=sys.stderr)
         return report
-    if args.data:
-        raise DiffheadsError("--data belongs to --preset grid (the synthetic demo makes its own data)")
+    if args.data or args.short:
+        raise DiffheadsError("--data and --short belong to --preset grid (the synthetic demo makes its own data)")
     from diffheads.demo import run_demo
 
     args.out = args.out or "outputs/demo"
@@ -452,6 +454,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"--preset grid: the folder of GRID s1 videos (default: {DEFAULT_GRID_HINT})")
     p.add_argument("--config", default=None, help="config (default: the packaged demo.yaml or grid.yaml)")
     p.add_argument("--quick", action="store_true", help="a tiny smoke run (seconds, no learning expected)")
+    p.add_argument("--short", action="store_true",
+                   help="--preset grid: CI's shortened learning check (300 training sentences, 300 steps, 10 held out)")
     p.add_argument("overrides", nargs="*", help="config overrides")
     p.set_defaults(func=cmd_demo)
     return parser
