@@ -54,22 +54,25 @@ def _timed(fn, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
 
 def measure_clips(layout: DataLayout, videos: dict[str, Path], size: int) -> dict[str, dict[str, np.ndarray]]:
     """Per clip: true opening, opening measured on generated and on real frames (same mouth boxes)."""
-    from diffheads.io.video import read_video
-
     out = {}
     for cid, path in videos.items():
-        generated, _ = read_video(path)
-        real, _ = read_video(layout.video(cid))
+        generated, real = clip_openings(layout, cid, path)
         truth = np.load(layout.truth(cid))["mouth_open"].astype(np.float64)
-        lm = np.load(layout.landmarks(cid))[:, 48:68, :2].astype(np.float64)
-        n = min(len(generated), len(truth), len(lm), len(real))
-        scale = generated.shape[2] / real.shape[2]
-        out[cid] = {
-            "truth": truth[:n],
-            "generated": mouth_opening(generated[:n], lm[:n] * scale),
-            "real": mouth_opening(real[:n], lm[:n]),
-        }
+        n = min(len(generated), len(truth))
+        out[cid] = {"truth": truth[:n], "generated": generated[:n], "real": real[:n]}
     return out
+
+
+def clip_openings(layout: DataLayout, cid: str, path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """Mouth opening on the generated frames (video `path`) and on the real clip's frames, in the real mouth boxes."""
+    from diffheads.io.video import read_video
+
+    generated, _ = read_video(path)
+    real, _ = read_video(layout.video(cid))
+    lm = np.load(layout.landmarks(cid))[:, 48:68, :2].astype(np.float64)
+    n = min(len(generated), len(real), len(lm))
+    scale = generated.shape[2] / real.shape[2]
+    return mouth_opening(generated[:n], lm[:n] * scale), mouth_opening(real[:n], lm[:n])
 
 
 def lip_sync_summary(measures: dict[str, dict[str, np.ndarray]]) -> dict[str, Any]:

@@ -14,7 +14,7 @@ import torch
 
 from diffheads.config import RunConfig, load_config
 from diffheads.data.layout import DataLayout
-from diffheads.demo import PRESETS, _timed
+from diffheads.demo import PRESETS, _timed, clip_openings
 from diffheads.errors import DiffheadsError
 from diffheads.io.atomic import atomic_write_text
 
@@ -120,19 +120,12 @@ def prepare_grid(out: Path, data: GridDemoData, size: int, progress: bool) -> di
 
 
 def measure_openings(layout: DataLayout, videos: dict[str, Path]) -> dict[str, dict[str, np.ndarray]]:
-    """Per clip: mouth opening on the real and on the generated frames, in the real clip's mouth boxes."""
-    from diffheads.io.video import read_video
-    from diffheads.metrics.mouth import mouth_opening
-
-    out = {}
+    """Per clip: mouth opening on the real ("truth") and on the generated frames, in the real clip's mouth boxes."""
+    measures = {}
     for cid, path in videos.items():
-        generated, _ = read_video(path)
-        real, _ = read_video(layout.video(cid))
-        lm = np.load(layout.landmarks(cid))[:, 48:68, :2].astype(np.float64)
-        n = min(len(generated), len(real), len(lm))
-        scale = generated.shape[2] / real.shape[2]
-        out[cid] = {"truth": mouth_opening(real[:n], lm[:n]), "generated": mouth_opening(generated[:n], lm[:n] * scale)}
-    return out
+        generated, real = clip_openings(layout, cid, path)
+        measures[cid] = {"truth": real, "generated": generated}
+    return measures
 
 
 def run_grid_demo(

@@ -214,6 +214,16 @@ class AudioCrossAttention(nn.Module):
         return (x + self.proj_out(h)).reshape(b, c, *spatial)
 
 
+def _out_layers(channels: int, norm_groups: int, dropout: float) -> nn.Sequential:
+    """A residual block's second half: norm, SiLU, dropout, zero-initialised 3x3 conv (the reference's out_layers)."""
+    return nn.Sequential(
+        nn.GroupNorm(norm_groups, channels),
+        nn.SiLU(),
+        nn.Dropout(p=dropout),
+        zero_init(nn.Conv2d(channels, channels, 3, padding=1)),
+    )
+
+
 def _resampler(up: bool, down: bool) -> nn.Module | None:
     """Nearest x2 (up), 2x2 average pooling (down) or nothing: parameter-free, as the reference."""
     if up:
@@ -249,12 +259,7 @@ class ResBlock(nn.Module):
             nn.Conv2d(channels, out_channels, 3, padding=1),
         )
         self.resample = _resampler(up, down)
-        self.out_layers = nn.Sequential(
-            nn.GroupNorm(norm_groups, out_channels),
-            nn.SiLU(),
-            nn.Dropout(p=dropout),
-            zero_init(nn.Conv2d(out_channels, out_channels, 3, padding=1)),
-        )
+        self.out_layers = _out_layers(out_channels, norm_groups, dropout)
         self.skip_connection = nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -313,12 +318,7 @@ class CondResBlock(nn.Module):
             self.audio_emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, out_channels))
         if self.id_condition is IdCondition.POST_GN_OURS:
             self.id_emb_layers = nn.Sequential(nn.SiLU(), nn.Linear(emb_dim, out_channels))
-        self.out_layers = nn.Sequential(
-            nn.GroupNorm(norm_groups, out_channels),
-            nn.SiLU(),
-            nn.Dropout(p=dropout),
-            zero_init(nn.Conv2d(out_channels, out_channels, 3, padding=1)),
-        )
+        self.out_layers = _out_layers(out_channels, norm_groups, dropout)
         self.skip_connection = nn.Identity() if out_channels == channels else nn.Conv2d(channels, out_channels, 1)
         if self.audio_condition is AudioCondition.ATTENTION_OURS:
             self.audio_attn = AudioCrossAttention(out_channels, emb_dim, num_heads, norm_groups)
