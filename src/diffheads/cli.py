@@ -36,6 +36,9 @@ def _sample_overrides(args: argparse.Namespace, base: SampleConfig) -> SampleCon
         changes["channels_last"] = True
     if args.compile:
         changes["compile"] = True
+    for key in ("devices", "num_nodes"):
+        if getattr(args, key, None) is not None:
+            changes[key] = getattr(args, key)
     return dataclasses.replace(base, **changes)
 
 
@@ -118,7 +121,20 @@ def cmd_prepare(args: argparse.Namespace) -> dict:
     from diffheads.face.align import AlignConfig
     from diffheads.prepare.clip import PrepareConfig
     from diffheads.prepare.run import prepare_dataset, summary
+    from diffheads.prepare.shards import merge_shards, parse_shard, shard_summary
+    from diffheads.prepare.split import SplitRule
 
+    if args.merge:
+        if args.shard is not None:
+            raise DiffheadsError(
+                f"--shard {args.shard} and --merge go in separate runs: first one run with --shard I/N for every I, "
+                "then one with --merge"
+            )
+        rule = _split_rule(args)
+        report = merge_shards(args.raw_dir, args.out_dir, split=None if rule == SplitRule() else rule)
+        print(summary(report), file=sys.stderr)
+        return report
+    shard = parse_shard(args.shard) if args.shard is not None else None
     margins = dict(zip(("margin_x", "margin_top", "margin_bottom"), args.margins)) if args.margins else {}
     align = AlignConfig(size=args.size, smoothing_window=args.smoothing_window, **margins)
     cfg = PrepareConfig(align=align, min_frames=args.min_frames, max_missing=args.max_missing,
@@ -133,8 +149,9 @@ def cmd_prepare(args: argparse.Namespace) -> dict:
         workers=args.workers,
         retry_skipped=args.retry_skipped,
         progress=not args.quiet,
+        shard=shard,
     )
-    print(summary(report), file=sys.stderr)
+    print((shard_summary if shard else summary)(report), file=sys.stderr)
     return report
 
 
@@ -161,24 +178,32 @@ def cmd_train(args: argparse.Namespace) -> dict | None:
     }
 
 
-def cmd_generate(args: argparse.Namespace) -> dict:
+def cmd_generate(args: argparse.Namespace) -> dict | None:
     from diffheads.checkpoint import load_model
-    from diffheads.generate import generate_test_set
+    from diffheads.distributed import LaunchConfig, accelerator_of, launch
+    from diffheads.generate_set import generate_test_set
 
-    model = load_model(args.checkpoint, args.device, trust=args.trust_checkpoint)
+    model = load_model(args.checkpoint, "cpu", trust=args.trust_checkpoint)
+    sample = _sample_overrides(args, model.cfg.sample)
+    launch_cfg = LaunchConfig(sample.devices, sample.num_nodes, accelerator_of(args.device))
+    ranks = launch(launch_cfg, args.device, quiet=args.quiet)
     result = generate_test_set(
         model,
         args.data,
         args.out,
-        sample=_sample_overrides(args, model.cfg.sample),
+        sample=sample,
         embeddings=args.embeddings,
         split=args.split,
         skip_existing=not args.overwrite,
         seed=args.seed,
         device=args.device,
         progress=not args.quiet,
+        ranks=ranks,
     )
-    return {"written": len(result.written), "skipped": len(result.skipped), "out": args.out}
+    if not ranks.is_zero:
+        return None
+    return {"written": len(result.written), "skipped": len(result.skipped), "out": args.out,
+            "processes": ranks.world_size}
 
 
 def cmd_animate(args: argparse.Namespace) -> dict:
@@ -345,6 +370,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cut-threshold", type=float, default=12.0,
                    help="mean pixel change (0-255, 32 px thumbnails) across a hard scene cut, which splits the clip; 0 turns it off")
     p.add_argument("--retry-skipped", action="store_true", help="try again the clips an earlier run skipped")
+    p.add_argument("--shard", metavar="I/N",
+                   help="prepare only shard I of N (0 <= I < N; a clip's shard is a hash of its path), e.g. one "
+                   "SLURM array task each; writes OUT_DIR/shards/shard-I-of-N.json instead of the lists and report")
+    p.add_argument("--merge", action="store_true",
+                   help="after all N shards finished: check them and write the file lists, report and encoder.json "
+                   "(settings come from the shards; split flags given here replace their split)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_prepare)
 
@@ -370,6 +401,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, help="clips sampled together")
     p.add_argument("--max-frames", type=int, help="cap on frames per clip")
     p.add_argument("--overwrite", action="store_true", help="regenerate clips whose output exists")
+    p.add_argument("--devices", type=int,
+                   help="processes on this machine, one per GPU (default: sample.devices, 1); under torchrun or srun: "
+                        "the processes per machine it started (docs/cluster.md)")
+    p.add_argument("--num-nodes", type=int, help="machines taking part (default: sample.num_nodes, 1)")
     _add_sampling_flags(p)
     _add_trust_flag(p)
     p.set_defaults(func=cmd_generate)

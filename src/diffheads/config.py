@@ -208,6 +208,8 @@ class SampleConfig:
     precision: str = "fp32"  # fp32, bf16 (CPU or GPU) or fp16 (GPU): autocast around the network
     channels_last: bool = False  # channels_last memory format for the network
     compile: bool = False  # torch.compile the network (CUDA graphs on GPU)
+    devices: int = 1  # diffheads generate: processes per machine (one per GPU), as trainer.devices
+    num_nodes: int = 1  # diffheads generate: machines, as trainer.num_nodes
 
 
 @dataclass

@@ -110,7 +110,7 @@ def run_demo(
     """The whole demo; returns (and writes) the report."""
     from diffheads.audio.embed import embed_dataset
     from diffheads.audio.encoders import LogMelEncoder
-    from diffheads.generate import generate_test_set
+    from diffheads.generate_set import generate_test_set
     from diffheads.synth.dataset import make_synthetic_dataset
     from diffheads.training.train import train
 

@@ -143,7 +143,7 @@ def run_grid_demo(
     """
     from diffheads.demo_plots import contact_sheet, loss_plot, opening_plot
     from diffheads.evaluate.run import EvaluateConfig, evaluate
-    from diffheads.generate import generate_test_set
+    from diffheads.generate_set import generate_test_set
     from diffheads.training.train import train
 
     out = Path(out)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import dataclasses
 import os
 import shutil
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -17,7 +16,7 @@ from diffheads.audio.encoders import SAMPLE_RATE, build_encoder, frames_in_audio
 from diffheads.checkpoint import LoadedModel, load_model
 from diffheads.conditioning import Conditioning
 from diffheads.config import SampleConfig
-from diffheads.data.dataset import SplitClips, to_model_frames
+from diffheads.data.dataset import to_model_frames
 from diffheads.diffusion.gaussian import GaussianDiffusion
 from diffheads.diffusion.video import sample_video
 from diffheads.errors import DiffheadsError
@@ -28,7 +27,7 @@ from diffheads.face.portrait import Portrait, align_photo, align_video
 from diffheads.io.audio import load_audio
 from diffheads.io.image import read_image
 from diffheads.io.outdir import output_dir
-from diffheads.io.video import VideoWriter, read_video, write_video
+from diffheads.io.video import VideoWriter, read_video
 
 
 def to_uint8(frames: torch.Tensor) -> np.ndarray:
@@ -146,7 +145,7 @@ def sample_clips(
     identity_frames: torch.Tensor,
     audio_embs: list[torch.Tensor],
     sample: SampleConfig,
-    seed: int = 0,
+    seed: int | Sequence[int] = 0,
     progress: bool = True,
     *,
     precision: str | None = None,
@@ -156,6 +155,9 @@ def sample_clips(
     keep_frames: bool = True,
 ) -> list[torch.Tensor]:
     """Sample one clip per (identity frame, embeddings) pair on the model's device.
+
+    An integer `seed` seeds one generator for the batch; a sequence gives each clip its own generator
+    (its frames are then the same whichever clips share its batch).
 
     `on_frame` and `keep_frames` are those of `sample_video`: receive each step's frames as soon as
     they are sampled and, with keep_frames=False, keep none (an empty list is returned).
@@ -178,7 +180,10 @@ def sample_clips(
     _use_channels_last(model.unet, channels_last)
     net = _compiled_unet(model, device) if compile else model.unet
     denoiser = _Denoiser(net, device, dtype, channels_last, cudagraphs=compile and device.type == "cuda")
-    generator = torch.Generator(device=device).manual_seed(seed)
+    if isinstance(seed, int):
+        generator: torch.Generator | list[torch.Generator] = torch.Generator(device=device).manual_seed(seed)
+    else:
+        generator = [torch.Generator(device=device).manual_seed(s) for s in seed]
     return sample_video(
         denoiser,
         sampling_process(model, sample).to(device),
@@ -194,77 +199,12 @@ def sample_clips(
     )
 
 
-@dataclass
-class GenerateResult:
-    """Outputs of a test-set generation."""
-
-    written: list[Path]
-    skipped: list[Path]
-
-
-def _model(checkpoint: str | Path | LoadedModel, device: str) -> LoadedModel:
+def model_on(checkpoint: str | Path | LoadedModel, device: str) -> LoadedModel:
     """A loaded model, moved to `device`."""
     if isinstance(checkpoint, LoadedModel):
         checkpoint.unet.to(device)
         return checkpoint
     return load_model(checkpoint, device)
-
-
-def generate_test_set(
-    checkpoint: str | Path | LoadedModel,
-    data_root: str | Path,
-    out_dir: str | Path,
-    sample: SampleConfig | None = None,
-    embeddings: str | Path | None = None,
-    split: str = "test",
-    skip_existing: bool = True,
-    seed: int = 0,
-    device: str = "cpu",
-    progress: bool = True,
-) -> GenerateResult:
-    """One mp4 (with its audio) per clip of the split, batched, trimmed back to each clip's length."""
-    model = _model(checkpoint, device)
-    sample = sample or model.cfg.sample
-    data_cfg = dataclasses.replace(model.cfg.data, root=str(data_root), embeddings=str(embeddings or ""))
-    clips = SplitClips(data_cfg, model.cfg.model, split)
-    out_dir = Path(out_dir)
-    targets = [out_dir / f"{cid}.mp4" for cid in clips.ids]
-    todo = [i for i, p in enumerate(targets) if not (skip_existing and p.is_file())]
-    skipped = [p for p in targets if skip_existing and p.is_file()]
-    written: list[Path] = []
-    with output_dir(out_dir, "--out folder"):
-        _generate_batches(model, clips, todo, out_dir, sample, embeddings or data_root, seed, progress, written)
-    return GenerateResult(written, skipped)
-
-
-def _generate_batches(
-    model: LoadedModel,
-    clips: SplitClips,
-    todo: list[int],
-    out_dir: Path,
-    sample: SampleConfig,
-    embeddings: str | Path,
-    seed: int,
-    progress: bool,
-    written: list[Path],
-) -> None:
-    """Sample the clips `todo` in batches and write each as an mp4 with its audio, appending to `written`."""
-    for start in range(0, len(todo), sample.batch_size):
-        batch = [clips[i] for i in todo[start : start + sample.batch_size]]
-        check_audio_width(model, batch[0]["audio_emb"].shape[1], str(embeddings))
-        videos = sample_clips(
-            model,
-            torch.stack([b["identity_frame"] for b in batch]),
-            [b["audio_emb"] for b in batch],
-            sample,
-            seed=seed + start,
-            progress=progress,
-        )
-        for item, video in zip(batch, videos):
-            target = out_dir / f"{item['cid']}.mp4"
-            audio = load_audio(item["audio_path"])[: round(len(video) * SAMPLE_RATE / 25)]
-            write_video(target, to_uint8(video), fps=25, audio=audio, sample_rate=SAMPLE_RATE)
-            written.append(target)
 
 
 def check_audio_width(model: LoadedModel, width: int, where: str) -> None:
@@ -401,7 +341,7 @@ def animate(
     pasted back and encoded as soon as it is sampled, so memory does not grow with the audio's
     length, and the output appears only once complete (nothing is left behind on an error).
     """
-    model = _model(checkpoint, device)
+    model = model_on(checkpoint, device)
     sample = sample or model.cfg.sample
     if not model.audio_encoder:
         raise DiffheadsError(f"{checkpoint} does not record its audio encoder; retrain or re-export it with diffheads")

@@ -86,6 +86,17 @@ def listed_clips(layout: DataLayout, splits: tuple[str, ...]) -> list[str]:
     return sorted(ids)
 
 
+def check_encoder_file(layout: DataLayout, encoder: AudioEncoder) -> None:
+    """Refuse to add embeddings of `encoder` beside those of another one (EMB/encoder.json says which)."""
+    if layout.encoder_file.is_file():
+        old = _read_spec(layout.encoder_file)
+        if old != encoder.describe():
+            raise DiffheadsError(
+                f"{layout.embeddings} holds embeddings of another encoder ({old.get('name')}, dim {old.get('dim')}); "
+                "pass --overwrite or choose another --out"
+            )
+
+
 def embed_dataset(
     root: str | Path,
     embeddings: str | Path | None = None,
@@ -97,14 +108,32 @@ def embed_dataset(
     """Embed the audio of every listed clip; existing files are kept unless `overwrite`."""
     layout = DataLayout.of(root, embeddings)
     encoder = encoder or LogMelEncoder()
-    if layout.encoder_file.is_file() and not overwrite:
-        old = _read_spec(layout.encoder_file)
-        if old != encoder.describe():
-            raise DiffheadsError(
-                f"{layout.embeddings} holds embeddings of another encoder ({old.get('name')}, dim {old.get('dim')}); "
-                "pass --overwrite or choose another --out"
-            )
-    ids = listed_clips(layout, splits)
+    if not overwrite:
+        check_encoder_file(layout, encoder)
+    return _embed(layout, listed_clips(layout, splits), encoder, overwrite, progress, write_encoder_file=True)
+
+
+def embed_clips(
+    root: str | Path,
+    ids: list[str],
+    embeddings: str | Path | None = None,
+    encoder: AudioEncoder | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+    write_encoder_file: bool = True,  # False: concurrent writers (prepare --shard) leave encoder.json to one merge
+) -> dict[str, Any]:
+    """Embed the audio of the given clip ids (not read from file lists); existing files are kept unless `overwrite`."""
+    layout = DataLayout.of(root, embeddings)
+    encoder = encoder or LogMelEncoder()
+    if not overwrite:
+        check_encoder_file(layout, encoder)
+    return _embed(layout, sorted(ids), encoder, overwrite, progress, write_encoder_file)
+
+
+def _embed(
+    layout: DataLayout, ids: list[str], encoder: AudioEncoder, overwrite: bool, progress: bool, write_encoder_file: bool
+) -> dict[str, Any]:
+    """Write EMB/<id>.pth for each id that lacks one (or all with `overwrite`), then EMB/encoder.json."""
     todo = [cid for cid in ids if overwrite or not layout.embedding(cid).is_file()]
     missing = [layout.audio(cid) for cid in todo if not layout.audio(cid).is_file()]
     if missing:  # checked before any work, so a long run does not stop half way for a missing file
@@ -116,9 +145,15 @@ def embed_dataset(
     with output_dir(layout.embeddings, "embeddings folder"):
         for cid in tqdm(todo, desc="embed", unit="clip", disable=not progress):
             save_embedding(layout.embedding(cid), embed_clip(encoder, layout.audio(cid), layout.video(cid)))
-        atomic_write_text(layout.encoder_file, json.dumps(encoder.describe(), indent=2))
+        if write_encoder_file:
+            write_encoder_spec(layout, encoder.describe())
     written, skipped = len(todo), len(ids) - len(todo)
     return {"clips": len(ids), "written": written, "skipped": skipped, "dim": encoder.dim, "out": str(layout.embeddings)}
+
+
+def write_encoder_spec(layout: DataLayout, spec: dict[str, Any]) -> None:
+    """EMB/encoder.json, atomically."""
+    atomic_write_text(layout.encoder_file, json.dumps(spec, indent=2))
 
 
 def encoder_from_embeddings(layout: DataLayout) -> AudioEncoder:

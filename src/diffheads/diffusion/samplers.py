@@ -23,7 +23,7 @@ there (host syncs on CUDA).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -31,10 +31,22 @@ from diffheads.config import Solver
 from diffheads.diffusion.gaussian import GaussianDiffusion, _at
 
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+Generators = torch.Generator | Sequence[torch.Generator] | None
+"""Where noise comes from: one generator for the batch, or one per row (each clip its own noise, whatever its batch)."""
 
 
-def _randn_like(x: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
-    return torch.randn(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+def randn(shape: tuple[int, ...] | torch.Size, generator: Generators, device: torch.device,
+          dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Standard normal noise of `shape`; with one generator per row, row i is drawn from generator[i] alone."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return torch.randn(shape, generator=generator, device=device, dtype=dtype)
+    if len(generator) != shape[0]:
+        raise ValueError(f"{len(generator)} generators for a batch of {shape[0]} rows")
+    return torch.cat([torch.randn((1, *shape[1:]), generator=g, device=device, dtype=dtype) for g in generator])
+
+
+def _randn_like(x: torch.Tensor, generator: Generators) -> torch.Tensor:
+    return randn(x.shape, generator, x.device, x.dtype)
 
 
 @torch.no_grad()
@@ -42,7 +54,7 @@ def sample_ancestral(
     denoiser: Denoiser,
     x: torch.Tensor,
     process: GaussianDiffusion,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     clip_denoised: bool = True,
 ) -> torch.Tensor:
     """Ancestral DDPM sampling with the learned variance over the process's (respaced) steps (Ho et al. 2020, alg. 2)."""
@@ -61,7 +73,7 @@ def sample_ddim(
     denoiser: Denoiser,
     x: torch.Tensor,
     process: GaussianDiffusion,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     clip_denoised: bool = True,
     eta: float = 0.0,
 ) -> torch.Tensor:
@@ -101,7 +113,7 @@ def sample_dpmpp_2m(
     denoiser: Denoiser,
     x: torch.Tensor,
     process: GaussianDiffusion,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     clip_denoised: bool = True,
 ) -> torch.Tensor:
     """DPM-Solver++(2M) over the process's steps (Lu et al. 2022, alg. 2), then the x0 prediction at t = 0.
@@ -129,7 +141,7 @@ def sample_unipc(
     denoiser: Denoiser,
     x: torch.Tensor,
     process: GaussianDiffusion,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     clip_denoised: bool = True,
 ) -> torch.Tensor:
     """UniPC-bh2, order 2, data prediction (Zhao et al. 2023, alg. 2-3), then the x0 prediction at t = 0.
@@ -173,7 +185,7 @@ def sample_frame(
     noise: torch.Tensor,
     process: GaussianDiffusion,
     solver: Solver,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     clip_denoised: bool = True,
     eta: float = 0.0,
 ) -> torch.Tensor:

@@ -14,7 +14,7 @@ from diffheads.conditioning import Conditioning
 from diffheads.config import ModelConfig, SampleConfig
 from diffheads.data.motion import motion_transform
 from diffheads.diffusion.gaussian import GaussianDiffusion
-from diffheads.diffusion.samplers import sample_frame
+from diffheads.diffusion.samplers import Generators, randn, sample_frame
 
 
 def audio_window_indices(t: int, k: int, lengths: torch.Tensor) -> torch.Tensor:
@@ -41,7 +41,7 @@ def sample_video(
     audio_embs: Sequence[torch.Tensor],
     model_cfg: ModelConfig,
     sample_cfg: SampleConfig,
-    generator: torch.Generator | None = None,
+    generator: Generators = None,
     motion_blur: bool = False,
     progress: bool = True,
     on_frame: Callable[[int, torch.Tensor], None] | None = None,
@@ -58,6 +58,9 @@ def sample_video(
     With `keep_frames=False` nothing is collected (memory does not grow with the clip length: a
     streaming caller encodes each frame in `on_frame`) and an empty list is returned; the frames
     are the same either way.
+
+    `generator` may be one generator per clip: each clip's noise then comes from its own generator
+    only, so a clip's frames do not depend on which other clips share its batch.
     """
     device = identity_frames.device
     padded, lengths = pad_embeddings(audio_embs)
@@ -81,13 +84,16 @@ def sample_video(
             motion_frames=torch.cat([m[active] for m in motion], dim=1),
             audio_window=padded[active[:, None], rows],
         )
-        noise = torch.randn(cond.identity_frame.shape, generator=generator, device=device)
+        rows_generator = generator if generator is None or isinstance(generator, torch.Generator) else [
+            generator[i] for i in active.tolist()
+        ]
+        noise = randn(cond.identity_frame.shape, rows_generator, device)
         frame = sample_frame(
             lambda x, tt: model(x, tt, cond),
             noise,
             process,
             sample_cfg.solver,
-            generator,
+            rows_generator,
             sample_cfg.clip_denoised,
             sample_cfg.eta,
         ).clamp(-1.0, 1.0)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import glob
 import os
 import tempfile
 from collections.abc import Iterator
@@ -38,6 +39,12 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     finally:
         if tmp_path.exists():
             tmp_path.unlink()
+
+
+def stale_temporaries(path: str | Path) -> list[Path]:
+    """The temporary files `atomic_path(path)` left beside `path` when its process was killed."""
+    path = Path(path)
+    return sorted(path.parent.glob(f".{glob.escape(path.stem)}.*.tmp{glob.escape(path.suffix)}"))
 
 
 def atomic_write_text(path: str | Path, text: str) -> None:
