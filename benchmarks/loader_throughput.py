@@ -1,4 +1,4 @@
-"""Training-loader throughput: samples/s of TalkingFaceDataset with data.frame_cache = decode, disk, memory.
+"""Training-loader throughput: samples/s of TalkingFaceDataset with data.frame_cache = decode, disk, memory, and packed.
 
 Makes a synthetic dataset sized like a real one per clip (default 20 clips of 4 s at 128 px,
 25 fps, H.264, with landmarks and 256-d embeddings) in a temporary folder, then, side by side:
@@ -7,6 +7,10 @@ Makes a synthetic dataset sized like a real one per clip (default 20 clips of 4 
           each sample reads its 4 frames through a memory map; measured with the cache files in
           the page cache (warm) and after asking the kernel to drop them (cold, best effort);
   memory  every clip decoded once (the first pass, reported apart), then served from RAM.
+  packed  data.format=packed: the clips packed once by `diffheads pack` (its time reported apart)
+          into litdata chunks; each sample reads its whole clip item from the chunk file, with no
+          clip kept between samples (the case of a dataset far larger than the per-process
+          budget, PACKED_BUDGET); `packed_lru` keeps clips as training does (here all fit).
 Single process with 1 torch thread (like a DataLoader worker), model image size = clip size (no
 resize), lip loss on, the same seeded draws in every mode (the first examples are checked to be
 identical); the three modes are timed in turns (3 rounds) so load changes on a shared machine hit
@@ -32,8 +36,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from diffheads.config import DataConfig, FrameCache, ModelConfig
+from diffheads.config import DataConfig, DataFormat, FrameCache, ModelConfig
+from diffheads.data import dataset as dataset_module
 from diffheads.data.dataset import TalkingFaceDataset
+from diffheads.data.pack import pack_dataset
 from diffheads.data.frame_cache import cache_dataset
 from diffheads.synth.dataset import make_synthetic_dataset
 
@@ -61,11 +67,27 @@ def make_dataset(root: Path, clips: int, seconds: float, size: int, audio_dim: i
         rel = line.removeprefix("./").removesuffix(".mp4")
         (root / "emb" / rel).parent.mkdir(parents=True, exist_ok=True)
         torch.save(torch.randn(n_frames, audio_dim, generator=gen), root / "emb" / f"{rel}.pth")
+    (root / "emb" / "encoder.json").write_text(json.dumps({"name": "random", "dim": audio_dim}))  # `pack` reads it
 
 
 def dataset(root: Path, mode: FrameCache, size: int) -> TalkingFaceDataset:
     data = DataConfig(root=str(root), frame_cache=mode, examples_per_clip=1000)
     return TalkingFaceDataset(data, ModelConfig(image_size=size), "train", lip_loss=True)
+
+
+def packed_dataset(root: Path, size: int) -> TalkingFaceDataset:
+    data = DataConfig(root=str(root), format=DataFormat.PACKED, examples_per_clip=1000)
+    return TalkingFaceDataset(data, ModelConfig(image_size=size), "train", lip_loss=True)
+
+
+class NoReuse:
+    """Sets dataset.PACKED_BUDGET to 0 while active: every packed sample reads its clip from the chunk file."""
+
+    def __enter__(self) -> None:
+        self.saved, dataset_module.PACKED_BUDGET = dataset_module.PACKED_BUDGET, 0
+
+    def __exit__(self, *exc: object) -> None:
+        dataset_module.PACKED_BUDGET = self.saved
 
 
 def timed(ds: TalkingFaceDataset, order: np.ndarray) -> tuple[float, float, list[dict]]:
@@ -139,28 +161,39 @@ def main() -> None:
         disk_first_s, _, _ = timed(disk, first_pass)  # embeddings, landmarks, cache check per clip
         memory = dataset(root, FrameCache.MEMORY, args.size)
         memory_fill_s, _, _ = timed(memory, first_pass)  # decodes every clip once
+        packed_info = pack_dataset(root, Path(tmp) / "packed", args.size, progress=False)
+        packed = packed_dataset(Path(tmp) / "packed", args.size)
+        packed_lru = packed_dataset(Path(tmp) / "packed", args.size)
+        packed_lru_fill_s, _, _ = timed(packed_lru, first_pass)
 
         # the modes take turns, so a change in machine load during the run hits all of them
-        seconds = {"decode": 0.0, "disk": 0.0, "memory": 0.0}
+        seconds = {"decode": 0.0, "disk": 0.0, "memory": 0.0, "packed": 0.0, "packed_lru": 0.0}
         cpu = dict(seconds)
         firsts: dict[str, list[dict]] = {}
         for r in range(ROUNDS):
             for name, ds, order in (("decode", decode, decode_order), ("disk", disk, fast_order),
-                                    ("memory", memory, fast_order)):
+                                    ("memory", memory, fast_order), ("packed", packed, fast_order),
+                                    ("packed_lru", packed_lru, fast_order)):
                 chunk = np.array_split(order, ROUNDS)[r]
-                wall, cpu_s, first = timed(ds, chunk)
+                if name == "packed":
+                    with NoReuse():
+                        wall, cpu_s, first = timed(ds, chunk)
+                else:
+                    wall, cpu_s, first = timed(ds, chunk)
                 seconds[name] += wall
                 cpu[name] += cpu_s
                 firsts.setdefault(name, first)
         decode_rate = len(decode_order) / seconds["decode"]
         disk_rate = len(fast_order) / seconds["disk"]
         memory_rate = len(fast_order) / seconds["memory"]
+        packed_rate = len(fast_order) / seconds["packed"]
+        packed_lru_rate = len(fast_order) / seconds["packed_lru"]
         decode_first, disk_first, memory_first = firsts["decode"], firsts["disk"], firsts["memory"]
 
         dropped = drop_page_cache(root / "cache")
         disk_cold_s, _, _ = timed(dataset(root, FrameCache.DISK, args.size), decode_order)
 
-        identical = same(decode_first, disk_first) and same(decode_first, memory_first)
+        identical = all(same(decode_first, firsts[name]) for name in ("disk", "memory", "packed", "packed_lru"))
         loaders = {}
         if args.workers > 0:
             loaders = {
@@ -171,7 +204,11 @@ def main() -> None:
                 "disk_samples_per_s": round(loader_rate(dataset(root, FrameCache.DISK, args.size),
                                                         args.fast_samples, args.workers), 1),
             }
+            with NoReuse():  # worker processes are forked: they inherit the budget of 0
+                loaders["packed_samples_per_s"] = round(loader_rate(packed_dataset(Path(tmp) / "packed", args.size),
+                                                                    args.fast_samples, args.workers), 1)
             loaders["loader_speedup"] = round(loaders["disk_samples_per_s"] / loaders["decode_samples_per_s"], 1)
+            loaders["packed_loader_speedup"] = round(loaders["packed_samples_per_s"] / loaders["decode_samples_per_s"], 1)
     frames_per_clip = round(args.seconds * 25)
     result = {
         "benchmark": "loader",
@@ -201,7 +238,18 @@ def main() -> None:
             "samples_per_s": round(memory_rate, 1),
             "samples_per_cpu_s": round(len(fast_order) / cpu["memory"], 1),
         },
+        "packed": {
+            "pack_s": packed_info["seconds"],
+            "pack_mb": round(packed_info["bytes"] / 2**20, 1),
+            "samples": len(fast_order),
+            "samples_per_s": round(packed_rate, 1),
+            "samples_per_cpu_s": round(len(fast_order) / cpu["packed"], 1),
+            "lru_fill_s": round(packed_lru_fill_s, 2),
+            "lru_samples_per_s": round(packed_lru_rate, 1),
+        },
         "loader_speedup": round(disk_rate / decode_rate, 1),
+        "packed_loader_speedup": round(packed_rate / decode_rate, 1),
+        "packed_over_disk": round(packed_rate / disk_rate, 2),
         "loader_speedup_cpu": round(cpu["decode"] / len(decode_order) / (cpu["disk"] / len(fast_order)), 1),
         "memory_over_disk": round(memory_rate / disk_rate, 2),
         "identical_examples": identical,
@@ -211,11 +259,12 @@ def main() -> None:
     print(
         f"loader: decode {result['decode']['samples_per_s']} samples/s, disk {result['disk']['samples_per_s']} "
         f"(x{result['loader_speedup']}; cache filled once in {fill['seconds']} s), "
-        f"memory {result['memory']['samples_per_s']}",
+        f"memory {result['memory']['samples_per_s']}, packed {result['packed']['samples_per_s']} "
+        f"(x{result['packed_loader_speedup']} decode; packed once in {packed_info['seconds']} s)",
         file=sys.stderr,
     )
     if not identical:
-        raise SystemExit("the three modes drew different examples")
+        raise SystemExit("the loader modes drew different examples")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=2) + "\n")
 

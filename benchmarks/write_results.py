@@ -107,6 +107,23 @@ def long_audio_section(r: dict) -> list[str]:
     return lines
 
 
+def generation_scaling_section(r: dict) -> list[str]:
+    one, many, n = r["one_process"], r["n_processes"], r["processes"]
+    return _header(r, "generation across processes", "generation_scaling.py") + [
+        f"Input: {r['input']}.",
+        "",
+        "| processes | sampling s | clips/s | whole command s |",
+        "|---|---|---|---|",
+        f"| 1 | {one['seconds']} | {one['clips_per_s']} | {one['wall_s']} |",
+        f"| {n} | {many['seconds']} | {many['clips_per_s']} | {many['wall_s']} |",
+        "",
+        f"**{n} processes: x{r['scaling']:.2f} the clips/s of one** (whole command, start-up and the launch of the",
+        f"extra process included: x{r['scaling_whole_command']}). Videos identical to the single process: "
+        f"{r['identical_videos']}.",
+        "",
+    ]
+
+
 def generic_section(r: dict, title: str, script: str, keys: list[str]) -> list[str]:
     lines = _header(r, title, script)
     lines += [f"- {k}: {r[k]}" for k in keys if k in r]
@@ -132,9 +149,14 @@ def main() -> None:
         block.append(f"training_speedup: {r['training_speedup']}x")
     if (r := _load("loader")) is not None:
         lines += generic_section(r, "data loader throughput", "loader_throughput.py",
-                                 ["input", "decode", "disk", "memory", "dataloader", "identical_examples",
-                                  "loader_speedup", "loader_speedup_cpu"])
+                                 ["input", "decode", "disk", "memory", "packed", "dataloader", "identical_examples",
+                                  "loader_speedup", "loader_speedup_cpu", "packed_loader_speedup", "packed_over_disk"])
         block.append(f"loader_speedup: {r['loader_speedup']}x")
+        if "packed_loader_speedup" in r:
+            block.append(f"packed_loader_speedup: {r['packed_loader_speedup']}x")
+    if (r := _load("generation_scaling")) is not None:
+        lines += generation_scaling_section(r)
+        block.append(f"generation_scaling_{r['processes']}proc: {r['scaling']:.2f}x")
     if (r := _load("long_audio_memory")) is not None:
         lines += long_audio_section(r)
         block += [f"long_audio_{k}: {v}" for k, v in r.items() if k.startswith("peak_rss_ratio_")]

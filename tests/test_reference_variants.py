@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from diffheads.checkpoint import load_model
 from diffheads.cli import main
 from diffheads.conditioning import Conditioning
-from diffheads.config import AudioCondition, IdCondition, ModelConfig
+from diffheads.config import AudioCondition, IdCondition
 from diffheads.errors import DiffheadsError
 from diffheads.models.blocks import set_attention
 from diffheads.models.unet import UNet, count_parameters

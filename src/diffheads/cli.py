@@ -161,6 +161,13 @@ def cmd_cache(args: argparse.Namespace) -> dict:
     return cache_dataset(args.data, args.size, progress=not args.quiet)
 
 
+def cmd_pack(args: argparse.Namespace) -> dict:
+    from diffheads.data.pack import pack_dataset
+
+    return pack_dataset(args.data, args.out, args.size, embeddings=args.embeddings, chunk_bytes=args.chunk_bytes,
+                        workers=args.workers, overwrite=args.overwrite, progress=not args.quiet)
+
+
 def cmd_train(args: argparse.Namespace) -> dict | None:
     from diffheads.config import load_config
     from diffheads.training.train import train
@@ -203,7 +210,7 @@ def cmd_generate(args: argparse.Namespace) -> dict | None:
     if not ranks.is_zero:
         return None
     return {"written": len(result.written), "skipped": len(result.skipped), "out": args.out,
-            "processes": ranks.world_size}
+            "processes": ranks.world_size, "seconds": result.seconds}
 
 
 def cmd_animate(args: argparse.Namespace) -> dict:
@@ -384,6 +391,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, required=True, help="the model's image_size")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_cache)
+
+    p = sub.add_parser("pack", help="write the prepared clips of DATA into litdata chunks for data.format=packed")
+    p.add_argument("data", help="DATA folder with video/, the file lists, emb/ and (for the lip loss) lmks/")
+    p.add_argument("out", help="PACKED folder to write (copy it anywhere litdata reads: a disk, s3://, gs://, ...)")
+    p.add_argument("--size", type=int, required=True, help="the model's image_size (frames are stored at this size)")
+    p.add_argument("--embeddings", help="EMB folder (default DATA/emb)")
+    p.add_argument("--chunk-bytes", default="64MB", help="size of each chunk file (litdata's chunk_bytes)")
+    p.add_argument("--workers", type=int, default=1, help="parallel processes (litdata's optimize workers)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing pack in OUT")
+    p.add_argument("--quiet", action="store_true")
+    p.set_defaults(func=cmd_pack)
 
     p = sub.add_parser("train", help="train a model: diffheads train CONFIG.yaml [section.key=value ...]")
     p.add_argument("config", help="YAML config, e.g. configs/demo.yaml")

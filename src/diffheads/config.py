@@ -73,6 +73,13 @@ class FrameCache(str, enum.Enum):
     DECODE = "decode"  # decode the clip for every sample (the reference's behaviour; slow)
 
 
+class DataFormat(str, enum.Enum):
+    """How the training clips are stored."""
+
+    FILES = "files"  # DATA/video, audio, lmks and emb, one file per clip (what prepare writes)
+    PACKED = "packed"  # litdata chunks written by `diffheads pack` (a folder or any URL litdata reads)
+
+
 class NonFinite(str, enum.Enum):
     """What training does when the loss or a gradient is NaN or Inf."""
 
@@ -143,7 +150,8 @@ class DiffusionConfig:
 class DataConfig:
     """Where training data lives and how examples are drawn (SPEC, data contract)."""
 
-    root: str = "data"  # DATA: video/, audio/, file lists, optional lmks/
+    root: str = "data"  # DATA: video/, audio/, file lists, optional lmks/; with format packed: the PACKED folder or URL
+    format: DataFormat = DataFormat.FILES  # files (per-clip files under root) or packed (`diffheads pack` output)
     embeddings: str = ""  # EMB: per-clip embedding files; empty means ROOT/emb
     identity_frame: IdentityFrameMode = IdentityFrameMode.RANDOM
     motion_blur: bool = False  # Gaussian blur (kernel 5, sigma 2) on motion frames
@@ -151,7 +159,8 @@ class DataConfig:
     use_landmarks: bool = True  # read lmks/ for the lip loss when the loss is on
     examples_per_clip: int = 1  # training examples drawn per clip and epoch
     num_workers: int = 0
-    frame_cache: FrameCache = FrameCache.MEMORY  # memory, disk (memory-mapped files under DATA/cache) or decode
+    frame_cache: FrameCache = FrameCache.MEMORY  # memory, disk (memory-mapped files under DATA/cache) or decode; files only
+    packed_cache: str = ""  # format packed at a URL: local folder for downloaded chunks (empty: litdata's default)
 
 
 @dataclass

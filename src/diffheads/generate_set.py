@@ -13,6 +13,7 @@ import dataclasses
 import hashlib
 import math
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -38,6 +39,7 @@ class GenerateResult:
 
     written: list[Path]
     skipped: list[Path]
+    seconds: float = 0.0  # sampling and writing, from the first rank's start to the last rank's end
 
 
 def clip_seed(seed: int, cid: str) -> int:
@@ -87,6 +89,8 @@ def generate_test_set(
         bar = tqdm(total=len(targets), initial=sum(done), desc="clips", unit="clip",
                    disable=not (progress and ranks.is_zero), file=sys.stderr)
         written: list[int] = []
+        ranks.barrier()  # every rank has its model and clip list: the sampling starts together
+        started = time.perf_counter()
         for round_ in range(math.ceil(len(todo) / ranks.world_size)):  # every rank joins every round's count
             now = []
             if round_ < len(mine):
@@ -95,8 +99,10 @@ def generate_test_set(
                 written.extend(now)
             bar.update(ranks.sum(len(now)))
         bar.close()
-        every = sorted(i for rank_written in ranks.gather(written) for i in rank_written)
-    return GenerateResult([targets[i] for i in every], [p for p, d in zip(targets, done) if d])
+        gathered = ranks.gather((written, time.perf_counter() - started))
+        every = sorted(i for rank_written, _ in gathered for i in rank_written)
+    return GenerateResult([targets[i] for i in every], [p for p, d in zip(targets, done) if d],
+                          round(max(seconds for _, seconds in gathered), 2))
 
 
 def _generate_batch(

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import Dataset
 
 from diffheads.audio.embed import load_embedding
-from diffheads.config import DataConfig, FrameCache, IdentityFrameMode, ModelConfig
+from diffheads.config import DataConfig, DataFormat, FrameCache, IdentityFrameMode, ModelConfig
 from diffheads.data.frame_cache import (
     decode_resized,
     ensure_cached,
@@ -24,10 +24,12 @@ from diffheads.data.frame_cache import (
 )
 from diffheads.data.layout import DataLayout
 from diffheads.data.motion import motion_transform
+from diffheads.data.packed import PackedClips
 from diffheads.errors import DiffheadsError
 
 MOUTH = slice(48, 68)
 DISK_ROWS_BUDGET = 256 * 2**20  # disk mode: bytes of embeddings + landmarks kept per process (least recently used go)
+PACKED_BUDGET = 512 * 2**20  # packed data: bytes of clips (frames included) kept per process (least recently used go)
 
 
 @dataclass(frozen=True)
@@ -156,7 +158,7 @@ class _ClipFrames:
         return Clip(self.cid, self.read(list(range(self.n_frames))), self.audio_emb, self.landmarks)
 
 
-def _decoded(layout: DataLayout, cid: str, size: int, with_landmarks: bool) -> _ClipFrames:
+def decode_clip(layout: DataLayout, cid: str, size: int, with_landmarks: bool) -> _ClipFrames:
     """Decode a clip's video (uint8 at `size`), embeddings and (optionally) landmarks."""
     frames, width = decode_resized(_check_video(layout, cid), size)
     emb = load_embedding(layout.embedding(cid))
@@ -178,7 +180,7 @@ def _cached(layout: DataLayout, cid: str, size: int, with_landmarks: bool) -> _C
 
 def load_clip(layout: DataLayout, cid: str, size: int, with_landmarks: bool) -> Clip:
     """Decode a clip's video, embeddings and (optionally) landmarks, scaled to `size`."""
-    return _decoded(layout, cid, size, with_landmarks).clip()
+    return decode_clip(layout, cid, size, with_landmarks).clip()
 
 
 class TalkingFaceDataset(Dataset):
@@ -191,17 +193,27 @@ class TalkingFaceDataset(Dataset):
     (embeddings and landmarks are kept in RAM after first use, up to DISK_ROWS_BUDGET bytes
     per process, least recently used dropped first: LRW-sized datasets would otherwise hold
     tens of GB in every worker); decode decodes the whole clip for every example (the reference).
+    `data.format: packed` reads each clip whole from the chunks `diffheads pack` wrote (data/packed.py),
+    keeping up to PACKED_BUDGET bytes of clips per process.
     """
 
     def __init__(self, data: DataConfig, model: ModelConfig, split: str = "train", lip_loss: bool = True):
         self.data, self.model = data, model
-        self.layout = DataLayout.of(data.root, data.embeddings or None)
-        self.ids = self.layout.clips(split)
-        check_listed_clips(self.layout, self.ids, split)
         self.with_landmarks = lip_loss and data.use_landmarks
+        self.packed: PackedClips | None = None
+        if DataFormat(data.format) == DataFormat.PACKED:
+            self.packed = PackedClips(data.root, split, model.image_size, data.packed_cache or None)
+            self.ids = self.packed.ids
+            if self.with_landmarks and not self.packed.has_landmarks:
+                raise DiffheadsError(f"{data.root} was packed without landmarks but the lip loss is on; "
+                                     "pack DATA with its lmks/, or set diffusion.lip_loss_weight=0")
+        else:
+            self.layout = DataLayout.of(data.root, data.embeddings or None)
+            self.ids = self.layout.clips(split)
+            check_listed_clips(self.layout, self.ids, split)
         self.mode = FrameCache(data.frame_cache)
         self._sources: OrderedDict[int, _ClipFrames] = OrderedDict()  # memory: frames + rows; disk: path + rows
-        self._held = 0  # bytes in _sources (disk mode)
+        self._held = 0  # bytes in _sources (disk mode, packed data)
 
     def __len__(self) -> int:
         return len(self.ids) * self.data.examples_per_clip
@@ -212,19 +224,23 @@ class TalkingFaceDataset(Dataset):
             self._sources.move_to_end(i)
             return self._sources[i]
         cid, size = self.ids[i], self.model.image_size
-        if self.mode == FrameCache.DISK:
+        if self.packed is not None:
+            frames, emb, landmarks = self.packed.load(i)
+            source = _ClipFrames(cid, len(frames), emb, landmarks if self.with_landmarks else None, frames=frames)
+        elif self.mode == FrameCache.DISK:
             source = _cached(self.layout, cid, size, self.with_landmarks)
         else:
-            source = _decoded(self.layout, cid, size, self.with_landmarks)
+            source = decode_clip(self.layout, cid, size, self.with_landmarks)
         if source.n < 2:
             raise DiffheadsError(f"clip {cid} has {source.n} usable frames; training needs at least 2")
-        if self.mode == FrameCache.MEMORY:
-            self._sources[i] = source
-        elif self.mode == FrameCache.DISK:
+        budget = PACKED_BUDGET if self.packed is not None else DISK_ROWS_BUDGET
+        if self.packed is not None or self.mode == FrameCache.DISK:
             self._sources[i] = source
             self._held += source.nbytes
-            while self._held > DISK_ROWS_BUDGET and len(self._sources) > 1:
+            while self._held > budget and len(self._sources) > 1:
                 self._held -= self._sources.popitem(last=False)[1].nbytes
+        elif self.mode == FrameCache.MEMORY:
+            self._sources[i] = source
         return source
 
     def clip(self, i: int) -> Clip:

@@ -16,9 +16,10 @@ from torch.utils.data import DataLoader
 
 from diffheads.audio.embed import read_encoder_spec
 from diffheads.checkpoint import TRAINED_ON, describe_training_data, read_checkpoint, save_model
-from diffheads.config import RunConfig, save_config
+from diffheads.config import DataFormat, RunConfig, save_config
 from diffheads.data.dataset import TalkingFaceDataset
 from diffheads.data.layout import DataLayout
+from diffheads.data.packed import read_manifest
 from diffheads.data.sampler import ExampleSampler
 from diffheads.errors import DiffheadsError
 from diffheads.io.outdir import output_dir
@@ -43,12 +44,15 @@ class TrainResult:
 
 def resolve_config(cfg: RunConfig) -> tuple[RunConfig, dict[str, Any]]:
     """Fill what the data decides (audio_dim) and return the encoder description."""
-    layout = DataLayout.of(cfg.data.root, cfg.data.embeddings or None)
-    encoder = read_encoder_spec(layout)
+    if DataFormat(cfg.data.format) == DataFormat.PACKED:
+        encoder, where = read_manifest(cfg.data.root)["encoder"], cfg.data.root
+    else:
+        layout = DataLayout.of(cfg.data.root, cfg.data.embeddings or None)
+        encoder, where = read_encoder_spec(layout), str(layout.embeddings)
     dim = int(encoder["dim"])
     if cfg.model.audio_dim is not None and cfg.model.audio_dim != dim:
         raise DiffheadsError(
-            f"model.audio_dim={cfg.model.audio_dim} but the embeddings in {layout.embeddings} have width {dim}; "
+            f"model.audio_dim={cfg.model.audio_dim} but the embeddings in {where} have width {dim}; "
             "remove model.audio_dim or re-embed"
         )
     model = dataclasses.replace(cfg.model, audio_dim=dim)
@@ -145,7 +149,10 @@ def train(cfg: RunConfig, trust_checkpoint: bool = False, progress: bool = True)
     lip = cfg.diffusion.lip_loss_weight > 0
     data = TalkingFaceDataset(cfg.data, cfg.model, "train", lip_loss=lip)  # checks every listed clip first
     val = TalkingFaceDataset(cfg.data, cfg.model, "test", lip_loss=False) if cfg.trainer.sample_every_n_steps else None
-    trained_on = describe_training_data(cfg.data.root, data.ids, cfg.model.image_size)
+    if data.packed is not None:  # what the clips were packed from
+        trained_on = {**data.packed.manifest["source"], "packed": cfg.data.root}
+    else:
+        trained_on = describe_training_data(cfg.data.root, data.ids, cfg.model.image_size)
     with output_dir(out_dir, "trainer.out_dir"):
         return _fit(cfg, encoder, data, val, out_dir, resume, trust_checkpoint, progress, trained_on)
 
