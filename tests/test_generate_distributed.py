@@ -90,6 +90,21 @@ def test_torchrun_launch_matches_one_process(test_set) -> None:
 
 
 @pytest.mark.slow
+def test_srun_launch_matches_one_process(test_set) -> None:
+    """Two processes started as srun starts them (SLURM's variables, no --devices): the layout comes from SLURM."""
+    out = test_set["root"] / "srun"
+    slurm = {"SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2", "SLURM_NNODES": "1", "SLURM_NODEID": "0", "SLURM_JOB_NAME": "generate",
+             "SLURM_JOB_ID": "4242", "SLURM_NODELIST": "localhost"}
+    procs = [subprocess.Popen([sys.executable, "-m", "diffheads.cli", "generate", *test_set["common"], "--out", str(out)],
+                              env={**_env(), **slurm, "SLURM_PROCID": str(r), "SLURM_LOCALID": str(r)},
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
+    results = [p.communicate(timeout=300) for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], results[0][1][-2000:] + results[1][1][-2000:]
+    assert json.loads(results[0][0])["processes"] == 2 and results[1][0] == ""  # only task 0 prints the result
+    assert_same_videos(test_set["one"], out)
+
+
+@pytest.mark.slow
 def test_killed_generation_resumes_with_only_the_missing_clips(test_set) -> None:
     out = test_set["root"] / "killed"
     slow = [*test_set["common"], "--out", str(out), "--devices", "2", "--batch-size", "1", "--steps", "40"]
@@ -133,3 +148,4 @@ def test_scheduler_layout_from_torchrun_and_slurm_environments() -> None:
     assert scheduler_layout({"WORLD_SIZE": "8", "LOCAL_WORLD_SIZE": "4"}) == (4, 2)
     assert scheduler_layout({"SLURM_NTASKS": "8", "SLURM_NNODES": "2", "SLURM_JOB_NAME": "gen"}) == (4, 2)
     assert scheduler_layout({"SLURM_NTASKS": "8", "SLURM_NNODES": "2", "SLURM_JOB_NAME": "bash"}) is None
+    assert scheduler_layout({"SLURM_NTASKS": "6", "SLURM_NNODES": "2", "SLURM_NTASKS_PER_NODE": "3(x2)"}) == (3, 2)

@@ -61,6 +61,18 @@ def test_packed_examples_equal_per_clip_examples_for_the_same_seed(data):
             assert all(torch.equal(a[k], b[k]) for k in a), key
 
 
+def test_packed_data_through_litdatas_download_cache_gives_the_same_examples(data, tmp_path):
+    """local:/folder goes through litdata's downloader and chunk cache, as s3:// or gs:// data does."""
+    files, _ = _datasets(data)
+    cfg = load_config("configs/demo.yaml", [f"data.root=local:{data['packed']}", "data.format=packed",
+                                            f"data.packed_cache={tmp_path / 'cache'}", *TINY])
+    remote = TalkingFaceDataset(cfg.data, cfg.model, "train", lip_loss=True)
+    for key in list(ExampleSampler(len(files), seed=5))[:6]:
+        a, b = files[key], remote[key]
+        assert all(torch.equal(a[k], b[k]) for k in a), key
+    assert list((tmp_path / "cache").rglob("chunk-*.bin")), "the chunks were fetched into data.packed_cache"
+
+
 def test_packed_batches_do_not_depend_on_loader_workers(data):
     files, packed = _datasets(data)
 

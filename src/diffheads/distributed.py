@@ -53,7 +53,8 @@ def scheduler_layout(env: Mapping[str, str] = os.environ) -> tuple[int, int] | N
     tasks = int(env.get("SLURM_NTASKS", "1"))
     if tasks > 1 and env.get("SLURM_JOB_NAME") not in ("bash", "interactive"):  # srun, not an interactive shell
         nodes = int(env.get("SLURM_NNODES", "1"))
-        return max(1, tasks // nodes), nodes
+        per_node = env.get("SLURM_NTASKS_PER_NODE", "").split("(")[0]  # "8" or "8(x2)"
+        return (int(per_node) if per_node.isdigit() else max(1, tasks // nodes)), nodes
     return None
 
 
@@ -129,14 +130,14 @@ def launch(cfg: LaunchConfig, device: str = "cpu", quiet: bool = False) -> Ranks
     if quiet:  # Lightning's "Initializing distributed ..." banners (rank-zero messages go to whichever was imported last)
         for name in ("lightning.fabric", "lightning.pytorch"):
             logging.getLogger(name).setLevel(logging.WARNING)
-    fabric = Fabric(
-        accelerator="cuda" if cfg.accelerator == "cuda" else "cpu",
-        devices=cfg.devices,
-        num_nodes=cfg.num_nodes,
-        strategy="ddp",
-    )
     try:
+        fabric = Fabric(
+            accelerator="cuda" if cfg.accelerator == "cuda" else "cpu",
+            devices=cfg.devices,
+            num_nodes=cfg.num_nodes,
+            strategy="ddp",
+        )
         fabric.launch()
-    except (ValueError, RuntimeError) as exc:  # e.g. --devices not matching the processes torchrun started
+    except (ValueError, RuntimeError) as exc:  # e.g. --devices not matching the processes torchrun / srun started
         raise DiffheadsError(f"cannot start {cfg.world_size} processes: {exc}".replace("\n", " ")) from None
     return Ranks(fabric)

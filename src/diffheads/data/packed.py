@@ -11,7 +11,6 @@ exact resume carry over unchanged; litdata fetches (and, for remote data, caches
 
 from __future__ import annotations
 
-import io
 import json
 import tempfile
 from pathlib import Path
@@ -28,8 +27,8 @@ VERSION = 1
 
 
 def is_remote(root: str) -> bool:
-    """True for a URL (s3://, gs://, ...) rather than a local folder."""
-    return "://" in str(root) and not str(root).startswith("local:")
+    """True for what litdata downloads into its cache: a URL (s3://, gs://, hf://, ...) or local:/folder."""
+    return "://" in str(root) or str(root).startswith("local:")
 
 
 def join(root: str, *parts: str) -> str:
@@ -46,10 +45,10 @@ def read_manifest(root: str) -> dict[str, Any]:
         if is_remote(root):
             from litdata.streaming.downloader import get_downloader
 
-            buf = io.BytesIO()
             with tempfile.TemporaryDirectory() as cache:
-                get_downloader(str(root), cache, []).download_fileobj(join(root, MANIFEST), buf)
-            text = buf.getvalue().decode()
+                local = str(Path(cache, MANIFEST))
+                get_downloader(str(root), cache, []).download_file(join(root, MANIFEST), local)
+                text = Path(local).read_text()
         else:
             text = Path(root, MANIFEST).read_text()
     except (OSError, ValueError) as exc:
