@@ -271,7 +271,9 @@ def cmd_check_reference(args: argparse.Namespace) -> dict:
     return {k: report[k] for k in ("golden", "variant", "ok", "n_checks", "failed")}
 
 
-def cmd_evaluate(args: argparse.Namespace) -> dict:
+def cmd_evaluate(args: argparse.Namespace) -> dict | None:
+    from diffheads.distributed import LaunchConfig, accelerator_of, launch, scheduler_layout
+    from diffheads.evaluate.gather import JobFailed
     from diffheads.evaluate.run import ALL_METRICS, EvaluateConfig, evaluate
 
     metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip()) if args.metrics else ALL_METRICS
@@ -291,8 +293,20 @@ def cmd_evaluate(args: argparse.Namespace) -> dict:
         device=args.device,
         plot_clip=args.plot_clip,
     )
-    summary = evaluate(args.generated, args.real, args.out, cfg, progress=not args.quiet)
-    return {k: summary[k] for k in ("n_videos", "metrics", "skipped", "outputs")}
+    several = args.devices * args.num_nodes > 1 or scheduler_layout() is not None
+    # one process keeps any device torch knows (mps, ...); several run on cpu or cuda
+    launch_cfg = LaunchConfig(args.devices, args.num_nodes, accelerator_of(args.device) if several else "cpu")
+    ranks = launch(launch_cfg, args.device, quiet=args.quiet)
+    try:
+        summary = evaluate(args.generated, args.real, args.out, cfg, progress=not args.quiet, ranks=ranks)
+    except JobFailed:
+        if ranks.is_zero:  # names the process that failed, where and why: one line for the whole job
+            raise
+        args.exit_code = 2
+        return None
+    if not ranks.is_zero:
+        return None
+    return {k: summary[k] for k in ("n_videos", "processes", "metrics", "skipped", "outputs")}
 
 
 def cmd_demo(args: argparse.Namespace) -> dict:
@@ -495,8 +509,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lip-reader", help="WER plug-in: 'package.module:function' or 'cmd:COMMAND {video}'")
     p.add_argument("--transcripts", help="'<clip id> <text>' lines or a JSON object, for WER")
     p.add_argument("--plot-clip", help="clip id whose blink / sync / mouth curves are plotted (default: the first)")
-    p.add_argument("--device", default="cpu")
-    p.add_argument("--quiet", action="store_true")
+    p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...; with --devices N, each process its own GPU")
+    p.add_argument("--devices", type=int, default=1,
+                   help="processes on this machine, one per GPU, each scoring a share of the videos; process 0 "
+                        "merges them and writes --out; its bar counts the videos of all processes (default 1); "
+                        "under torchrun or srun: the processes per machine it started")
+    p.add_argument("--num-nodes", type=int, default=1, help="machines taking part (default 1)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar or Lightning messages")
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("demo", help="train, generate and report end to end on CPU: synthetic faces, or GRID s1")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import hashlib
 import math
 import sys
@@ -12,8 +14,10 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
+from diffheads.distributed import Ranks
 from diffheads.errors import DiffheadsError
-from diffheads.evaluate.clips import LoadedPair, find_pairs, load_pair
+from diffheads.evaluate.clips import ClipPair, LoadedPair, find_pairs, load_pair
+from diffheads.evaluate.gather import Share, VideoResult, merge_shares, on_zero, score_in_rounds
 from diffheads.face.track import track_landmarks
 from diffheads.io.outdir import output_dir
 
@@ -235,6 +239,18 @@ def video_metrics(pair: LoadedPair, cfg: EvaluateConfig, scorers: Scorers) -> tu
     return row, curves
 
 
+def score_video(index: int, pair: ClipPair, cfg: EvaluateConfig, scorers: Scorers, plot_clip: str) -> VideoResult:
+    """Everything one pair contributes: its row and series, its FVD features (taken out of the scorer), its lip reading."""
+    row, curves = video_metrics(load_pair(pair), cfg, scorers)
+    reads = scorers.lip_reader is not None and pair.rel in scorers.transcripts
+    return VideoResult(
+        index, row, {k: curves[k] for k in SET_CURVES if k in curves},
+        plot_curves=curves if pair.rel == plot_clip else None,
+        fvd_features=scorers.fvd.take_features() if scorers.fvd is not None else None,
+        lip_text=scorers.lip_reader(pair.generated) if reads else None,
+    )
+
+
 def _mean(rows: list[dict[str, Any]], key: str) -> float | None:
     """Mean of a column over the videos that have it (None when none do)."""
     values = [r[key] for r in rows if r.get(key) is not None and not (isinstance(r[key], float) and math.isnan(r[key]))]
@@ -411,15 +427,12 @@ def aggregate(
     return metrics
 
 
-def score_wer(pairs: list, scorers: Scorers) -> dict[str, Any] | None:
-    """WER of the lip reader's text for each generated video against its transcript."""
+def score_wer(readings: dict[str, str], scorers: Scorers) -> dict[str, Any] | None:
+    """WER of the lip reader's text for each generated video (clip id -> text) against its transcript."""
     from diffheads.metrics.wer import word_error_rate
 
-    refs, hyps = [], []
-    for pair in pairs:
-        if pair.rel in scorers.transcripts:
-            refs.append(scorers.transcripts[pair.rel])
-            hyps.append(scorers.lip_reader(pair.generated))
+    refs = [scorers.transcripts[clip] for clip in readings]
+    hyps = list(readings.values())
     if not refs:
         scorers.skipped["wer"] = "no transcript matches a generated clip id; check the ids in --transcripts"
         return None
@@ -434,48 +447,82 @@ def evaluate(
     out_dir: str | Path,
     cfg: EvaluateConfig | None = None,
     progress: bool = True,
+    ranks: Ranks | None = None,
 ) -> dict[str, Any]:
-    """Score every generated video; write metrics.json, per_video.csv, report.md and plots/ into out_dir."""
+    """Score every generated video; write metrics.json, per_video.csv, report.md and plots/ into out_dir.
+
+    With `ranks` (diffheads.distributed.launch) this process scores only its share of the videos;
+    rank 0 merges every share (evaluate/gather.py), computes the set metrics and alone writes out_dir.
+    Every rank returns the same summary, equal to that of one process.
+    """
+    cfg = cfg or EvaluateConfig()
+    ranks = ranks or Ranks(device=cfg.device)
+    pairs = find_pairs(generated_dir, real_dir)
+    plot_clip = cfg.plot_clip or pairs[0].rel
+    with contextlib.ExitStack() as stack:
+        # an output that cannot be written fails before the scoring; a failed run leaves no empty folders
+        on_zero(ranks, lambda: stack.enter_context(output_dir(out_dir, "output folder")), " creating the output folder")
+        scorers = build_scorers(dataclasses.replace(cfg, device=ranks.device) if ranks.distributed else cfg)
+        if ranks.is_zero:
+            for metric, reason in scorers.skipped.items():
+                print(f"diffheads evaluate: {metric} skipped: {reason}", file=sys.stderr)
+        # rank 0's bar counts every rank's videos: each round waits for all ranks
+        bar = tqdm(total=len(pairs), desc="evaluate", unit="video", disable=not (progress and ranks.is_zero),
+                   file=sys.stderr)
+        mine = score_in_rounds(list(enumerate(pairs)), lambda item: score_video(*item, cfg, scorers, plot_clip), ranks,
+                               bar.update, label=lambda item: item[1].rel)
+        bar.close()
+        # rank 0 keeps its own FID statistics in its scorer; the others send theirs
+        fid = scorers.fid.statistics() if scorers.fid is not None and not ranks.is_zero else None
+        shares = ranks.gather(Share(mine, fid))
+
+        def finish() -> dict[str, Any]:
+            videos = merge_shares(shares, len(pairs), scorers)
+            return summarise(generated_dir, real_dir, out_dir, cfg, scorers, videos, plot_clip, ranks.world_size)
+
+        summary = on_zero(ranks, finish, " computing the set metrics")
+    return ranks.broadcast(summary)
+
+
+def summarise(
+    generated_dir: str | Path,
+    real_dir: str | Path | None,
+    out_dir: str | Path,
+    cfg: EvaluateConfig,
+    scorers: Scorers,
+    videos: list[VideoResult],
+    plot_clip: str,
+    processes: int = 1,
+) -> dict[str, Any]:
+    """Set metrics from every video's results (in the order of the pairs); writes the outputs, returns the summary."""
     from diffheads.evaluate.report import write_outputs
 
-    cfg = cfg or EvaluateConfig()
-    pairs = find_pairs(generated_dir, real_dir)
-    # an output that cannot be written fails before the scoring; a failed run leaves no empty folders
-    with output_dir(out_dir, "output folder"):
-        scorers = build_scorers(cfg)
-        for metric, reason in scorers.skipped.items():
-            print(f"diffheads evaluate: {metric} skipped: {reason}", file=sys.stderr)
-        rows, plot_curves, clip_curves = [], {}, {}
-        plot_clip = cfg.plot_clip or pairs[0].rel
-        for pair in tqdm(pairs, desc="evaluate", unit="video", disable=not progress, file=sys.stderr):
-            loaded = load_pair(pair)
-            row, curves = video_metrics(loaded, cfg, scorers)
-            rows.append(row)
-            clip_curves[pair.rel] = {k: curves[k] for k in SET_CURVES if k in curves}
-            if pair.rel == plot_clip:
-                plot_curves = curves
-        metrics = aggregate(rows, cfg, scorers, clip_curves)
-        for metric in ("mouth_open", "lmd"):
-            if metric in scorers.skipped:
-                print(f"diffheads evaluate: {metric} skipped: {scorers.skipped[metric]}", file=sys.stderr)
-        if scorers.lip_reader is not None:
-            wer = score_wer(pairs, scorers)
-            if wer is not None:
-                metrics["wer"] = wer
-        if not metrics:
-            raise DiffheadsError(
-                "no metric could be computed: " + "; ".join(f"{k}: {v}" for k, v in scorers.skipped.items())
-            )
-        summary = {
-            "generated_dir": str(generated_dir),
-            "real_dir": None if real_dir is None else str(real_dir),
-            "n_videos": len(rows),
-            "n_frames": int(sum(r["frames"] for r in rows)),
-            "fps": FPS,
-            "metrics": metrics,
-            "skipped": dict(scorers.skipped),
-            "faces_found": sum(1 for r in rows if r.get("face_found")),
-            "config": {k: v for k, v in vars(cfg).items()},
-        }
-        write_outputs(Path(out_dir), summary, rows, plot_clip, plot_curves)
+    rows = [v.row for v in videos]
+    clip_curves = {v.row["clip"]: v.set_curves for v in videos}
+    plot_curves = next((v.plot_curves for v in videos if v.plot_curves is not None), {})
+    metrics = aggregate(rows, cfg, scorers, clip_curves)
+    for metric in ("mouth_open", "lmd"):
+        if metric in scorers.skipped:
+            print(f"diffheads evaluate: {metric} skipped: {scorers.skipped[metric]}", file=sys.stderr)
+    if scorers.lip_reader is not None:
+        wer = score_wer({v.row["clip"]: v.lip_text for v in videos if v.lip_text is not None}, scorers)
+        if wer is not None:
+            metrics["wer"] = wer
+    if not metrics:
+        raise DiffheadsError(
+            "no metric could be computed: " + "; ".join(f"{k}: {v}" for k, v in scorers.skipped.items())
+        )
+    summary = {
+        "generated_dir": str(generated_dir),
+        "real_dir": None if real_dir is None else str(real_dir),
+        "n_videos": len(rows),
+        "n_frames": int(sum(r["frames"] for r in rows)),
+        "fps": FPS,
+        "metrics": metrics,
+        "skipped": dict(scorers.skipped),
+        "faces_found": sum(1 for r in rows if r.get("face_found")),
+        "processes": processes,
+        "config": {k: v for k, v in vars(cfg).items()},
+    }
+    write_outputs(Path(out_dir), summary, rows, plot_clip, plot_curves)
     return summary

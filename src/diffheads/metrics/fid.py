@@ -83,6 +83,7 @@ class FIDScorer:
                 feature_extractor_weights_path=str(path),
                 antialias=antialias,
                 normalize=False,
+                sync_on_compute=False,  # processes merge their statistics explicitly (merge), never inside compute
             )
         except Exception as err:  # torch.load / load_state_dict failures name no file
             first_line = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
@@ -116,6 +117,14 @@ class FIDScorer:
     def reset(self) -> None:
         """Forget both sets."""
         self.metric.reset()
+
+    def statistics(self) -> dict[str, torch.Tensor]:
+        """CPU copies of what the scorer accumulated: float64 feature sums, sums of x x^T, and frame counts."""
+        return {name: value.detach().cpu().clone() for name, value in self.metric.metric_state.items()}
+
+    def merge(self, statistics: dict[str, torch.Tensor]) -> None:
+        """Add another scorer's statistics() to this one's, as if this scorer had seen those frames too."""
+        self.metric.merge_state({name: value.to(self.device) for name, value in statistics.items()})
 
 
 @torch.no_grad()

@@ -149,3 +149,13 @@ class FVDScorer:
     def reset(self) -> None:
         """Forget both sets."""
         self.features = {True: [], False: []}
+
+    def take_features(self) -> dict[bool, list[np.ndarray]]:
+        """The I3D features added since the last take (real: True, generated: False), removed from this scorer."""
+        taken, self.features = self.features, {True: [], False: []}
+        return taken
+
+    def add_features(self, features: dict[bool, list[np.ndarray]]) -> None:
+        """Add features that take_features returned (here or in another process), after those already held."""
+        for real, arrays in features.items():
+            self.features[real].extend(arrays)
