@@ -239,6 +239,35 @@ def cmd_animate(args: argparse.Namespace) -> dict:
     return {"output": str(out)}
 
 
+def cmd_stream(args: argparse.Namespace) -> dict:
+    from diffheads.checkpoint import load_model
+    from diffheads.generate import synthetic_faces_note
+    from diffheads.stream_video import stream_video
+
+    model = load_model(args.checkpoint, args.device, trust=args.trust_checkpoint)
+    report = stream_video(
+        model,
+        sys.stdin.buffer if args.audio == "-" else args.audio,
+        args.output,
+        image=args.image,
+        video=args.video,
+        sample=_sample_overrides(args, model.cfg.sample),
+        seed=args.seed,
+        device=args.device,
+        realtime=args.realtime,
+        chunk_ms=args.chunk_ms,
+        progress=not args.quiet,
+        align=not args.no_align,
+        crop_only=args.crop_only,
+        mean_face=args.mean_face,
+        margins=tuple(args.margins) if args.margins else None,
+    )
+    note = synthetic_faces_note(model.provenance)
+    if note:
+        print(f"diffheads stream: warning: {note}", file=sys.stderr)
+    return report
+
+
 def cmd_app(args: argparse.Namespace) -> None:
     from diffheads.app.serve import AppOptions, serve
 
@@ -457,6 +486,28 @@ def build_parser() -> argparse.ArgumentParser:
     _add_sampling_flags(p)
     _add_trust_flag(p)
     p.set_defaults(func=cmd_animate)
+
+    p = sub.add_parser("stream", help="make one face speak audio as it arrives (a file at its pace, or PCM on stdin)")
+    p.add_argument("--checkpoint", required=True, help="a model trained on log-mel embeddings")
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--image", help="face photo (any size; the face is found and aligned)")
+    src.add_argument("--video", help="face video: its first frame is the identity, its frames the background")
+    p.add_argument("--audio", required=True,
+                   help="any audio file PyAV reads, or - for 16 kHz mono s16le PCM on standard input "
+                        "(ffmpeg -i SPEECH -f s16le -ar 16000 -ac 1 -)")
+    p.add_argument("--output", required=True, help="output mp4 (appears once the input has ended)")
+    p.add_argument("--realtime", action="store_true",
+                   help="feed the audio no faster than it plays (a file arrives as if spoken)")
+    p.add_argument("--chunk-ms", type=float, default=20.0, help="audio read at a time, in ms (default 20)")
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--crop-only", action="store_true", help="write the aligned face crop, not the full picture")
+    how.add_argument("--no-align", action="store_true", help="the input is already an aligned face crop (as in the reference)")
+    p.add_argument("--mean-face", help="mean-face JSON the training data was prepared with (default: the packaged one)")
+    p.add_argument("--margins", type=float, nargs=3, metavar=("X", "TOP", "BOTTOM"),
+                   help="crop margins the training data was prepared with (default 0.11 0.336 0.155)")
+    _add_sampling_flags(p)
+    _add_trust_flag(p)
+    p.set_defaults(func=cmd_stream)
 
     p = sub.add_parser("app", help="a local web page to animate faces (needs the extra diffheads[app])")
     p.add_argument("--checkpoint", help="model file (default: the demo model outputs/demo/model.ckpt if present)")

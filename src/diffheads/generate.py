@@ -7,7 +7,7 @@ import os
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -172,6 +172,41 @@ def sample_clips(
         CPU), once per LoadedModel: the compiled module is cached on `model`. The first call pays the
         compilation; the batch shrinking as shorter clips finish triggers a few recompilations.
     """
+    setup = sampling_setup(model, sample, seed, precision=precision, channels_last=channels_last, compile=compile)
+    return sample_video(
+        setup.denoiser,
+        setup.process,
+        identity_frames.to(setup.device),
+        [a.to(setup.device) for a in audio_embs],
+        model.cfg.model,
+        sample,
+        setup.generator,
+        motion_blur=model.cfg.data.motion_blur,
+        progress=progress,
+        on_frame=on_frame,
+        keep_frames=keep_frames,
+    )
+
+
+class SamplingSetup(NamedTuple):
+    """What the video loop samples with: the wrapped network, the respaced process, the noise source, the device."""
+
+    denoiser: torch.nn.Module
+    process: GaussianDiffusion
+    generator: torch.Generator | list[torch.Generator]
+    device: torch.device
+
+
+def sampling_setup(
+    model: LoadedModel,
+    sample: SampleConfig,
+    seed: int | Sequence[int] = 0,
+    *,
+    precision: str | None = None,
+    channels_last: bool | None = None,
+    compile: bool | None = None,
+) -> SamplingSetup:
+    """The denoiser, process and generator(s) `sample_clips` uses (seed, throughput options), on the model's device."""
     precision = sample.precision if precision is None else precision
     channels_last = sample.channels_last if channels_last is None else channels_last
     compile = sample.compile if compile is None else compile
@@ -184,19 +219,7 @@ def sample_clips(
         generator: torch.Generator | list[torch.Generator] = torch.Generator(device=device).manual_seed(seed)
     else:
         generator = [torch.Generator(device=device).manual_seed(s) for s in seed]
-    return sample_video(
-        denoiser,
-        sampling_process(model, sample).to(device),
-        identity_frames.to(device),
-        [a.to(device) for a in audio_embs],
-        model.cfg.model,
-        sample,
-        generator,
-        motion_blur=model.cfg.data.motion_blur,
-        progress=progress,
-        on_frame=on_frame,
-        keep_frames=keep_frames,
-    )
+    return SamplingSetup(denoiser, sampling_process(model, sample).to(device), generator, device)
 
 
 def model_on(checkpoint: str | Path | LoadedModel, device: str) -> LoadedModel:
@@ -245,6 +268,15 @@ def load_portrait(
     return align_photo(image, cfg, face) if image is not None else align_video(video, cfg, face)
 
 
+def output_image(frames: torch.Tensor, t: int, portrait: Portrait | None) -> np.ndarray:
+    """Frame t as written: the first of `frames` (N, 3, S, S) as uint8 (S, S, 3), pasted back into `portrait` if any."""
+    crop = to_uint8(frames)[0]
+    if portrait is None:
+        return crop
+    background, to_crop = portrait.background(t)
+    return paste_back(background, crop, to_crop)
+
+
 class _FrameSink:
     """on_frame callback of one streamed clip: uint8, pasted back into its background if given, encoded.
 
@@ -262,11 +294,7 @@ class _FrameSink:
         self.on_written = on_written
 
     def __call__(self, t: int, frames: torch.Tensor) -> None:
-        crop = to_uint8(frames)[0]
-        if self.portrait is not None:
-            background, to_crop = self.portrait.background(t)
-            crop = paste_back(background, crop, to_crop)
-        self.writer.write(crop)
+        self.writer.write(output_image(frames, t, self.portrait))
         if self.on_written is not None:
             self.on_written(self.writer.frames_written, self.total)
 

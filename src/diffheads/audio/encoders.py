@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, fields
 from typing import Any, ClassVar, Protocol
 
@@ -99,36 +100,74 @@ class LogMelEncoder:
         mode = "reflect" if len(wav) > pad else "constant"
         padded = torch.nn.functional.pad(wav[None, None], (pad, pad), mode=mode)[0, 0]
         n_stft = len(wav) // self.hop_length + 1
-        window = torch.hann_window(self.win_length)
-        fb = mel_filterbank(self.n_mels, self.n_fft, self.sample_rate, self.f_min, self.f_max)
-        rows = []
+        window, fb = self.stft_window(), self.filterbank()
+        pieces = []
         for j0 in range(0, n_stft, self.CHUNK_FRAMES):
             j1 = min(n_stft, j0 + self.CHUNK_FRAMES)
-            piece = padded[j0 * self.hop_length : (j1 - 1) * self.hop_length + self.n_fft]
-            spec = torch.stft(
-                piece, self.n_fft, self.hop_length, self.win_length, window, center=False, return_complex=True
-            ).abs() ** 2
-            rows.append(torch.log10((fb @ spec).clamp(min=1e-10)))
-        mel = torch.cat(rows, dim=1)
-        mel = torch.maximum(mel, mel.max() - 8.0)
-        return (mel + 4.0) / 4.0
+            pieces.append(self.mel_frames(padded[j0 * self.hop_length : (j1 - 1) * self.hop_length + self.n_fft],
+                                        window, fb))
+        mel = torch.cat(pieces, dim=1)
+        return self.compress(mel, mel.max())
+
+    def stft_window(self) -> torch.Tensor:
+        """The analysis window (periodic Hann of win_length; torch.stft centres it in n_fft with zeros)."""
+        return torch.hann_window(self.win_length)
+
+    def filterbank(self) -> torch.Tensor:
+        """(n_mels, n_fft // 2 + 1) mel filters of this encoder."""
+        return mel_filterbank(self.n_mels, self.n_fft, self.sample_rate, self.f_min, self.f_max)
+
+    def mel_frames(self, piece: torch.Tensor, window: torch.Tensor, fb: torch.Tensor) -> torch.Tensor:
+        """(n_mels, n) log10 mel power, not yet compressed, of the n STFT frames of a piece of the padded signal."""
+        spec = torch.stft(
+            piece, self.n_fft, self.hop_length, self.win_length, window, center=False, return_complex=True
+        ).abs() ** 2
+        return torch.log10((fb @ spec).clamp(min=1e-10))
+
+    @staticmethod
+    def compress(mel: torch.Tensor, peak: torch.Tensor) -> torch.Tensor:
+        """Whisper-style compression of log10 mel power: floor at peak - 8 (80 dB under the peak), then (x + 4) / 4."""
+        return (torch.maximum(mel, peak - 8.0) + 4.0) / 4.0
+
+    def slot_columns(self, t: torch.Tensor) -> torch.Tensor:
+        """(T, n_slots * per_slot) STFT frames averaged into rows t (per_slot a slot), before clamping into the clip."""
+        per_window = round(self.window_s * self.sample_rate / self.hop_length)
+        per_slot = max(1, per_window // self.n_slots)
+        centers = (t + 0.5) * (self.sample_rate / self.fps) / self.hop_length
+        start = torch.round(centers - per_slot * self.n_slots / 2).long()
+        return start[:, None] + torch.arange(per_slot * self.n_slots)[None]
+
+    def rows(self, mel: torch.Tensor, t: torch.Tensor, first_column: int = 0) -> torch.Tensor:
+        """(T, dim) rows t from compressed STFT frames first_column.. (mel's last column is the clip's last)."""
+        cols = self.slot_columns(t).clamp(0, first_column + mel.shape[1] - 1) - first_column
+        slots = mel[:, cols].view(self.n_mels, len(t), self.n_slots, -1).mean(dim=-1)
+        return slots.permute(1, 2, 0).reshape(len(t), self.dim)
 
     def encode(self, audio: np.ndarray, n_frames: int) -> torch.Tensor:
         """(n_frames, n_slots * n_mels): slot s of row i averages the STFT frames in its part of frame i's window."""
         mel = self.log_mel(audio)
-        samples_per_frame = self.sample_rate / self.fps
-        per_window = int(round(self.window_s * self.sample_rate / self.hop_length))
-        per_slot = max(1, per_window // self.n_slots)
-        offsets = torch.arange(per_slot * self.n_slots)
         out = torch.empty(n_frames, self.dim)
         for t0 in range(0, n_frames, self.CHUNK_FRAMES):  # (n_mels, T, window) gathers stay small
             t = torch.arange(t0, min(n_frames, t0 + self.CHUNK_FRAMES))
-            centers = (t + 0.5) * samples_per_frame / self.hop_length
-            start = torch.round(centers - per_slot * self.n_slots / 2).long()
-            cols = (start[:, None] + offsets[None]).clamp(0, mel.shape[1] - 1)  # (T, slots * per_slot)
-            slots = mel[:, cols].view(self.n_mels, len(t), self.n_slots, per_slot).mean(dim=-1)
-            out[t0 : t0 + len(t)] = slots.permute(1, 2, 0).reshape(len(t), self.dim)
+            out[t0 : t0 + len(t)] = self.rows(mel, t)
         return out
+
+    @property
+    def window_reach(self) -> int:
+        """Samples after an STFT frame's centre up to its last one with a non-zero window weight (199 by default)."""
+        left = (self.n_fft - self.win_length) // 2  # torch.stft centres the shorter window in n_fft
+        return left + self.win_length - 1 - self.n_fft // 2
+
+    def samples_for_row(self, t: int) -> int:
+        """Audio samples from the start that row t depends on, when the clip goes on past them (no end clamping)."""
+        last = int(self.slot_columns(torch.tensor([t]))[0, -1])
+        return max(0, last * self.hop_length + self.window_reach + 1)
+
+    @property
+    def lookahead(self) -> int:
+        """Samples past the end of video frame t that row t needs (1320 = 82.5 ms by default), the most over t."""
+        per_frame = self.sample_rate / self.fps
+        return max(self.samples_for_row(t) - math.ceil((t + 1) * per_frame) for t in range(1, 2 * int(self.fps) + 1))
 
 
 def fit_rows(rows: torch.Tensor, n_frames: int) -> torch.Tensor:

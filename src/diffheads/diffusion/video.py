@@ -33,6 +33,72 @@ def pad_embeddings(audio_embs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, to
     return padded, lengths
 
 
+class FrameStepper:
+    """The per-frame step of the video loop, carrying the motion frames from one frame to the next (SPEC).
+
+    A step conditions on the motion frames and an audio window, draws the noise, solves, then slides the motion
+    frames. The stepper keeps the motion frames (and `generator` the noise state) between steps, so `sample_video`
+    and a caller fed audio piece by piece (diffheads.stream) make the same frames.
+
+    Motion frames start as the identity frame; after each frame the newest generated frame (motion-transformed) is
+    appended and the oldest dropped; every `stabilize_every` frames the oldest slot is reset to the identity frame.
+    """
+
+    def __init__(
+        self,
+        model: torch.nn.Module,
+        process: GaussianDiffusion,
+        identity_frames: torch.Tensor,
+        model_cfg: ModelConfig,
+        sample_cfg: SampleConfig,
+        generator: Generators = None,
+        motion_blur: bool = False,
+    ) -> None:
+        self.model, self.process, self.sample_cfg, self.generator = model, process, sample_cfg, generator
+        self.identity_frames = identity_frames
+        self.grayscale, self.motion_blur = model_cfg.grayscale_motion, motion_blur
+        self.identity_motion = self.to_motion(identity_frames)
+        self.motion = [self.identity_motion.clone() for _ in range(model_cfg.n_motion_frames)]  # oldest first
+        self.t = 0  # the frame the next step samples
+
+    def to_motion(self, frames: torch.Tensor) -> torch.Tensor:
+        """Frames as the network sees them in the motion slots (grayscale / blur as trained)."""
+        return motion_transform(frames, self.grayscale, self.motion_blur)
+
+    @torch.no_grad()
+    def step(self, audio_window: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
+        """Frame `t` in [-1, 1], (n_active, 3, H, W), of the clips `active` (all when None) from their (n_active,
+        2k+1, audio_dim) audio windows; `t` then moves on to the next frame."""
+        if active is None:
+            active = torch.arange(self.identity_frames.shape[0], device=self.identity_frames.device)
+        if self.sample_cfg.stabilize_every > 0 and self.t > 0 and self.t % self.sample_cfg.stabilize_every == 0:
+            self.motion[0] = self.identity_motion.clone()
+        cond = Conditioning(
+            identity_frame=self.identity_frames[active],
+            motion_frames=torch.cat([m[active] for m in self.motion], dim=1),
+            audio_window=audio_window,
+        )
+        generator = self.generator
+        rows_generator = generator if generator is None or isinstance(generator, torch.Generator) else [
+            generator[i] for i in active.tolist()
+        ]
+        noise = randn(cond.identity_frame.shape, rows_generator, self.identity_frames.device)
+        frame = sample_frame(
+            lambda x, tt: self.model(x, tt, cond),
+            noise,
+            self.process,
+            self.sample_cfg.solver,
+            rows_generator,
+            self.sample_cfg.clip_denoised,
+            self.sample_cfg.eta,
+        ).clamp(-1.0, 1.0)
+        newest = self.motion[-1].clone()
+        newest[active] = self.to_motion(frame)
+        self.motion = self.motion[1:] + [newest]
+        self.t += 1
+        return frame
+
+
 @torch.no_grad()
 def sample_video(
     model: torch.nn.Module,
@@ -49,9 +115,8 @@ def sample_video(
 ) -> list[torch.Tensor]:
     """Generate one clip per identity frame; clip i has len(audio_embs[i]) frames, returned as (T_i, 3, H, W).
 
-    Motion frames start as the identity frame; after each frame the newest generated frame
-    (motion-transformed) is appended and the oldest dropped; every `stabilize_every` frames the
-    oldest slot is reset to the identity frame. Clips that are finished leave the batch.
+    Each frame is one FrameStepper step (motion frames, stabilisation); the audio window slides with the frame,
+    clamped to each clip's ends. Clips that are finished leave the batch.
 
     `on_frame(t, frames)` is called as soon as step t is sampled, with frames (n_t, 3, H, W) in
     [-1, 1]: row j is frame t of the j-th clip still running (the clips longer than t, in order).
@@ -68,40 +133,15 @@ def sample_video(
     if sample_cfg.max_frames > 0:
         lengths = lengths.clamp(max=sample_cfg.max_frames)
     n_clips, t_max = identity_frames.shape[0], int(lengths.max())
-    k, n_motion = model_cfg.n_audio_motion_embs, model_cfg.n_motion_frames
-    to_motion = lambda f: motion_transform(f, model_cfg.grayscale_motion, motion_blur)  # noqa: E731
-    identity_motion = to_motion(identity_frames)
-    motion = [identity_motion.clone() for _ in range(n_motion)]  # oldest first
+    stepper = FrameStepper(model, process, identity_frames, model_cfg, sample_cfg, generator, motion_blur)
     frames = torch.zeros(n_clips, t_max, *identity_frames.shape[1:], device=device) if keep_frames else None
     bar = tqdm(total=int(lengths.sum()), desc="frames", unit="frame", disable=not progress)
     for t in range(t_max):
         active = torch.nonzero(lengths > t).flatten()
-        if sample_cfg.stabilize_every > 0 and t > 0 and t % sample_cfg.stabilize_every == 0:
-            motion[0] = identity_motion.clone()
-        rows = audio_window_indices(t, k, lengths[active])
-        cond = Conditioning(
-            identity_frame=identity_frames[active],
-            motion_frames=torch.cat([m[active] for m in motion], dim=1),
-            audio_window=padded[active[:, None], rows],
-        )
-        rows_generator = generator if generator is None or isinstance(generator, torch.Generator) else [
-            generator[i] for i in active.tolist()
-        ]
-        noise = randn(cond.identity_frame.shape, rows_generator, device)
-        frame = sample_frame(
-            lambda x, tt: model(x, tt, cond),
-            noise,
-            process,
-            sample_cfg.solver,
-            rows_generator,
-            sample_cfg.clip_denoised,
-            sample_cfg.eta,
-        ).clamp(-1.0, 1.0)
+        rows = audio_window_indices(t, model_cfg.n_audio_motion_embs, lengths[active])
+        frame = stepper.step(padded[active[:, None], rows], active)
         if frames is not None:
             frames[active, t] = frame
-        newest = motion[-1].clone()
-        newest[active] = to_motion(frame)
-        motion = motion[1:] + [newest]
         bar.update(len(active))
         if on_frame is not None:
             on_frame(t, frame)

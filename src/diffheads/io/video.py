@@ -249,6 +249,50 @@ class VideoWriter:
         return bool(stack.__exit__(exc_type, exc, tb))
 
 
+class LiveAudioVideoWriter(VideoWriter):
+    """A VideoWriter whose audio arrives while the frames are written (`append_audio`), as from a microphone.
+
+    Each frame still takes the audio that plays during it, as far as it has arrived; the rest goes in when the
+    block ends. `limit_audio(n)` keeps only the first n samples (audio past the last frame, say). Atomic as the
+    VideoWriter: the file appears only once complete.
+    """
+
+    def __init__(self, path: str | Path, fps: float, width: int, height: int, sample_rate: int = 16000,
+                 crf: int = 18) -> None:
+        # one placeholder sample makes the VideoWriter open an audio stream; the live buffer replaces it on entry
+        super().__init__(path, fps, width, height, np.zeros(1, np.float32), sample_rate, crf)
+        self._buffer = np.zeros(sample_rate, np.float32)  # grows by doubling: appends stay cheap
+        self._received = 0
+        self._limit: int | None = None
+
+    def __enter__(self) -> LiveAudioVideoWriter:
+        super().__enter__()
+        self._update_view()
+        return self
+
+    def append_audio(self, samples: np.ndarray) -> None:
+        """Add mono float samples at the end of the audio track."""
+        samples = np.asarray(samples, dtype=np.float32).reshape(-1)
+        if self._received + len(samples) > len(self._buffer):
+            grown = np.zeros(max(2 * len(self._buffer), self._received + len(samples)), np.float32)
+            grown[: self._received] = self._buffer[: self._received]
+            self._buffer = grown
+        self._buffer[self._received : self._received + len(samples)] = samples
+        self._received += len(samples)
+        self._update_view()
+
+    def limit_audio(self, n_samples: int) -> None:
+        """Keep at most the first `n_samples` of the audio track (what is already encoded stays)."""
+        self._limit = max(0, int(n_samples))
+        self._update_view()
+
+    def _update_view(self) -> None:
+        """Point `audio`, which the VideoWriter encodes from, at the samples received (up to the limit), once open."""
+        if self._stack is not None:
+            end = self._received if self._limit is None else min(self._received, self._limit)
+            self.audio = self._buffer[:end]
+
+
 def write_video(
     path: str | Path,
     frames: np.ndarray,
