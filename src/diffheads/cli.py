@@ -545,7 +545,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--generated", required=True, help="folder of generated mp4s (the --out of 'diffheads generate')")
     p.add_argument("--real", help="the DATA folder they were generated from, or a folder of real videos with the same names")
     p.add_argument("--out", required=True, help="folder for metrics.json, per_video.csv, report.md and plots/")
-    p.add_argument("--metrics", help="comma-separated subset of: psnr,ssim,fid,fvd,sync,wer,blinks,smoothness,lipsync,mouth_open,lmd "
+    p.add_argument("--metrics", help="comma-separated subset of: psnr,ssim,fid,fvd,sync,wer,blinks,smoothness,lipsync,mouth_open,lmd,drift "
                    "(default all)")
     p.add_argument("--weights-dir", help="folder holding the published weights files under their own names")
     p.add_argument("--inception-weights", help="weights-inception-2015-12-05-6726825d.pth (FID)")

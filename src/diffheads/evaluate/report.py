@@ -104,6 +104,8 @@ def report_markdown(summary: dict[str, Any], plots: list[Path]) -> str:
         weights = entry.get("weights")
         hashed = f"; weights `{Path(weights['file']).name}` sha256 {weights['sha256'][:12]}..." if weights else ""
         lines.append(f"- **{label}**: {entry.get('variant', '')} ({details}){hashed}")
+    if "drift" in metrics:
+        lines += drift_markdown(metrics["drift"])
     if summary["skipped"]:
         lines += ["", "## Not computed", ""]
         lines += [f"- **{k}**: {v}" for k, v in summary["skipped"].items()]
@@ -111,6 +113,54 @@ def report_markdown(summary: dict[str, Any], plots: list[Path]) -> str:
         lines += ["", "## Plots", ""]
         lines += [f"![{p.stem}](plots/{p.name})" for p in plots]
     return "\n".join(lines) + "\n"
+
+
+DRIFT_LABELS = {"colour_de2000": "colour (Delta E 00)", "shape_rms_iod": "shape (RMS / IOD)",
+                "sharpness_ratio": "sharpness (ratio)", "lip_sync_r": "lip sync r (windowed)"}
+COMPARISONS = {"against_identity": "identity frame", "against_real": "real frame"}
+
+
+def drift_markdown(drift: dict[str, Any]) -> list[str]:
+    """The drift table: each measure at 5/10/30/60 s (those some video reaches) and its slope per minute."""
+    reached = [x for x, n in drift["videos_reaching"].items() if n]
+    regions = ", ".join(f"{k} ({v} videos)" for k, v in drift["face_region"].items())
+    intro = (f"Against the identity frame ({', '.join(drift['identity'])}) and the real frame at the same time; "
+             f"face region: {regions}. `at X s`: the mean over the videos that reach X s of their value in the "
+             "second ending at X s; slope: least-squares line through each video's per-second curve, per minute, "
+             "averaged over videos. Definitions: docs/metrics.md, Drift.")
+    lines = ["", "## Drift", "", intro, "",
+             "| measure | against | " + " | ".join(f"at {x}" for x in reached) + " | slope / min |",
+             "|---|---|" + "---|" * (len(reached) + 1)]
+    for comparison, against in COMPARISONS.items():
+        for name, entry in drift.get(comparison, {}).items():
+            cells = [_fmt(entry.get(f"at_{x}")) for x in reached] + [_fmt(entry.get("slope_per_min"))]
+            lines.append(f"| {DRIFT_LABELS.get(name, name)} | {against} | " + " | ".join(cells) + " |")
+    lines += ["", "![drift](plots/drift.png)"]
+    return lines
+
+
+def plot_drift(path: Path, drift: dict[str, Any]) -> Path | None:
+    """The per-second mean drift curves: colour, shape, sharpness and windowed lip sync over time."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n in DRIFT_LABELS if any(n in drift.get(c, {}) for c in COMPARISONS)]
+    if not names:
+        return None
+    fig, axes = plt.subplots(1, len(names), figsize=(3.2 * len(names), 2.8), squeeze=False)
+    for ax, name in zip(axes[0], names):
+        for (comparison, against), style in zip(COMPARISONS.items(), ("-", "--")):
+            entry = drift.get(comparison, {}).get(name)
+            if entry is not None:
+                curve = np.array([np.nan if v is None else v for v in entry["curve"]], np.float64)
+                ax.plot(np.arange(len(curve)) + 0.5, curve, style, marker=".", label=f"vs {against}")
+        ax.set(xlabel="s", title=DRIFT_LABELS[name])
+        ax.title.set_fontsize(9)
+        ax.legend(fontsize=7)
+    fig.tight_layout()
+    return _save(fig, path)
 
 
 def _save(fig: Any, path: Path) -> Path:
@@ -204,11 +254,14 @@ def write_outputs(out: Path, summary: dict[str, Any], rows: list[dict[str, Any]]
     out.mkdir(parents=True, exist_ok=True)
     plots = [p for p in [plot_per_video(out / "plots" / "per_video.png", rows)] if p is not None]
     plots += plot_curves(out / "plots", clip, curves)
+    drift = summary["metrics"].get("drift")
+    # shown in the report's drift section, not among the other plots
+    drift_plot = plot_drift(out / "plots" / "drift.png", drift) if drift else None
     summary["outputs"] = {
         "metrics": str(out / "metrics.json"),
         "per_video": str(out / "per_video.csv"),
         "report": str(out / "report.md"),
-        "plots": [str(p) for p in plots],
+        "plots": [str(p) for p in plots] + ([str(drift_plot)] if drift_plot is not None else []),
     }
     atomic_write_text(out / "metrics.json", json.dumps(_clean(summary), indent=2) + "\n")
     atomic_write_text(out / "per_video.csv", per_video_csv([_clean(r) for r in rows]))

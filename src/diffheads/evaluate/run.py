@@ -22,9 +22,11 @@ from diffheads.face.track import track_landmarks
 from diffheads.io.outdir import output_dir
 
 FPS = 25
-ALL_METRICS = ("psnr", "ssim", "fid", "fvd", "sync", "wer", "blinks", "smoothness", "lipsync", "mouth_open", "lmd")
+ALL_METRICS = ("psnr", "ssim", "fid", "fvd", "sync", "wer", "blinks", "smoothness", "lipsync", "mouth_open", "lmd",
+               "drift")
 WEIGHT_METRICS = {"fid": "inception", "fvd": "i3d", "sync": "syncnet"}
-SET_CURVES = ("mouth_open_real", "mouth_open_real_whole", "lmd_landmarks")  # per-clip series kept for the set-level lip-sync measures
+# per-clip series kept for the set-level measures: lip sync against the real clips, and drift's per-second curves
+SET_CURVES = ("mouth_open_real", "mouth_open_real_whole", "lmd_landmarks", "drift")
 
 
 @dataclass
@@ -176,8 +178,10 @@ def video_metrics(pair: LoadedPair, cfg: EvaluateConfig, scorers: Scorers) -> tu
                 row[f"{name}ofm"] = smoothness.ofm(frames, legacy=cfg.legacy_smoothness)
                 row[f"{name}fmse"] = smoothness.fmse(frames, legacy=cfg.legacy_smoothness)
     # Face Mesh on the frames of both videos, so generated and real are measured the same way (one pass each)
-    needs_landmarks = "blinks" in wanted or scorers.syncnet is not None or ("lmd" in wanted and real is not None)
-    needs_mouth_box = "mouth_open" in wanted and pair.real_landmarks is None
+    needs_landmarks = ("blinks" in wanted or scorers.syncnet is not None or ("lmd" in wanted and real is not None)
+                       or "drift" in wanted)
+    needs_mouth = "mouth_open" in wanted or "drift" in wanted
+    needs_mouth_box = needs_mouth and pair.real_landmarks is None
     gen_lm = face_landmarks(gen) if needs_landmarks else None
     real_lm = face_landmarks(real) if (needs_landmarks or needs_mouth_box) and real is not None else None
     row["face_found"] = bool(_usable(gen_lm, len(gen))) if needs_landmarks else None
@@ -201,13 +205,17 @@ def video_metrics(pair: LoadedPair, cfg: EvaluateConfig, scorers: Scorers) -> tu
             row[f"{name}lse_d"] = result.lse_d
             row[f"{name}lse_c"] = result.lse_c
             curves[f"{name}sync"] = result.mean_dists
-    if real is not None and "mouth_open" in wanted:
-        box = _mouth_box(pair, real_lm)
-        row["mouth_box"] = None if box is None else ("DATA/lmks" if pair.real_landmarks is not None else "face mesh")
-        if box is not None:
-            from diffheads.metrics.mouth import mouth_opening, pearson_r, speech_span
+    box = _mouth_box(pair, real_lm) if real is not None and needs_mouth else None
+    series = None  # mouth opening of the generated and the real frames, in the real clip's mouth box
+    if box is not None:
+        from diffheads.metrics.mouth import mouth_opening
 
-            series = (mouth_opening(gen, box), mouth_opening(real, box))
+        series = (mouth_opening(gen, box), mouth_opening(real, box))
+    if real is not None and "mouth_open" in wanted:
+        row["mouth_box"] = None if box is None else ("DATA/lmks" if pair.real_landmarks is not None else "face mesh")
+        if series is not None:
+            from diffheads.metrics.mouth import pearson_r, speech_span
+
             # speech only: the silence every clip starts and ends with would correlate with any other clip's
             span = speech_span(pair.audio, len(gen)) if pair.audio is not None else slice(0, len(gen))
             spoken = (series[0][span], series[1][span])
@@ -220,6 +228,11 @@ def video_metrics(pair: LoadedPair, cfg: EvaluateConfig, scorers: Scorers) -> tu
         gen_px, real_px = gen_lm * to_real, real_lm * to_real
         row.update(lmd_row(gen_px, real_px))
         curves["lmd_landmarks"] = (gen_px.astype(np.float32), real_px.astype(np.float32))
+    if "drift" in wanted:
+        from diffheads.metrics import drift
+
+        curves["drift"] = drift.video_drift(gen, gen_lm, real, real_lm, series, fps=FPS)
+        row.update(drift.video_columns(curves["drift"]))
     known = pair.real_landmarks  # the synthetic data's exact landmarks give the mouth boxes
     if "lipsync" in wanted and pair.truth is not None and "mouth_open" in pair.truth and known is not None:
         from diffheads.metrics.mouth import mouth_opening, pearson_r
@@ -401,6 +414,11 @@ def aggregate(
         }
     per_video("lip_sync_r", "lip_sync_r", "synthetic data: Pearson r of measured vs true mouth opening (per-video mean)")
     metrics.update(real_lipsync_metrics(rows, cfg, scorers, clip_curves or {}))
+    drifts = [c["drift"] for c in (clip_curves or {}).values() if "drift" in c]
+    if "drift" in cfg.metrics and drifts:
+        from diffheads.metrics.drift import drift_metrics
+
+        metrics["drift"] = drift_metrics(drifts, FPS)
     if scorers.fid is not None:
         try:
             result = scorers.fid.compute()
