@@ -5,7 +5,8 @@
 all visitors go through one lock, so the device runs one animation at a time whatever the web
 server does; a job names its model, which is loaded on that lock when it is not the one loaded.
 Each visitor (a key, the page's session) can cancel their own job, which stops it after the frame
-being sampled.
+being sampled. `Studio.live` starts a live session (app/live.py): microphone audio in, frames out as it
+arrives, each push into the stream taken under the same lock.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from diffheads.app.live import LIVE_SECONDS, LiveSession
 from diffheads.audio.encoders import build_encoder, frames_in_audio
 from diffheads.checkpoint import LoadedModel, describe_provenance, load_model, model_provenance
 from diffheads.config import SampleConfig, Solver
@@ -31,6 +33,7 @@ from diffheads.face.portrait import FPS, Portrait
 from diffheads.generate import (
     check_audio_width, identity_of, load_portrait, load_speech, synthetic_faces_note, write_animation,
 )
+from diffheads.stream import SpeechStream, streaming_encoder
 
 OUTPUT_MODES = {"pasted back": "the face is pasted back into the full picture", "crop": "the aligned face crop only"}
 DEFAULT_SOLVER = Solver.DPMPP_2M
@@ -326,12 +329,7 @@ class Studio:
         choice: ModelChoice,
     ) -> Animation:
         settings.check()
-        aligned = portrait.identity_crop.shape[0]
-        if aligned != choice.image_size:
-            raise DiffheadsError(
-                f"the face was aligned for a {aligned} px model but {choice.path} works at {choice.image_size} px; "
-                "give the face again"
-            )
+        _check_face_size(portrait, choice)
         started = time.perf_counter()
         wav = load_speech(audio)
         n_frames = frames_in_audio(len(wav))
@@ -380,6 +378,44 @@ class Studio:
         return Animation(out, n_frames, n_frames / FPS, settings, timing, describe_provenance(choice.provenance),
                          choice.note)
 
+    def live_problem(self, model: str | Path | None = None) -> str | None:
+        """Why the offered model at `model` (default: the loaded one) cannot run live, in one line, or None.
+
+        Loads it when it is not the loaded one (after the running job, like `select`).
+        """
+        choice = self.choice(model)
+        with self._device_lock:
+            self._use(choice)
+            loaded = self.model
+        try:
+            streaming_encoder(loaded)
+        except DiffheadsError as e:
+            return str(e)
+        return None
+
+    def live(
+        self,
+        portrait: Portrait,
+        output: str | Path,
+        settings: Settings,
+        model: str | Path | None = None,
+        max_seconds: float = LIVE_SECONDS,
+    ) -> LiveSession:
+        """A live session animating `portrait` with the page's settings, written into `output` (mp4).
+
+        `model` is one of the offered models (default: the loaded one), loaded now if it is not; a model whose
+        audio encoder needs the whole recording is a one-line DiffheadsError (the stream's message).
+        """
+        settings.check()
+        choice = self.choice(model)
+        _check_face_size(portrait, choice)
+        with self._device_lock:
+            self._use(choice)
+            size = self.size
+            identity = portrait if settings.output_mode == "pasted back" else identity_of(portrait, size)
+            stream = SpeechStream(self.model, identity, self._sample_config(settings), settings.seed)
+        return LiveSession(stream, output, self._device_lock, max_seconds)
+
     def _sample_config(self, settings: Settings) -> SampleConfig:
         """The model's own sampling configuration with the page's choices, one whole clip, no compilation."""
         return dataclasses.replace(
@@ -388,8 +424,22 @@ class Studio:
         )
 
 
+def _check_face_size(portrait: Portrait, choice: ModelChoice) -> None:
+    """A one-line error when the face was aligned for a model of another resolution than `choice`."""
+    aligned = portrait.identity_crop.shape[0]
+    if aligned != choice.image_size:
+        raise DiffheadsError(
+            f"the face was aligned for a {aligned} px model but {choice.path} works at {choice.image_size} px; "
+            "give the face again"
+        )
+
+
+def enlarged(image: np.ndarray, min_size: int = 256) -> np.ndarray:
+    """`image` enlarged by a whole factor (nearest neighbour, the pixels stay visible) to >= min_size px."""
+    factor = max(1, -(-min_size // min(image.shape[:2])))
+    return np.repeat(np.repeat(image, factor, axis=0), factor, axis=1)
+
+
 def crop_preview(portrait: Portrait, min_size: int = 256) -> np.ndarray:
     """The aligned crop, as the model sees it, enlarged by a whole factor (nearest neighbour) to >= min_size px."""
-    crop = portrait.identity_crop
-    factor = max(1, -(-min_size // crop.shape[0]))
-    return np.repeat(np.repeat(crop, factor, axis=0), factor, axis=1)
+    return enlarged(portrait.identity_crop, min_size)

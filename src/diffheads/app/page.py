@@ -3,17 +3,22 @@
 from __future__ import annotations
 
 import tempfile
+import threading
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import gradio as gr
+import numpy as np
 
 from diffheads.app.engine import (
-    OUTPUT_MODES, Animation, Cancelled, ModelChoice, Progress, Settings, Studio, crop_preview,
+    OUTPUT_MODES, Animation, Cancelled, ModelChoice, Progress, Settings, Studio, crop_preview, enlarged,
 )
+from diffheads.app.live import LiveSession, LiveView
 from diffheads.checkpoint import describe_provenance
 from diffheads.config import Solver
 from diffheads.errors import DiffheadsError
+from diffheads.face.portrait import Portrait
 
 SOLVER_HELP = (
     "dpm++2m and unipc give good frames in 10-20 steps; ddim needs more; "
@@ -24,10 +29,19 @@ ELEM = {  # element ids, for styling and for the browser tests
     "audio": "speech", "generate": "generate", "cancel": "cancel", "result": "result-video",
     "download": "download", "status": "status", "report": "run-report", "model": "model-info", "steps": "steps",
     "seed": "seed", "model_choice": "model-choice", "model_note": "model-note",
+    "live_note": "live-note", "live_mic": "live-mic", "live_frame": "live-frame", "live_readout": "live-readout",
+    "live_video": "live-video",
 }
 CSS = ("#face-message p { font-size: 1.05em; } #status p { font-size: 1.05em; } "
-       "#model-note p { font-size: 1.05em; color: #b45309; }")
+       "#model-note p { font-size: 1.05em; color: #b45309; } #live-note p { color: #b45309; }")
 MODEL_HELP = "the models under outputs/ and --checkpoint, with what each was trained on"
+LIVE_HELP = (
+    "Give the face above, press Record and speak: the face speaks along, frame by frame, as your audio arrives. "
+    "Stop gives the whole video. The settings below apply; one visitor at a time is live."
+)
+LIVE_WAITING = "Recording: waiting for the first audio (or, while another visitor is live, for them to stop)."
+LIVE_CHUNK_S = 0.1  # the browser sends the microphone's audio in pieces this long
+LIVE_POLL_S = 0.25  # after Stop, the page is updated this often while the last frames are made
 
 
 def theme() -> gr.themes.Base:
@@ -45,6 +59,9 @@ class Page:
         self.no_model_help = no_model_help
         self.workdir = workdir
         self._last_video: dict[str, Path] = {}  # per visitor, removed when they generate the next one
+        self._live: dict[str, LiveSession] = {}  # per visitor, the live recording in progress
+        self._last_live: dict[str, Path] = {}  # per visitor, the live mp4, removed when they record the next one
+        self._live_lock = threading.Lock()
 
     # ---- events -------------------------------------------------------------------------------------
     def on_face(self, face: str | None, is_video: bool, model: str | None = None) -> tuple:
@@ -90,8 +107,8 @@ class Page:
             raise gr.Error("Give the speech: upload an audio file or record one with the microphone.")
         settings = Settings(solver=solver, steps=int(steps), stabilize_every=int(stabilize), seed=int(seed),
                             output_mode=mode)
-        key = request.session_hash or "local"
-        self._forget_last(key)
+        key = _key(request)
+        _forget(self._last_video, key)
         target = self.workdir / f"diffheads-{uuid.uuid4().hex[:8]}.mp4"
 
         def on_progress(p: Progress) -> None:
@@ -112,13 +129,85 @@ class Page:
 
     def cancel(self, request: gr.Request) -> str:
         if self.studio is not None:
-            self.studio.cancel(request.session_hash or "local")
+            self.studio.cancel(_key(request))
         return "Cancelled."
 
-    def _forget_last(self, key: str) -> None:
-        previous = self._last_video.pop(key, None)
-        if previous is not None:
-            previous.unlink(missing_ok=True)
+    # ---- live -------------------------------------------------------------------------------------------
+    def live_note(self, model: str | None = None) -> str:
+        """The Live tab's line for the chosen model: empty, or why its encoder cannot stream."""
+        if self.studio is None:
+            return ""
+        try:
+            problem = self.studio.live_problem(model)
+        except DiffheadsError as e:
+            problem = str(e)
+        return "" if problem is None else f"**{_sentence(problem)}**"
+
+    def live_start(self, request: gr.Request = None) -> tuple:
+        """Record was pressed: drop what is left of this visitor's previous live session, clear the outputs."""
+        self._drop_live(_key(request))
+        return None, LIVE_WAITING, None
+
+    def live_chunk(
+        self, chunk: tuple[int, np.ndarray] | None, portrait: Portrait | None, solver: str, steps: float,
+        stabilize: float, seed: float, mode: str, model: str | None = None, request: gr.Request = None,
+    ) -> tuple:
+        """A microphone chunk (rate, samples) arrived: queue it; (the newest frame or skip, the readout).
+
+        Returns at once (the frames are made by the session's worker thread): Gradio hands a stream handler only
+        the newest chunk once it returns, so a slow handler would lose audio.
+        """
+        if self.studio is None:
+            return gr.skip(), f"**No model loaded.** {self.no_model_help}"
+        if portrait is None:
+            return gr.skip(), "**Give a photo or a video with one face first**, then record."
+        if chunk is None:
+            return gr.skip(), gr.skip()
+        key = _key(request)
+        try:
+            with self._live_lock:
+                session = self._live.get(key)
+                if session is None:
+                    _forget(self._last_live, key)
+                    target = self.workdir / f"diffheads-live-{uuid.uuid4().hex[:8]}.mp4"
+                    settings = Settings(solver=solver, steps=int(steps), stabilize_every=int(stabilize),
+                                        seed=int(seed), output_mode=mode)
+                    session = self.studio.live(portrait, target, settings, model)
+                    self._live[key] = session
+                    self._last_live[key] = target
+            session.feed(*chunk)
+        except DiffheadsError as e:
+            return gr.skip(), f"**{_sentence(str(e))}**"
+        return self._live_outputs(session.show())[:2]
+
+    def live_stop(self, request: gr.Request = None) -> Iterator[tuple]:
+        """The recording stopped: the last frames as they are made, then the whole video."""
+        with self._live_lock:
+            session = self._live.pop(_key(request), None)
+        if session is None:
+            yield gr.skip(), gr.skip(), None
+            return
+        session.finish()
+        while not session.wait(LIVE_POLL_S):
+            yield self._live_outputs(session.show())
+        yield self._live_outputs(session.show())
+
+    def live_leave(self, request: gr.Request = None) -> None:
+        """The visitor closed the page: drop their live session."""
+        self._drop_live(_key(request))
+
+    def _drop_live(self, key: str) -> None:
+        with self._live_lock:
+            session = self._live.pop(key, None)
+        if session is not None:
+            session.close()
+
+    @staticmethod
+    def _live_outputs(view: LiveView) -> tuple:
+        """(frame, readout, video) for the Live tab."""
+        frame = gr.skip() if view.frame is None else enlarged(view.frame)
+        readout = f"**{_sentence(view.error)}**" if view.error is not None else view.describe()
+        return frame, readout, str(view.video) if view.video is not None else None
 
     @staticmethod
     def _summary(result: Animation) -> str:
@@ -157,12 +246,24 @@ class Page:
                                         format="png")
                         face_message = gr.Markdown("Give a photo or a video with one face, facing the camera.",
                                                    elem_id=ELEM["face_message"])
-                    audio = gr.Audio(label="Speech (any format; resampled to 16 kHz mono)", type="filepath",
-                                     sources=["upload", "microphone"], elem_id=ELEM["audio"])
-                    with gr.Row():
-                        go = gr.Button("Generate", variant="primary", elem_id=ELEM["generate"],
-                                       interactive=self.studio is not None)
-                        stop = gr.Button("Cancel", variant="stop", elem_id=ELEM["cancel"])
+                    with gr.Tabs():
+                        with gr.Tab("Speech file"):
+                            audio = gr.Audio(label="Speech (any format; resampled to 16 kHz mono)", type="filepath",
+                                             sources=["upload", "microphone"], elem_id=ELEM["audio"])
+                            with gr.Row():
+                                go = gr.Button("Generate", variant="primary", elem_id=ELEM["generate"],
+                                               interactive=self.studio is not None)
+                                stop = gr.Button("Cancel", variant="stop", elem_id=ELEM["cancel"])
+                        with gr.Tab("Live"):
+                            live_note = gr.Markdown(self.live_note() if current is not None else "",
+                                                    elem_id=ELEM["live_note"])
+                            mic = gr.Audio(label="Microphone (live)", sources=["microphone"], streaming=True,
+                                           type="numpy", elem_id=ELEM["live_mic"])
+                            live_frame = gr.Image(label="Live", interactive=False, elem_id=ELEM["live_frame"],
+                                                  height=280, format="jpeg")
+                            live_readout = gr.Markdown(LIVE_HELP, elem_id=ELEM["live_readout"])
+                            live_video = gr.Video(label="The live recording", interactive=False,
+                                                  elem_id=ELEM["live_video"], autoplay=False, height=280)
                     with gr.Accordion("Settings", open=True):
                         solver = gr.Dropdown([s.value for s in Solver], value=defaults.solver, label="Sampler",
                                              info=SOLVER_HELP)
@@ -187,11 +288,22 @@ class Page:
             video.change(self.on_video, [video, model], face_outputs)
             if current is not None:  # loading a model waits for the device like a job
                 model.change(self.on_model, [model, face_source], [model_info, model_note, *face_outputs],
-                             concurrency_limit=1, concurrency_id="device")
+                             concurrency_limit=1, concurrency_id="device").then(
+                    self.live_note, [model], [live_note], concurrency_limit=1, concurrency_id="device")
             job = go.click(self.generate, [portrait, audio, solver, steps, stabilize, seed, mode, model],
                            [result, download, status, report], concurrency_limit=1, concurrency_id="device",
                            show_progress_on=[result])
             stop.click(self.cancel, None, [status], cancels=[job], queue=False)
+
+            # live: the stream event holds the device's queue slot while the visitor records (a second visitor
+            # waits, as for Generate); each chunk only queues audio for the session's worker thread
+            live_outputs = [live_frame, live_readout, live_video]
+            mic.start_recording(self.live_start, None, live_outputs, concurrency_limit=None, show_progress="hidden")
+            mic.stream(self.live_chunk, [mic, portrait, solver, steps, stabilize, seed, mode, model],
+                       [live_frame, live_readout], stream_every=LIVE_CHUNK_S, concurrency_limit=1,
+                       concurrency_id="device", show_progress_on=[live_frame])
+            mic.stop_recording(self.live_stop, None, live_outputs, concurrency_limit=None, show_progress="hidden")
+            page.unload(self.live_leave)
         return page
 
     def _model_line(self, choice: ModelChoice | None) -> str:
@@ -204,6 +316,18 @@ def _note(choice: ModelChoice | None) -> str:
     """The chosen model's warning (synthetic faces) as a visible line, or nothing."""
     note = choice.note if choice is not None else None
     return f"**Note:** {_sentence(note)}" if note else ""
+
+
+def _key(request: gr.Request | None) -> str:
+    """The visitor: their page session (one key for calls without one)."""
+    return (request.session_hash if request is not None else None) or "local"
+
+
+def _forget(last: dict[str, Path], key: str) -> None:
+    """Remove the file `last` holds for visitor `key`."""
+    previous = last.pop(key, None)
+    if previous is not None:
+        previous.unlink(missing_ok=True)
 
 
 def _sentence(message: str) -> str:
