@@ -41,6 +41,7 @@ FORMAT = "diffheads-model"
 VERSION = 2  # 1: torch file with a "state_dict" entry; 2: safetensors with JSON metadata
 TRAINED_ON = "trained_on"  # metadata entry (and training-checkpoint key) recording the training data
 TRAINED_ON_FIELDS = ("data_root", "synthetic", "train_clips", "train_seconds", "image_size", "steps")
+DISTILLED = "distilled"  # metadata entry (and training-checkpoint key) of a distilled student (training/distill.py)
 IMPORTED = "imported reference weights"
 
 
@@ -52,6 +53,7 @@ class LoadedModel:
     cfg: RunConfig
     audio_encoder: dict[str, Any]
     provenance: dict[str, Any] = field(default_factory=dict)  # model_provenance of the file it came from
+    distilled: dict[str, Any] | None = None  # a distilled student's record (steps, solver, grid, teacher); else None
 
 
 def save_model(
@@ -60,8 +62,12 @@ def save_model(
     cfg: RunConfig,
     audio_encoder: dict[str, Any],
     trained_on: dict[str, Any] | None = None,
+    distilled: dict[str, Any] | None = None,
 ) -> Path:
-    """Write weights (safetensors) with the resolved config, encoder and training data in its metadata, atomically."""
+    """Write weights (safetensors) with the resolved config, encoder and training data in its metadata, atomically.
+
+    `distilled` marks a distilled student (the record of training/distill.py).
+    """
     tensors = {k: v.detach().cpu().contiguous().clone() for k, v in unet.state_dict().items()}
     metadata = {
         "format": FORMAT,
@@ -71,6 +77,8 @@ def save_model(
     }
     if trained_on is not None:
         metadata[TRAINED_ON] = json.dumps(dict(trained_on))
+    if distilled is not None:
+        metadata[DISTILLED] = json.dumps(dict(distilled))
     path = Path(path)
     with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
@@ -107,6 +115,7 @@ def _read_safetensors(path: Path, with_tensors: bool = True) -> dict[str, Any]:
             "audio_encoder": json.loads(meta.get("audio_encoder", "{}")),
             "state_dict": tensors,
             TRAINED_ON: json.loads(meta[TRAINED_ON]) if TRAINED_ON in meta else None,
+            DISTILLED: json.loads(meta[DISTILLED]) if DISTILLED in meta else None,
         }
     except (KeyError, json.JSONDecodeError) as exc:
         raise DiffheadsError(f"{path} has damaged metadata ({exc}); export it again") from None
@@ -177,7 +186,9 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", trust: bool
         lines = str(exc).splitlines()
         first = lines[1].strip() if len(lines) > 1 else str(exc)
         raise DiffheadsError(f"weights in {path} do not fit the stored config: {first[:200]}") from None
-    return LoadedModel(unet.to(device).eval(), cfg, encoder, _provenance(data, path))
+    distilled = data.get(DISTILLED)
+    return LoadedModel(unet.to(device).eval(), cfg, encoder, _provenance(data, path),
+                       dict(distilled) if isinstance(distilled, dict) else None)
 
 
 def export_model(checkpoint: str | Path, out: str | Path, trust: bool = False) -> Path:
@@ -185,7 +196,7 @@ def export_model(checkpoint: str | Path, out: str | Path, trust: bool = False) -
     model = load_model(checkpoint, "cpu", trust)
     p = model.provenance
     trained_on = {k: p[k] for k in TRAINED_ON_FIELDS if k in p} if p.get("recorded") else None
-    return save_model(out, model.unet, model.cfg, model.audio_encoder, trained_on)
+    return save_model(out, model.unet, model.cfg, model.audio_encoder, trained_on, model.distilled)
 
 
 # ---- provenance: what a model was trained on -------------------------------------------------------

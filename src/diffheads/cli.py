@@ -185,6 +185,24 @@ def cmd_train(args: argparse.Namespace) -> dict | None:
     }
 
 
+def cmd_distill(args: argparse.Namespace) -> dict | None:
+    from diffheads.training.distill import distill
+
+    result = distill(args.teacher, args.data, args.out, target_steps=args.target_steps,
+                     teacher_steps=args.teacher_steps, steps_per_round=args.steps_per_round, overrides=args.overrides,
+                     trust_checkpoint=args.trust_checkpoint, progress=not args.quiet,
+                     log=None if args.quiet else lambda line: print(f"diffheads distill: {line}", file=sys.stderr))
+    if result.global_rank != 0:
+        return None
+    return {
+        "out_dir": str(result.out_dir),
+        "students": {str(r.student_steps): str(r.model_path) for r in result.rounds},
+        "rounds": [{"teacher_steps": r.teacher_steps, "student_steps": r.student_steps, "model": str(r.model_path),
+                    "run_dir": str(r.run_dir), "steps": r.steps, "final_loss": r.final_loss, "status": r.status}
+                   for r in result.rounds],
+    }
+
+
 def cmd_generate(args: argparse.Namespace) -> dict | None:
     from diffheads.checkpoint import load_model
     from diffheads.distributed import LaunchConfig, accelerator_of, launch
@@ -452,6 +470,23 @@ def build_parser() -> argparse.ArgumentParser:
     _add_trust_flag(p)
     p.add_argument("--quiet", action="store_true", help="no progress bar or Lightning messages")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("distill", help="progressive distillation: students that sample in 4, 2 or 1 DDIM steps per "
+                       "frame (OUT/student_N.ckpt)")
+    p.add_argument("--teacher", required=True, help="model file to distil (trained with diffusion.prediction v or x0)")
+    p.add_argument("--data", required=True,
+                   help="DATA folder embedded with the teacher's audio encoder (usually the teacher's training data)")
+    p.add_argument("--out", required=True, help="folder for student_N.ckpt (one per round) and each round's run")
+    p.add_argument("--target-steps", type=int, default=2, help="DDIM steps of the last student (default 2)")
+    p.add_argument("--teacher-steps", type=int, default=8,
+                   help="DDIM steps of the teacher: --target-steps times a power of two; each round halves them "
+                        "(default 8: 8 -> 4 -> 2)")
+    p.add_argument("--steps-per-round", type=int, default=2000, help="optimizer steps of each round (default 2000)")
+    p.add_argument("overrides", nargs="*",
+                   help="training overrides: optim.*, trainer.*, data.*, sample.* (not solver, steps, eta), model.dropout")
+    _add_trust_flag(p)
+    p.add_argument("--quiet", action="store_true", help="no progress bar or Lightning messages")
+    p.set_defaults(func=cmd_distill)
 
     p = sub.add_parser("generate", help="generate one video per clip of a split")
     p.add_argument("--checkpoint", required=True)

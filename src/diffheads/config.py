@@ -58,6 +58,13 @@ class Prediction(str, enum.Enum):
     X0 = "x0"  # the clean frame
 
 
+class TimestepSpacing(str, enum.Enum):
+    """Which of the n_timesteps a respaced (sampling) process keeps (diffusion/schedule.py)."""
+
+    REFERENCE = "reference"  # n evenly spaced from 0 to T-1, both included (the reference's rounding; every model so far)
+    TRAILING = "trailing"  # round(T k / n) - 1, k = 1..n: top T-1, the last step lands on the clean frame; n nests in 2n
+
+
 class IdentityFrameMode(str, enum.Enum):
     """How a training example picks its identity frame (SPEC, one training example)."""
 
@@ -144,6 +151,7 @@ class DiffusionConfig:
     lip_loss_weight: float = 0.2  # 0 disables the lip loss
     lip_padding: int = 5  # pixels added around the mouth box (at 128 px; scaled with image_size)
     legacy_float32_schedule: bool = False  # derive the schedule in float32 exactly as the reference (less precise)
+    timestep_spacing: TimestepSpacing = TimestepSpacing.REFERENCE  # sampling grid; distilled students use trailing
 
 
 @dataclass

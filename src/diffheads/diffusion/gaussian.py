@@ -77,8 +77,12 @@ class GaussianDiffusion:
         return cls(schedule, cfg)
 
     def respace(self, n_steps: int) -> "GaussianDiffusion":
-        """The same process restricted to `n_steps` evenly spaced steps."""
-        return GaussianDiffusion(self.schedule.respace(n_steps), self.cfg)
+        """The same process restricted to `n_steps` steps, chosen by `diffusion.timestep_spacing`."""
+        return GaussianDiffusion(self.schedule.respace(n_steps, self.cfg.timestep_spacing), self.cfg)
+
+    def keep(self, timesteps: list[int]) -> "GaussianDiffusion":
+        """The same process restricted to the given (strictly increasing) timesteps; see Schedule.keep."""
+        return GaussianDiffusion(self.schedule.keep(timesteps), self.cfg)
 
     def to(self, device: torch.device | str) -> "GaussianDiffusion":
         """This process with its schedule on `device`, so sampling and training loops make no host copies."""

@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from diffheads.config import TimestepSpacing
+
 
 def cosine_betas(n_timesteps: int, s: float = 0.008, max_beta: float = 0.999) -> np.ndarray:
     """Cosine schedule, float64: beta_t = 1 - abar(t+1)/abar(t), abar(t) = cos^2(((t/T)+s)/(1+s) pi/2) (eq. 17)."""
@@ -31,6 +33,19 @@ def respaced_timesteps(n_timesteps: int, n_steps: int) -> list[int]:
         kept.append(round(position))
         position += stride
     return kept
+
+
+def trailing_timesteps(n_timesteps: int, n_steps: int) -> list[int]:
+    """Keep round(T k / n) - 1 for k = 1..n (ascending, rounded half up in integers): T-1 is the top and the last
+    step jumps to the clean frame (the "trailing" spacing of Lin et al. 2024, "Common diffusion noise schedules
+    and sample steps are flawed").
+
+    Point 2k of the 2n grid is point k of the n grid, exactly (the integer formula has the same value for k/n and
+    2k/2n), so an n-step grid is every other point of the 2n-step grid: what progressive distillation needs.
+    """
+    if not 1 <= n_steps <= n_timesteps:
+        raise ValueError(f"steps must be in [1, {n_timesteps}], got {n_steps}")
+    return [(2 * n_timesteps * k + n_steps) // (2 * n_steps) - 1 for k in range(1, n_steps + 1)]
 
 
 @dataclass(frozen=True)
@@ -59,17 +74,24 @@ class Schedule:
 
     @staticmethod
     def from_betas(
-        beta: torch.Tensor, timesteps: torch.Tensor | None = None, alpha_bar: torch.Tensor | None = None
+        beta: torch.Tensor,
+        timesteps: torch.Tensor | None = None,
+        alpha_bar: torch.Tensor | None = None,
+        exact_alpha_bar: bool = False,
     ) -> "Schedule":
         """Derive every array from betas in the betas' own dtype (float32 reproduces the reference).
 
         A respaced process also passes the kept alpha_bar: the reference's cumulative product of
         the respaced betas underflows to 0 in float32 when few steps are kept (the last beta rounds
-        to 1), so there the kept value is used instead.
+        to 1), so there the kept value is used instead. With `exact_alpha_bar` the kept values are
+        used everywhere (no cumulative product), so every grid has the full schedule's values.
         """
         alpha = 1.0 - beta
         product = torch.cumprod(alpha, dim=0)
-        alpha_bar = product if alpha_bar is None else torch.where(product > 0, product, alpha_bar)
+        if alpha_bar is None:
+            alpha_bar = product
+        elif not exact_alpha_bar:
+            alpha_bar = torch.where(product > 0, product, alpha_bar)
         one = torch.ones(1, dtype=beta.dtype)
         alpha_bar_prev = torch.cat([one, alpha_bar[:-1]])
         beta_tilde = beta * (1.0 - alpha_bar_prev) / (1.0 - alpha_bar)
@@ -90,14 +112,36 @@ class Schedule:
             coef2_q=(1.0 - alpha_bar_prev) * torch.sqrt(alpha) / (1.0 - alpha_bar),
         )
 
-    def respace(self, n_steps: int) -> "Schedule":
-        """Keep `n_steps` evenly spaced steps; new beta_k = 1 - abar[kept_k] / abar[kept_(k-1)] (Improved DDPM, sec. 4)."""
+    def _check_full(self) -> None:
         if self.n_steps != len(self.timesteps) or not torch.equal(self.timesteps, torch.arange(self.n_steps)):
             raise ValueError("respace a full (unspaced) schedule")
+
+    def respace(self, n_steps: int, spacing: TimestepSpacing = TimestepSpacing.REFERENCE) -> "Schedule":
+        """Keep `n_steps` steps; new beta_k = 1 - abar[kept_k] / abar[kept_(k-1)] (Improved DDPM, sec. 4).
+
+        `reference` spacing keeps them evenly spaced with the reference's arithmetic; `trailing` is `keep` of
+        trailing_timesteps.
+        """
+        if TimestepSpacing(spacing) == TimestepSpacing.TRAILING:
+            return self.keep(trailing_timesteps(self.n_steps, n_steps))
+        self._check_full()
         kept = respaced_timesteps(self.n_steps, n_steps)
         abar = self.alpha_bar[kept]
         prev = torch.cat([torch.ones(1, dtype=abar.dtype), abar[:-1]])
         return Schedule.from_betas(1.0 - abar / prev, torch.tensor(kept, dtype=torch.int64), abar)
+
+    def keep(self, timesteps: list[int]) -> "Schedule":
+        """The process restricted to `timesteps` (strictly increasing), alpha_bar exactly the full schedule's there.
+
+        Position 0 steps to the clean frame (alpha_bar_prev = 1), position k to timesteps[k-1].
+        """
+        self._check_full()
+        kept = [int(t) for t in timesteps]
+        if not kept or any(b <= a for a, b in zip(kept, kept[1:])) or kept[0] < 0 or kept[-1] >= self.n_steps:
+            raise ValueError(f"timesteps must increase strictly within [0, {self.n_steps - 1}], got {kept}")
+        abar = self.alpha_bar[kept]
+        prev = torch.cat([torch.ones(1, dtype=abar.dtype), abar[:-1]])
+        return Schedule.from_betas(1.0 - abar / prev, torch.tensor(kept, dtype=torch.int64), abar, exact_alpha_bar=True)
 
 
 def cosine_schedule(

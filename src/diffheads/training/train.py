@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -136,6 +137,21 @@ def build_trainer(
     )
 
 
+def training_data(cfg: RunConfig, lip_loss: bool | None = None) -> tuple[TalkingFaceDataset, TalkingFaceDataset | None, dict[str, Any]]:
+    """(training examples, held-out clips for sample videos or None, the `trained_on` record) of a run.
+
+    `lip_loss` None: landmarks are read when the config's lip loss is on.
+    """
+    lip = cfg.diffusion.lip_loss_weight > 0 if lip_loss is None else lip_loss
+    data = TalkingFaceDataset(cfg.data, cfg.model, "train", lip_loss=lip)  # checks every listed clip first
+    val = TalkingFaceDataset(cfg.data, cfg.model, "test", lip_loss=False) if cfg.trainer.sample_every_n_steps else None
+    if data.packed is not None:  # what the clips were packed from
+        trained_on = {**data.packed.manifest["source"], "packed": cfg.data.root}
+    else:
+        trained_on = describe_training_data(cfg.data.root, data.ids, cfg.model.image_size)
+    return data, val, trained_on
+
+
 def train(cfg: RunConfig, trust_checkpoint: bool = False, progress: bool = True) -> TrainResult:
     """Train a model as configured; returns the exported model path.
 
@@ -146,15 +162,40 @@ def train(cfg: RunConfig, trust_checkpoint: bool = False, progress: bool = True)
     out_dir = Path(cfg.trainer.out_dir)
     ckpt_dir = out_dir / "checkpoints"
     resume = _resume_path(cfg, ckpt_dir, trust_checkpoint)
-    lip = cfg.diffusion.lip_loss_weight > 0
-    data = TalkingFaceDataset(cfg.data, cfg.model, "train", lip_loss=lip)  # checks every listed clip first
-    val = TalkingFaceDataset(cfg.data, cfg.model, "test", lip_loss=False) if cfg.trainer.sample_every_n_steps else None
-    if data.packed is not None:  # what the clips were packed from
-        trained_on = {**data.packed.manifest["source"], "packed": cfg.data.root}
-    else:
-        trained_on = describe_training_data(cfg.data.root, data.ids, cfg.model.image_size)
+    data, val, trained_on = training_data(cfg)
     with output_dir(out_dir, "trainer.out_dir"):
         return _fit(cfg, encoder, data, val, out_dir, resume, trust_checkpoint, progress, trained_on)
+
+
+def fit_module(
+    cfg: RunConfig,
+    module: DiffusionModule,
+    data: TalkingFaceDataset,
+    val: TalkingFaceDataset | None,
+    out_dir: Path,
+    resume: str | None,
+    trust_checkpoint: bool,
+    progress: bool,
+    callbacks: Sequence[L.Callback] = (),
+) -> L.Trainer:
+    """Fit `module` on `data`: resumable loader, atomic checkpoints, loggers, config saved in `out_dir`; returns the trainer."""
+    if not progress:
+        logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    sampler = ExampleSampler(len(data), cfg.trainer.seed)
+    loader = DataLoader(
+        data,
+        batch_size=cfg.optim.batch_size,
+        sampler=sampler,
+        num_workers=cfg.data.num_workers,
+        persistent_workers=cfg.data.num_workers > 0,
+        drop_last=len(data) > cfg.optim.batch_size,
+    )
+    trainer = build_trainer(cfg, out_dir, val, [ResumeState(sampler, cfg.optim.batch_size), *callbacks], progress)
+    if trainer.is_global_zero:
+        save_config(cfg, out_dir / "config.yaml")
+        remove_stale_temporaries(out_dir / "checkpoints")
+    trainer.fit(module, loader, ckpt_path=resume, weights_only=not trust_checkpoint)
+    return trainer
 
 
 def _fit(
@@ -168,36 +209,20 @@ def _fit(
     progress: bool,
     trained_on: dict[str, Any],
 ) -> TrainResult:
-    """Build the loader, network and trainer, fit, and export the sampling weights with what they learnt from."""
-    if not progress:
-        logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
+    """Build the network, fit it, and export the sampling weights with what they learnt from."""
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
-    sampler = ExampleSampler(len(data), cfg.trainer.seed)
-    loader = DataLoader(
-        data,
-        batch_size=cfg.optim.batch_size,
-        sampler=sampler,
-        num_workers=cfg.data.num_workers,
-        persistent_workers=cfg.data.num_workers > 0,
-        drop_last=len(data) > cfg.optim.batch_size,
-    )
     unet = UNet(cfg.model)
     if cfg.trainer.channels_last:
         unet = unet.to(memory_format=torch.channels_last)
     module = DiffusionModule(unet, cfg, encoder)
-    callbacks = [ResumeState(sampler, cfg.optim.batch_size), RecordTrainingData(trained_on)]
-    trainer = build_trainer(cfg, out_dir, val, callbacks, progress)
-    ckpt_dir = out_dir / "checkpoints"
-    if trainer.is_global_zero:
-        save_config(cfg, out_dir / "config.yaml")
-        remove_stale_temporaries(ckpt_dir)
-    trainer.fit(module, loader, ckpt_path=resume, weights_only=not trust_checkpoint)
+    trainer = fit_module(cfg, module, data, val, out_dir, resume, trust_checkpoint, progress,
+                         [RecordTrainingData(trained_on)])
     model_path = out_dir / "model.ckpt"
     if trainer.is_global_zero:
         record = {**trained_on, "steps": int(trainer.global_step)}
         save_model(model_path, module.sampling_network(), cfg, encoder, record)
     loss = trainer.callback_metrics.get("train/loss")
-    last = ckpt_dir / "last.ckpt"
+    last = out_dir / "checkpoints" / "last.ckpt"
     return TrainResult(
         out_dir=out_dir,
         model_path=model_path,
