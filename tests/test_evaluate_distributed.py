@@ -58,13 +58,20 @@ def test_fid_statistics_of_two_scorers_merge_into_those_of_one(tmp_path):
     first.merge(second.statistics())
     merged, single = first.statistics(), one.statistics()
     assert merged.keys() == single.keys()
+    # the features are float32 network outputs: a batch of 5 + 4 frames and one of 9 may round their last bit apart
+    # (BLAS blocking depends on the batch and the thread count), so the float64 sums agree to float32 precision
+    def close(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> None:
+        a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5 * float(np.abs(b).max()))
+
     for name in merged:
-        assert merged[name].dtype == single[name].dtype and torch.allclose(merged[name], single[name], rtol=1e-12)
+        assert merged[name].dtype == single[name].dtype
+        close(merged[name].numpy(), single[name].numpy())
     for side, frames in (("real", real), ("fake", generated)):
         x = one.metric.inception(torch.from_numpy(frames).permute(0, 3, 1, 2)).double().numpy()
         assert int(merged[f"{side}_features_num_samples"]) == 9
-        np.testing.assert_allclose(merged[f"{side}_features_sum"].numpy(), x.sum(axis=0), rtol=1e-10, atol=1e-9)
-        np.testing.assert_allclose(merged[f"{side}_features_cov_sum"].numpy(), x.T @ x, rtol=1e-10, atol=1e-9)
+        close(merged[f"{side}_features_sum"].numpy(), x.sum(axis=0))
+        close(merged[f"{side}_features_cov_sum"].numpy(), x.T @ x)
 
 
 def test_fvd_features_taken_out_and_added_back_give_the_same_fvd(tmp_path):

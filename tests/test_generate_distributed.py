@@ -107,7 +107,7 @@ def test_srun_launch_matches_one_process(test_set) -> None:
 @pytest.mark.slow
 def test_killed_generation_resumes_with_only_the_missing_clips(test_set) -> None:
     out = test_set["root"] / "killed"
-    slow = [*test_set["common"], "--out", str(out), "--devices", "2", "--batch-size", "1", "--steps", "40"]
+    slow = [*test_set["common"], "--out", str(out), "--devices", "2", "--batch-size", "1", "--steps", "12"]
     cmd = [sys.executable, "-m", "diffheads.cli", "generate", *slow]
     proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                             start_new_session=True)
@@ -121,8 +121,8 @@ def test_killed_generation_resumes_with_only_the_missing_clips(test_set) -> None
     res = diffheads("generate", *slow)
     assert res["skipped"] == len(finished) and res["written"] == N_CLIPS - len(finished)
     assert not list(out.rglob(".*tmp*"))  # what the killed ranks were writing is gone
-    reference = test_set["root"] / "one-40"
-    diffheads("generate", *test_set["common"], "--out", str(reference), "--batch-size", "1", "--steps", "40")
+    reference = test_set["root"] / "one-12"
+    diffheads("generate", *test_set["common"], "--out", str(reference), "--batch-size", "1", "--steps", "12")
     assert_same_videos(reference, out)
 
 
