@@ -7,7 +7,9 @@ weights (speed does not depend on them). Compares, side by side in this run:
     fewest steps at equal lip sync found by benchmarks/sampling.py on CPU; SDPA, bf16 autocast,
     channels_last, all clips in one batch; --compile adds torch.compile with CUDA graphs);
   - training step throughput: the reference block implementation (einsum attention, fp32) against
-    ours (SDPA, bf16 autocast, channels_last).
+    ours (SDPA, bf16 autocast, channels_last);
+  - streaming: a 2-call distilled student of the same size (random weights: timing only, DDIM 2 on the
+    trailing grid) fed 20 ms chunks by SpeechStream at batch 1: frames/s of work and first-frame latency.
 Writes benchmarks/results/gpu.json. Takes about 2-4 minutes on an H100. `--tiny` runs a small
 network (and works on CPU) to check the script itself.
 
@@ -25,6 +27,7 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -61,6 +64,50 @@ def time_sampling(model: LoadedModel, sample: SampleConfig, n_clips: int, n_fram
     return (time.perf_counter() - start) / (n_clips * n_frames / 25)
 
 
+def time_streaming(cfg: ModelConfig, device: torch.device, seconds: float, precision: str, steps: int = 2) -> dict:
+    """A 2-call student of `cfg`'s size (random weights, trailing grid, DDIM) streaming 20 ms chunks, batch 1.
+
+    Returns frames/s of work (frames over the time spent in push/finish) and the first frame's compute
+    latency (the push call that completes frame 0's audio window, plus the look-ahead it waited for).
+    """
+    from diffheads.audio.encoders import LogMelEncoder
+    from diffheads.config import TimestepSpacing
+    from diffheads.stream import SpeechStream
+
+    encoder = LogMelEncoder()
+    cfg = dataclasses.replace(cfg, audio_dim=encoder.dim)
+    torch.manual_seed(0)
+    unet = UNet(cfg).to(device).eval()
+    run = RunConfig(model=cfg, diffusion=DiffusionConfig(prediction="v", timestep_spacing=TimestepSpacing.TRAILING))
+    student = LoadedModel(unet, run, encoder.describe())
+    sample = SampleConfig(solver=Solver.DDIM, steps=steps, clip_denoised=False, precision=precision, channels_last=True)
+    identity = torch.rand(3, cfg.image_size, cfg.image_size, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    wav = (np.random.default_rng(0).standard_normal(int(seconds * 16000)) * 0.1).astype(np.float32)
+    chunk = 320  # 20 ms
+    warm = SpeechStream(student, identity, sample)
+    warm.push(wav[:8000])
+    warm.finish()  # kernels, autotuning and allocations out of the timing
+    stream = SpeechStream(student, identity, sample)
+    frames, busy, first_ms = 0, 0.0, None
+    for lo in range(0, len(wav), chunk):
+        synchronize(device)
+        t0 = time.perf_counter()
+        out = stream.push(wav[lo : lo + chunk])
+        synchronize(device)
+        spent = time.perf_counter() - t0
+        busy += spent
+        if out and first_ms is None:
+            first_ms = spent * 1000 + stream.samples_for_frame(0) / 16.0  # compute + audio it had to wait for
+        frames += len(out)
+    t0 = time.perf_counter()
+    frames += len(stream.finish())
+    synchronize(device)
+    busy += time.perf_counter() - t0
+    return {"frames": frames, "frames_per_s": round(frames / busy, 1), "realtime_factor": round(frames / busy / 25, 2),
+            "first_frame_ms": round(first_ms or float("nan"), 1), "steps": steps, "precision": precision,
+            "image_size": cfg.image_size}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--fast-solver", default="dpm++2m")
@@ -70,6 +117,7 @@ def main() -> None:
     parser.add_argument("--train-batch", type=int, default=8)
     parser.add_argument("--train-steps", type=int, default=5)
     parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--stream-seconds", type=float, default=4.0, help="speech streamed by the 2-call student")
     parser.add_argument("--tiny", action="store_true", help="a small network, to check the script (CPU works)")
     parser.add_argument("--out", default="benchmarks/results/gpu.json")
     args = parser.parse_args()
@@ -105,6 +153,7 @@ def main() -> None:
     del reference_net
     ours_net = copy.deepcopy(unet).train()
     ours_train = train_steps(ours_net, process, batches, {"bf16", "channels_last"}, device.type)
+    stream = time_streaming(cfg, device, args.stream_seconds, bf16)
     n = args.train_steps * args.train_batch
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
     result = {
@@ -119,6 +168,7 @@ def main() -> None:
         "training_reference_samples_per_s": round(n / ref_train, 2),
         "training_ours_samples_per_s": round(n / ours_train, 2),
         "training_speedup": round(ref_train / ours_train, 2),
+        "stream_2call_student": stream,
     }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2) + "\n")
@@ -127,6 +177,9 @@ def main() -> None:
     print(f"| sampling, fast ({result['fast_path']}) | {result['sampling_fast_s_per_video_s']} | x{result['sampling_speedup']} |")
     print(f"| training, reference (einsum, fp32), samples/s | {result['training_reference_samples_per_s']} | |")
     print(f"| training, ours (sdpa, bf16, channels_last), samples/s | {result['training_ours_samples_per_s']} | x{result['training_speedup']} |")
+    print(f"| streaming, 2-call student at {stream['image_size']} px, batch 1: frames/s of work (25 = real time), "
+          f"first frame ms | {stream['frames_per_s']} (x{stream['realtime_factor']} real time), "
+          f"{stream['first_frame_ms']} ms | |")
 
 
 if __name__ == "__main__":
