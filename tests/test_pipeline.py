@@ -246,3 +246,17 @@ def test_animate_a_face_video_follows_its_frames(trained, tmp_path):
             "--audio", str(tmp_path / "v.wav"), "--output", str(tmp_path / "o.mp4"), "--steps", "2", "--quiet")
     frames, _ = read_video(tmp_path / "o.mp4")
     assert frames.shape == (25, 256, 256, 3)  # 1 s of audio over a 0.6 s video played back and forth
+
+
+def test_train_quiet_prints_nothing(trained, tmp_path):
+    """--quiet: no progress bar, no Lightning banners, tips or warnings; only the JSON result on stdout."""
+    repo = Path(__file__).parents[1]
+    proc = subprocess.run(
+        [sys.executable, "-m", "diffheads.cli", "train", "configs/demo.yaml", f"data.root={trained['data']}",
+         f"trainer.out_dir={tmp_path / 'quiet'}", *TINY, "--quiet"],
+        capture_output=True, text=True, timeout=600, cwd=repo,
+        env={**os.environ, "PYTHONPATH": str(repo / "src")},
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert proc.stderr == ""
+    assert json.loads(proc.stdout)["steps"] == 4

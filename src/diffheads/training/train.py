@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -190,11 +191,14 @@ def fit_module(
         persistent_workers=cfg.data.num_workers > 0,
         drop_last=len(data) > cfg.optim.batch_size,
     )
-    trainer = build_trainer(cfg, out_dir, val, [ResumeState(sampler, cfg.optim.batch_size), *callbacks], progress)
-    if trainer.is_global_zero:
-        save_config(cfg, out_dir / "config.yaml")
-        remove_stale_temporaries(out_dir / "checkpoints")
-    trainer.fit(module, loader, ckpt_path=resume, weights_only=not trust_checkpoint)
+    with warnings.catch_warnings():
+        if not progress:  # quiet: Lightning's advice and deprecation notes stay off the terminal too
+            warnings.filterwarnings("ignore", module=r"lightning(_fabric|_utilities)?(\.|$)")
+        trainer = build_trainer(cfg, out_dir, val, [ResumeState(sampler, cfg.optim.batch_size), *callbacks], progress)
+        if trainer.is_global_zero:
+            save_config(cfg, out_dir / "config.yaml")
+            remove_stale_temporaries(out_dir / "checkpoints")
+        trainer.fit(module, loader, ckpt_path=resume, weights_only=not trust_checkpoint)
     return trainer
 
 
