@@ -60,6 +60,46 @@ def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quiet", action="store_true", help="no progress bar (warnings about the result still appear)")
 
 
+def _add_face_source(p: argparse.ArgumentParser) -> None:
+    src = p.add_mutually_exclusive_group(required=True)
+    src.add_argument("--image", help="face photo (any size; the face is found and aligned)")
+    src.add_argument("--video", help="face video: its first frame is the identity, its frames the background")
+
+
+def _add_face_output_flags(p: argparse.ArgumentParser) -> None:
+    how = p.add_mutually_exclusive_group()
+    how.add_argument("--crop-only", action="store_true", help="write the aligned face crop, not the full picture")
+    how.add_argument("--no-align", action="store_true", help="the input is already an aligned face crop (as in the reference)")
+    p.add_argument("--mean-face", help="mean-face JSON the training data was prepared with (default: the packaged one)")
+    p.add_argument("--margins", type=float, nargs=3, metavar=("X", "TOP", "BOTTOM"),
+                   help="crop margins the training data was prepared with (default 0.11 0.336 0.155)")
+
+
+def _face_options(args: argparse.Namespace, sample: SampleConfig) -> dict:
+    """The keyword arguments animate and stream share: face source, alignment, sampling."""
+    return dict(
+        image=args.image,
+        video=args.video,
+        sample=sample,
+        seed=args.seed,
+        device=args.device,
+        progress=not args.quiet,
+        align=not args.no_align,
+        crop_only=args.crop_only,
+        mean_face=args.mean_face,
+        margins=tuple(args.margins) if args.margins else None,
+    )
+
+
+def _warn_synthetic(command: str, provenance: dict) -> None:
+    """The synthetic-faces note about the result (not progress: --quiet keeps it)."""
+    from diffheads.generate import synthetic_faces_note
+
+    note = synthetic_faces_note(provenance)
+    if note:
+        print(f"diffheads {command}: warning: {note}", file=sys.stderr)
+
+
 def cmd_synth(args: argparse.Namespace) -> dict:
     from diffheads.synth.dataset import make_synthetic_dataset
 
@@ -233,56 +273,23 @@ def cmd_generate(args: argparse.Namespace) -> dict | None:
 
 def cmd_animate(args: argparse.Namespace) -> dict:
     from diffheads.checkpoint import load_model
-    from diffheads.generate import animate, synthetic_faces_note
+    from diffheads.generate import animate
 
     model = load_model(args.checkpoint, args.device, trust=args.trust_checkpoint)
-    out = animate(
-        model,
-        args.audio,
-        args.output,
-        image=args.image,
-        video=args.video,
-        sample=_sample_overrides(args, model.cfg.sample),
-        seed=args.seed,
-        device=args.device,
-        progress=not args.quiet,
-        align=not args.no_align,
-        crop_only=args.crop_only,
-        mean_face=args.mean_face,
-        margins=tuple(args.margins) if args.margins else None,
-    )
-    note = synthetic_faces_note(model.provenance)
-    if note:  # about the result, not progress: --quiet keeps it
-        print(f"diffheads animate: warning: {note}", file=sys.stderr)
+    out = animate(model, args.audio, args.output, **_face_options(args, _sample_overrides(args, model.cfg.sample)))
+    _warn_synthetic("animate", model.provenance)
     return {"output": str(out)}
 
 
 def cmd_stream(args: argparse.Namespace) -> dict:
     from diffheads.checkpoint import load_model
-    from diffheads.generate import synthetic_faces_note
     from diffheads.stream_video import stream_video
 
     model = load_model(args.checkpoint, args.device, trust=args.trust_checkpoint)
-    report = stream_video(
-        model,
-        sys.stdin.buffer if args.audio == "-" else args.audio,
-        args.output,
-        image=args.image,
-        video=args.video,
-        sample=_sample_overrides(args, model.cfg.sample),
-        seed=args.seed,
-        device=args.device,
-        realtime=args.realtime,
-        chunk_ms=args.chunk_ms,
-        progress=not args.quiet,
-        align=not args.no_align,
-        crop_only=args.crop_only,
-        mean_face=args.mean_face,
-        margins=tuple(args.margins) if args.margins else None,
-    )
-    note = synthetic_faces_note(model.provenance)
-    if note:
-        print(f"diffheads stream: warning: {note}", file=sys.stderr)
+    report = stream_video(model, sys.stdin.buffer if args.audio == "-" else args.audio, args.output,
+                          realtime=args.realtime, chunk_ms=args.chunk_ms,
+                          **_face_options(args, _sample_overrides(args, model.cfg.sample)))
+    _warn_synthetic("stream", model.provenance)
     return report
 
 
@@ -507,26 +514,17 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("animate", help="make one face speak one audio file")
     p.add_argument("--checkpoint", required=True)
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--image", help="face photo (any size; the face is found and aligned)")
-    src.add_argument("--video", help="face video: its first frame is the identity, its frames the background")
+    _add_face_source(p)
     p.add_argument("--audio", required=True, help="any audio file PyAV reads (resampled to 16 kHz mono)")
     p.add_argument("--output", required=True, help="output mp4")
-    how = p.add_mutually_exclusive_group()
-    how.add_argument("--crop-only", action="store_true", help="write the aligned face crop, not the full picture")
-    how.add_argument("--no-align", action="store_true", help="the input is already an aligned face crop (as in the reference)")
-    p.add_argument("--mean-face", help="mean-face JSON the training data was prepared with (default: the packaged one)")
-    p.add_argument("--margins", type=float, nargs=3, metavar=("X", "TOP", "BOTTOM"),
-                   help="crop margins the training data was prepared with (default 0.11 0.336 0.155)")
+    _add_face_output_flags(p)
     _add_sampling_flags(p)
     _add_trust_flag(p)
     p.set_defaults(func=cmd_animate)
 
     p = sub.add_parser("stream", help="make one face speak audio as it arrives (a file at its pace, or PCM on stdin)")
     p.add_argument("--checkpoint", required=True, help="a model trained on log-mel embeddings")
-    src = p.add_mutually_exclusive_group(required=True)
-    src.add_argument("--image", help="face photo (any size; the face is found and aligned)")
-    src.add_argument("--video", help="face video: its first frame is the identity, its frames the background")
+    _add_face_source(p)
     p.add_argument("--audio", required=True,
                    help="any audio file PyAV reads, or - for 16 kHz mono s16le PCM on standard input "
                         "(ffmpeg -i SPEECH -f s16le -ar 16000 -ac 1 -)")
@@ -534,12 +532,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--realtime", action="store_true",
                    help="feed the audio no faster than it plays (a file arrives as if spoken)")
     p.add_argument("--chunk-ms", type=float, default=20.0, help="audio read at a time, in ms (default 20)")
-    how = p.add_mutually_exclusive_group()
-    how.add_argument("--crop-only", action="store_true", help="write the aligned face crop, not the full picture")
-    how.add_argument("--no-align", action="store_true", help="the input is already an aligned face crop (as in the reference)")
-    p.add_argument("--mean-face", help="mean-face JSON the training data was prepared with (default: the packaged one)")
-    p.add_argument("--margins", type=float, nargs=3, metavar=("X", "TOP", "BOTTOM"),
-                   help="crop margins the training data was prepared with (default 0.11 0.336 0.155)")
+    _add_face_output_flags(p)
     _add_sampling_flags(p)
     _add_trust_flag(p)
     p.set_defaults(func=cmd_stream)
