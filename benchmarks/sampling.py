@@ -41,8 +41,8 @@ EQUAL_SYNC = 0.02  # "equal lip sync": within this of the 200-step ancestral DDP
 EQUAL_PIXELS = 1.05  # and no more than 5% more pixel error than it, so few steps cannot win on blur
 
 
-def held_out(model, data_root: str, n_clips: int) -> list[dict]:
-    """The first clip of each of the first n held-out identities (identity frame, embeddings, truth)."""
+def held_out(model, data_root: str, n_clips: int, one_per_identity: bool = True) -> list[dict]:
+    """The first n held-out clips (identity frame, embeddings, truth): one per identity unless `one_per_identity` is off."""
     data_cfg = dataclasses.replace(model.cfg.data, root=data_root, embeddings="")
     clips = SplitClips(data_cfg, model.cfg.model, "test")
     layout = DataLayout.of(data_root)
@@ -50,7 +50,7 @@ def held_out(model, data_root: str, n_clips: int) -> list[dict]:
     for i in range(len(clips)):
         item = clips[i]
         identity = item["cid"].split("/")[0]
-        if identity in seen:
+        if one_per_identity and identity in seen:
             continue
         seen.add(identity)
         with np.load(layout.truth(item["cid"])) as truth:

@@ -31,10 +31,27 @@ def test_quick_demo_writes_every_artefact(tmp_path, capsys):
         assert (out / "eval" / name).is_file(), name
     # the measurement itself works: on real frames it tracks the true opening closely
     assert report["lip_sync_r_real_frames"] > 0.95
+    # pixel error against an independent computation on the written videos
+    from diffheads.io.video import read_video
+
+    video = next((out / "videos").rglob("*.mp4"))
+    gen = read_video(video)[0].astype(np.float64)
+    real = read_video(out / "data" / "video" / video.relative_to(out / "videos"))[0].astype(np.float64)
+    assert report["pixel_mae"] == pytest.approx(np.abs(gen - real[: len(gen)]).mean(), rel=1e-9)
+    # the distilled student (quick: 2 -> 1 call), generated and measured like the teacher
+    student = report["student"]
+    assert student["network_calls_per_frame"] == 1 and student["rounds"] == 1
+    assert (out / "distill" / "student_1.ckpt").is_file() and len(list((out / "student").rglob("*.mp4"))) == 1
+    assert {"lip_sync_r", "control_lip_sync_r", "pixel_mae", "distill_seconds"} <= set(student)
+    assert f"diffheads stream --checkpoint {out}/distill/student_1.ckpt" in printed.err
+    # the drift summary of the held-out clips (1 s here: one value per measure and comparison)
+    assert report["drift"]["n_videos"] == 1
+    assert report["drift"]["against_identity"]["colour_de2000"]["seconds"] == 1
     # a second run into the same folder starts clean (no stale checkpoints or embeddings)
     (out / "train" / "checkpoints" / "stale.ckpt").write_bytes(b"x")
-    assert main(["demo", "--quick", "--out", str(out)]) == 0
+    assert main(["demo", "--quick", "--no-distill", "--out", str(out)]) == 0
     assert not (out / "train" / "checkpoints" / "stale.ckpt").exists()
+    assert json.loads((out / "report.json").read_text())["student"] is None and not (out / "distill").exists()
 
 
 def test_summary_pools_clips_and_control_is_a_mismatch():
@@ -53,6 +70,9 @@ def test_learning_check(tmp_path, capsys):
     assert check_report(dict(good, lip_sync_r=0.3))
     assert check_report(dict(good, control_lip_sync_r=0.5))
     assert check_report(dict(good, lip_sync_r=float("nan")))
+    assert check_report(dict(good, student={"lip_sync_r": 0.8})) == []
+    assert check_report(dict(good, student={"lip_sync_r": 0.2}))
+    assert check_report(dict(good, student=None)) == []
     path = tmp_path / "report.json"
     path.write_text(json.dumps(dict(good, lip_sync_r=0.1)))
     assert check_main([str(path)]) == 1

@@ -381,9 +381,14 @@ def cmd_demo(args: argparse.Namespace) -> dict:
     from diffheads.demo import run_demo
 
     args.out = args.out or "outputs/demo"
-    report = run_demo(args.out, config=args.config, overrides=args.overrides, quick=args.quick)
+    report = run_demo(args.out, config=args.config, overrides=args.overrides, quick=args.quick,
+                      distil=not args.no_distill)
+    student = report.get("student")
     print(f"diffheads demo: try the model in your browser: diffheads app --checkpoint {args.out}/model.ckpt",
           file=sys.stderr)
+    if student:
+        print(f"diffheads demo: the {student['network_calls_per_frame']}-call student streams live: diffheads stream "
+              f"--checkpoint {student['model']} {student['try']} --realtime --output live.mp4", file=sys.stderr)
     return report
 
 
@@ -607,6 +612,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quick", action="store_true", help="a tiny smoke run (seconds, no learning expected)")
     p.add_argument("--short", action="store_true",
                    help="--preset grid: CI's shortened learning check (300 training sentences, 300 steps, 10 held out)")
+    p.add_argument("--no-distill", action="store_true",
+                   help="synthetic demo: skip distilling the model into a 2-call student (saves about 5 minutes)")
     p.add_argument("overrides", nargs="*", help="config overrides")
     p.set_defaults(func=cmd_demo)
     return parser

@@ -6,6 +6,7 @@ import dataclasses
 import json
 import platform
 import shutil
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +17,7 @@ import torch
 
 from diffheads.config import RunConfig, load_config
 from diffheads.data.layout import DataLayout
+from diffheads.errors import DiffheadsError
 from diffheads.io.atomic import atomic_write_text
 from diffheads.metrics.mouth import lip_sync_r, mouth_opening, pearson_r
 
@@ -34,6 +36,16 @@ class DemoData:
     seed: int = 0
 
 
+@dataclass
+class DemoDistill:
+    """The demo's distillation: its model becomes a student sampling a frame in `target_steps` network calls."""
+
+    teacher_steps: int = 4  # DDIM steps of the teacher on the trailing grid; each round halves them
+    target_steps: int = 2
+    steps_per_round: int = 240  # about 5 minutes on 2 cores (docs/demo.md)
+
+
+QUICK_DISTILL = DemoDistill(teacher_steps=2, target_steps=1, steps_per_round=2)
 QUICK_DATA = DemoData(
     n_train_identities=2, n_test_identities=1, clips_per_identity=1, test_clips_per_identity=1, seconds=1.0
 )
@@ -53,14 +65,26 @@ def _timed(fn, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
 
 
 def measure_clips(layout: DataLayout, videos: dict[str, Path], size: int) -> dict[str, dict[str, np.ndarray]]:
-    """Per clip: true opening, opening measured on generated and on real frames (same mouth boxes)."""
+    """Per clip: true opening, opening measured on generated and on real frames (same mouth boxes), pixel error."""
     out = {}
     for cid, path in videos.items():
         generated, real = clip_openings(layout, cid, path)
         truth = np.load(layout.truth(cid))["mouth_open"].astype(np.float64)
         n = min(len(generated), len(truth))
-        out[cid] = {"truth": truth[:n], "generated": generated[:n], "real": real[:n]}
+        out[cid] = {"truth": truth[:n], "generated": generated[:n], "real": real[:n],
+                    "pixel_mae": np.array([pixel_mae(path, layout.video(cid))])}
     return out
+
+
+def pixel_mae(generated: Path, real: Path) -> float:
+    """Mean absolute difference (0..255) between a generated clip and its real clip, over their common frames."""
+    from diffheads.io.video import read_video
+
+    a, b = read_video(generated)[0], read_video(real)[0]
+    if a.shape[1:] != b.shape[1:]:
+        raise DiffheadsError(f"{generated} is {a.shape[2]}x{a.shape[1]} but {real} is {b.shape[2]}x{b.shape[1]}")
+    n = min(len(a), len(b))
+    return float(np.abs(a[:n].astype(np.float64) - b[:n].astype(np.float64)).mean())
 
 
 def clip_openings(layout: DataLayout, cid: str, path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -106,8 +130,10 @@ def run_demo(
     overrides: list[str] | tuple[str, ...] = (),
     quick: bool = False,
     data: DemoData | None = None,
+    distillation: DemoDistill | None = None,
+    distil: bool = True,
 ) -> dict[str, Any]:
-    """The whole demo; returns (and writes) the report."""
+    """The whole demo; returns (and writes) the report (its "student" is None with `distil` off)."""
     from diffheads.audio.embed import embed_dataset
     from diffheads.audio.encoders import LogMelEncoder
     from diffheads.generate_set import generate_test_set
@@ -115,9 +141,10 @@ def run_demo(
     from diffheads.training.train import train
 
     out = Path(out)
-    for stale in ("data", "train", "videos", "eval"):  # the demo owns these; old clips or embeddings would leak in
-        shutil.rmtree(out / stale, ignore_errors=True)
+    for stale in ("data", "train", "videos", "eval", "distill", "student"):  # the demo owns these; old clips,
+        shutil.rmtree(out / stale, ignore_errors=True)  # embeddings or students would leak in
     data = data or (QUICK_DATA if quick else DemoData())
+    distillation = distillation or (QUICK_DISTILL if quick else DemoDistill())
     base: list[str] = [f"data.root={out / 'data'}", f"trainer.out_dir={out / 'train'}"]
     cfg: RunConfig = load_config(config or PRESETS / "demo.yaml", base + (QUICK_OVERRIDES if quick else []) + list(overrides))
     size = cfg.model.image_size
@@ -148,6 +175,7 @@ def run_demo(
     n_frames = int(sum(len(m["truth"]) for m in measures.values()))
     report: dict[str, Any] = {
         **lip_sync_summary(measures),
+        "pixel_mae": mean_pixel_mae(measures),
         "n_clips": len(videos),
         "n_frames": n_frames,
         "train_seconds": round(train_s, 1),
@@ -169,15 +197,80 @@ def run_demo(
     }
     report["figures"] = [str(p) for p in write_figures(out, layout, videos, measures)]
     report["evaluation"], report["evaluate_seconds"] = _evaluation(out)
+    report["drift"] = drift_summary(report["evaluation"].pop("drift", None))
+    report["student"] = distil_and_measure(out, model_path, distillation, cfg.trainer.seed, layout, size) if distil \
+        else None
     atomic_write_text(out / "report.json", json.dumps(report, indent=2, default=float))
     return report
 
 
+def mean_pixel_mae(measures: dict[str, dict[str, np.ndarray]]) -> float:
+    """The clips' mean pixel error to their real frames (0..255)."""
+    return float(np.mean([m["pixel_mae"][0] for m in measures.values()]))
+
+
+def distil_and_measure(out: Path, teacher: Path, settings: DemoDistill, seed: int, layout: DataLayout,
+                       size: int) -> dict[str, Any]:
+    """Distil the demo model (out/distill/student_N.ckpt), generate the held-out clips with the last student
+    (out/student/) and measure them as the teacher's: lip sync, its control and pixel error."""
+    from diffheads.checkpoint import load_model
+    from diffheads.generate_set import generate_test_set
+    from diffheads.training.distill import distill
+
+    done, distill_s = _timed(distill, teacher, out / "data", out / "distill", target_steps=settings.target_steps,
+                             teacher_steps=settings.teacher_steps, steps_per_round=settings.steps_per_round,
+                             log=lambda line: print(f"diffheads demo: distill {line}", file=sys.stderr, flush=True))
+    student = done.rounds[-1].model_path
+    sample = load_model(student, "cpu").cfg.sample
+    gen, sample_s = _timed(generate_test_set, student, out / "data", out / "student", sample, skip_existing=False,
+                           seed=seed)
+    videos = {str(p.relative_to(out / "student").with_suffix("")): p for p in gen.written}
+    measures = measure_clips(layout, videos, size)
+    n_frames = int(sum(len(m["truth"]) for m in measures.values()))
+    summary = lip_sync_summary(measures)
+    first = min(videos)
+    return {
+        "model": str(student),
+        "network_calls_per_frame": sample.steps,
+        "solver": sample.solver.value,
+        "teacher_steps": settings.teacher_steps,
+        "rounds": len(done.rounds),
+        "steps_per_round": settings.steps_per_round,
+        "lip_sync_r": summary["lip_sync_r"],
+        "control_lip_sync_r": summary["control_lip_sync_r"],
+        "per_clip_r": summary["per_clip_r"],
+        "pixel_mae": mean_pixel_mae(measures),
+        "distill_seconds": round(distill_s, 1),
+        "sample_seconds": round(sample_s, 1),
+        "sample_seconds_per_frame": round(sample_s / max(1, n_frames), 4),
+        "videos": str(out / "student"),
+        "try": f"--video {layout.video(first)} --no-align --audio {layout.audio(first)}",
+    }
+
+
+def drift_summary(drift: dict[str, Any] | None) -> dict[str, Any] | None:
+    """The demo report's drift lines: per measure and comparison, the first and last second and the slope."""
+    if not drift:
+        return None
+    out: dict[str, Any] = {"n_videos": drift["n_videos"], "report": "eval/report.md (drift section, plots/drift.png)"}
+    for comparison in ("against_identity", "against_real"):
+        for name, entry in drift.get(comparison, {}).items():
+            curve = [v for v in entry["curve"] if v is not None and np.isfinite(v)]
+            if curve:
+                out.setdefault(comparison, {})[name] = {
+                    "first_second": curve[0], "last_second": curve[-1], "seconds": len(entry["curve"]),
+                    "slope_per_min": entry.get("slope_per_min"), "units": entry["units"]}
+    return out
+
+
 def _evaluation(out: Path) -> tuple[dict[str, Any], float]:
-    """`diffheads evaluate` on the demo's clips with the metrics that need no downloaded weights (out/eval/)."""
+    """`diffheads evaluate` on the demo's clips with the metrics that need no downloaded weights (out/eval/);
+    the drift section is returned whole under "drift"."""
     from diffheads.evaluate.run import EvaluateConfig, evaluate
 
-    cfg = EvaluateConfig(metrics=("psnr", "ssim", "blinks", "smoothness", "lipsync"))
+    cfg = EvaluateConfig(metrics=("psnr", "ssim", "blinks", "smoothness", "lipsync", "drift"))
     summary, seconds = _timed(evaluate, out / "videos", out / "data", out / "eval", cfg)
-    values = {name: {"generated": m.get("value"), "real": m.get("real")} for name, m in summary["metrics"].items()}
-    return {"metrics": values, "report": str(out / "eval" / "report.md")}, round(seconds, 1)
+    values = {name: {"generated": m.get("value"), "real": m.get("real")} for name, m in summary["metrics"].items()
+              if name != "drift"}
+    return {"metrics": values, "report": str(out / "eval" / "report.md"),
+            "drift": summary["metrics"].get("drift")}, round(seconds, 1)

@@ -44,6 +44,11 @@ def check_report(report: dict) -> list[str]:
         problems.append(f"|control_lip_sync_r| = {control} > {MAX_ABS_CONTROL_R}")
     if report.get("n_clips", 0) < 2:
         problems.append(f"n_clips = {report.get('n_clips')} < 2")
+    student = report.get("student")
+    if student is not None:  # the distilled student keeps the lip sync (absent with --no-distill)
+        s = student.get("lip_sync_r")
+        if not _finite(s) or s < MIN_LIP_SYNC_R:
+            problems.append(f"student lip_sync_r = {s} < {MIN_LIP_SYNC_R}")
     return problems
 
 
@@ -58,6 +63,8 @@ def main(argv: list[str] | None = None) -> int:
     problems = check_report(report)
     keys = ("mouth_open_r", "control_mouth_open_r") if "mouth_open_r" in report else ("lip_sync_r", "control_lip_sync_r")
     summary = " ".join(f"{k}={report.get(k):.3f}" if _finite(report.get(k)) else f"{k}={report.get(k)}" for k in keys)
+    if _finite((report.get("student") or {}).get("lip_sync_r")):
+        summary += f" student_lip_sync_r={report['student']['lip_sync_r']:.3f}"
     if problems:
         print(f"demo_check: FAILED ({summary}): " + "; ".join(problems), file=sys.stderr)
         return 1
