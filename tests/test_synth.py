@@ -14,7 +14,8 @@ import soundfile as sf
 from diffheads.errors import DiffheadsError
 from diffheads.io.audio import load_audio
 from diffheads.io.video import read_video
-from diffheads.synth.dataset import make_synthetic_dataset
+from diffheads.metrics import drift
+from diffheads.synth.dataset import make_held_out_clips, make_synthetic_dataset
 from diffheads.synth.face import MAX_OPENING, luminance, render_face, sample_identity
 from diffheads.synth.speech import Voice, synth_speech
 
@@ -186,3 +187,62 @@ def test_identity_colours_keep_the_mouth_measurable():
         assert luminance(lips) > 0.35 and luminance(0.8 * lips) > 0.35 and luminance(0.78 * skin) > 0.35
         assert np.linalg.norm(background - skin) > 0.3 and np.linalg.norm(background - hair) > 0.3
         assert np.linalg.norm(hair - skin) > 0.25
+
+
+def _skin_lab(root: Path, rel: str) -> np.ndarray:
+    """Median CIELAB of the skin in frame 0 of a clip (the drift metric's face colour, with the stored landmarks)."""
+    frame = read_video(root / "video" / f"{rel}.mp4")[0][0]
+    points = np.load(root / "lmks" / f"{rel}.npy")[0]
+    return drift.face_colour(frame, drift.face_mask(points, *frame.shape[:2]))
+
+
+def test_held_out_clips_are_the_dataset_faces_saying_new_speech_of_any_length(tmp_path):
+    dataset, same, long = tmp_path / "set", tmp_path / "same", tmp_path / "long"
+    make_synthetic_dataset(dataset, n_train_identities=1, n_test_identities=1, clips_per_identity=1, seconds=1.0,
+                           progress=False)
+    # a clip the dataset has, asked for with its length, is the dataset's clip
+    make_held_out_clips(same, [(1, 0)], seconds=1.0, progress=False)
+    for name in ("lmks/id001/clip00.npy", "audio/id001/clip00.wav", "truth/id001/clip00.npz"):
+        assert (same / name).read_bytes() == (dataset / name).read_bytes()
+    info = make_held_out_clips(long, [(1, 7), (0, 7)], seconds=6.5, progress=False)
+    assert (long / "file_list_test.txt").read_text().split() == ["./id001/clip07.mp4", "./id000/clip07.mp4"]
+    assert (long / "file_list_train.txt").read_text() == ""
+    assert json.loads((long / "synth.json").read_text()) == info
+    assert info["clips"] == [[1, 7], [0, 7]] and info["test_identities"] == ["id000", "id001"]
+    n = round(6.5 * 25)
+    assert info["n_frames"] == n
+    for rel in ("id001/clip07", "id000/clip07"):
+        frames, fps = read_video(long / "video" / f"{rel}.mp4")
+        assert frames.shape == (n, 32, 32, 3) and fps == 25.0
+        assert len(sf.read(str(long / "audio" / f"{rel}.wav"))[0]) == n * 640
+        assert np.load(long / "lmks" / f"{rel}.npy").shape == (n, 68, 2)
+        assert np.load(long / "truth" / f"{rel}.npz")["mouth_open"].shape == (n,)
+    # a new clip index is the same face (skin colour, eye-corner distance) saying other speech
+    same_face = drift.colour_difference(_skin_lab(long, "id001/clip07")[None], _skin_lab(dataset, "id001/clip00"))[0]
+    other_face = drift.colour_difference(_skin_lab(long, "id000/clip07")[None], _skin_lab(dataset, "id001/clip00"))[0]
+    assert same_face < 1.5 and other_face > 5
+    eyes = [drift.inter_ocular(np.load(root / "lmks" / "id001" / f"{c}.npy")[0])
+            for root, c in ((long, "clip07"), (dataset, "clip00"))]
+    assert eyes[0] == pytest.approx(eyes[1], rel=1e-4)
+    new_audio = sf.read(str(long / "audio/id001/clip07.wav"))[0][:16000]
+    assert not np.allclose(new_audio, sf.read(str(dataset / "audio/id001/clip00.wav"))[0][:16000])
+
+
+@pytest.mark.parametrize(
+    ("clips", "kwargs", "match"),
+    [
+        ([], {}, "no clips"),
+        ([(30, -1)], {}, "two whole numbers"),
+        ([(30,)], {}, "two whole numbers"),
+        ([(30, 1.5)], {}, "two whole numbers"),
+        ([(30, 10), (30, 10)], {}, "more than once"),
+        ([(30, 10)], {"seconds": 0.01}, "seconds"),
+        ([(30, 10)], {"size": 31}, "size"),
+        ([(30, 10)], {"seed": -1}, "seed"),
+    ],
+)
+def test_held_out_clips_reject_bad_arguments_in_one_line(tmp_path, clips, kwargs, match):
+    with pytest.raises(DiffheadsError, match=match) as err:
+        make_held_out_clips(tmp_path / "out", clips, progress=False, **kwargs)
+    assert "\n" not in str(err.value)
+    assert not (tmp_path / "out").exists()

@@ -119,6 +119,11 @@ def _validate(counts: dict[str, int], seconds: float, size: int, fps: float, sam
     for name, value in counts.items():
         if not math.isfinite(value) or int(value) != value or value < 1:
             raise DiffheadsError(f"{name} must be a positive whole number, got {value}; pass {COUNT_FLAGS[name]} 1 or more")
+    _validate_rendering(seconds, size, fps, sample_rate)
+
+
+def _validate_rendering(seconds: float, size: int, fps: float, sample_rate: int) -> None:
+    """Reject a clip length, frame size or rate that cannot be rendered."""
     if not math.isfinite(size) or int(size) != size or size < 16 or size % 2:
         raise DiffheadsError(f"size must be an even number of pixels >= 16, got {size}; pass e.g. --size 64")
     if not (math.isfinite(fps) and fps > 0) or sample_rate <= 0 or (sample_rate / fps) != int(sample_rate / fps):
@@ -128,6 +133,43 @@ def _validate(counts: dict[str, int], seconds: float, size: int, fps: float, sam
             f"seconds must give at least 2 frames at {fps:g} fps ({2 / fps:g} s or more), got {seconds}; "
             "pass a longer --seconds"
         )
+
+
+def _validate_seed(seed: int) -> None:
+    """Reject a seed that is not a whole number >= 0."""
+    if int(seed) != seed or seed < 0:
+        raise DiffheadsError(f"seed must be a non-negative whole number, got {seed}; pass --seed 0 or more")
+
+
+def identity_name(identity_index: int) -> str:
+    """The folder of identity `identity_index`: id000, id001, ..."""
+    return f"id{identity_index:03d}"
+
+
+def _render_clips(
+    root: Path, jobs: list[tuple[int, int]], seed: int, seconds: float, size: int, fps: float, sample_rate: int,
+    progress: bool,
+) -> list[str]:
+    """Render and write each (identity index, clip index) job; return their file-list lines, in order."""
+    lines = []
+    for i, c in tqdm(jobs, desc="synth", unit="clip", disable=not progress):
+        rel = f"{identity_name(i)}/clip{c:02d}"
+        clip = make_clip(seed, i, c, seconds=seconds, size=size, fps=fps, sample_rate=sample_rate)
+        _write_clip(root, rel, clip, fps, sample_rate)
+        lines.append(f"./{rel}.mp4")
+    return lines
+
+
+def _write_lists(root: Path, lists: dict[str, list[str]]) -> None:
+    """file_list_<split>.txt, one line per clip (an empty list is an empty file)."""
+    for split, lines in lists.items():
+        atomic_write_text(root / f"file_list_{split}.txt", "".join(line + "\n" for line in lines))
+
+
+def _rendering_info(seconds: float, size: int, fps: float, sample_rate: int) -> dict[str, Any]:
+    """The synth.json fields that say how every clip was rendered."""
+    return {"seconds": float(seconds), "n_frames": round(seconds * fps), "size": int(size), "fps": float(fps),
+            "sample_rate": int(sample_rate)}
 
 
 def make_synthetic_dataset(
@@ -152,33 +194,75 @@ def make_synthetic_dataset(
         "test_clips_per_identity": clips_per_identity if test_clips_per_identity is None else test_clips_per_identity,
     }
     _validate(counts, seconds, size, fps, sample_rate)
-    if int(seed) != seed or seed < 0:
-        raise DiffheadsError(f"seed must be a non-negative whole number, got {seed}; pass --seed 0 or more")
+    _validate_seed(seed)
     root = Path(out_dir)
     n_ids = n_train_identities + n_test_identities
-    names = [f"id{i:03d}" for i in range(n_ids)]
-    lists: dict[str, list[str]] = {"train": [], "test": []}
+    names = [identity_name(i) for i in range(n_ids)]
     per_identity = [clips_per_identity] * n_train_identities + [counts["test_clips_per_identity"]] * n_test_identities
     jobs = [(i, c) for i in range(n_ids) for c in range(per_identity[i])]
+    n_train_jobs = sum(per_identity[:n_train_identities])
     with output_dir(root, "output folder"):  # a path that cannot be written fails before any rendering
-        for i, c in tqdm(jobs, desc="synth", unit="clip", disable=not progress):
-            rel = f"{names[i]}/clip{c:02d}"
-            clip = make_clip(seed, i, c, seconds=seconds, size=size, fps=fps, sample_rate=sample_rate)
-            _write_clip(root, rel, clip, fps, sample_rate)
-            lists["train" if i < n_train_identities else "test"].append(f"./{rel}.mp4")
-        for split, lines in lists.items():
-            atomic_write_text(root / f"file_list_{split}.txt", "\n".join(lines) + "\n")
+        lines = _render_clips(root, jobs, seed, seconds, size, fps, sample_rate, progress)
+        _write_lists(root, {"train": lines[:n_train_jobs], "test": lines[n_train_jobs:]})
     info = {
         "generator": "diffheads.synth",
         "seed": int(seed),
         **{k: int(v) for k, v in counts.items()},
-        "seconds": float(seconds),
-        "n_frames": round(seconds * fps),
-        "size": int(size),
-        "fps": float(fps),
-        "sample_rate": int(sample_rate),
+        **_rendering_info(seconds, size, fps, sample_rate),
         "train_identities": names[:n_train_identities],
         "test_identities": names[n_train_identities:],
     }
     atomic_write_text(root / "synth.json", json.dumps(info, indent=2) + "\n")
     return info
+
+
+def _validate_clips(clips: list[tuple[int, int]]) -> list[tuple[int, int]]:
+    """The (identity index, clip index) pairs as ints: at least one, none repeated, each index 0 or more."""
+    if len(clips) == 0:
+        raise DiffheadsError("no clips to render; pass at least one (identity index, clip index) pair")
+    pairs = []
+    for pair in clips:
+        if not isinstance(pair, (tuple, list)) or len(pair) != 2 or any(
+            isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0 for v in pair
+        ):
+            raise DiffheadsError(f"each clip must be (identity index, clip index), two whole numbers >= 0, got {pair!r}")
+        pairs.append((int(pair[0]), int(pair[1])))
+    repeated = sorted({p for p in pairs if pairs.count(p) > 1})
+    if repeated:
+        raise DiffheadsError(f"clip {repeated[0]} is listed more than once; list each (identity, clip) pair once")
+    return pairs
+
+
+def make_held_out_clips(
+    out_dir: str | Path,
+    clips: list[tuple[int, int]],  # (identity index, clip index) pairs, e.g. [(30, 10)]: id030/clip10
+    *,
+    seconds: float = 60.0,  # clip length, rounded to whole frames
+    size: int = 32,  # frame width and height in pixels (even)
+    seed: int = 0,  # the dataset's seed: with it, identity i is the face and voice of make_synthetic_dataset's id<i>
+    fps: float = 25,  # video frame rate
+    sample_rate: int = 16000,  # audio sample rate
+    progress: bool = True,  # show a progress bar
+) -> dict[str, Any]:
+    """Render chosen clips into out_dir as held-out clips (file_list_test.txt, an empty train list); return synth.json.
+
+    A clip index a dataset did not use gives that identity's face and voice saying new speech, of any length.
+    """
+    _validate_rendering(seconds, size, fps, sample_rate)
+    _validate_seed(seed)
+    pairs = _validate_clips(clips)
+    root = Path(out_dir)
+    with output_dir(root, "output folder"):
+        lines = _render_clips(root, pairs, seed, seconds, size, fps, sample_rate, progress)
+        _write_lists(root, {"train": [], "test": lines})
+    info = {
+        "generator": "diffheads.synth",
+        "seed": int(seed),
+        "clips": [[i, c] for i, c in pairs],
+        **_rendering_info(seconds, size, fps, sample_rate),
+        "train_identities": [],
+        "test_identities": sorted({identity_name(i) for i, _ in pairs}),
+    }
+    atomic_write_text(root / "synth.json", json.dumps(info, indent=2) + "\n")
+    return info
+
