@@ -264,6 +264,15 @@ def test_students_load_in_generate_and_animate_with_their_own_steps(distilled, t
     assert frames.shape == (6, 16, 16, 3) and calls[0] == 6 * n  # 0.25 s -> 6 frames
     run_cli("generate", "--checkpoint", str(model), "--data", str(distilled["data"]), "--out", str(tmp_path / "g4"),
             "--max-frames", "2", "--steps", "4", "--quiet")  # other step counts still work (off the trained grid)
+    calls[0] = 0
+    streamed = run_cli("stream", "--checkpoint", str(model), "--image", str(tmp_path / "face.png"), "--audio",
+                       str(tmp_path / "v.wav"), "--output", str(tmp_path / "s.mp4"), "--quiet", "--no-align")
+    assert streamed["frames"] == 6 and calls[0] == 6 * n
+    # the app starts a student on its own sampler and steps (a trained model on the page's fast default)
+    from diffheads.app.engine import Settings, Studio
+
+    assert Studio(load_model(model), "student", "cpu").default_settings() == Settings(solver="ddim", steps=n)
+    assert Studio(load_model(distilled["teacher"]), "teacher", "cpu").default_settings() == Settings()
 
 
 def test_rerun_resumes_and_skips_finished_rounds(distilled, tmp_path, capsys, monkeypatch):

@@ -263,8 +263,12 @@ class Studio:
             self._set(choice.load(self.device), choice)
 
     def default_settings(self) -> Settings:
-        """The page's starting values: fast sampling, the model's own stabilisation interval."""
-        return Settings(stabilize_every=self.model.cfg.sample.stabilize_every)
+        """The page's starting values: fast sampling (a distilled student's own DDIM steps), the model's own
+        stabilisation interval."""
+        sample = self.model.cfg.sample
+        if self.model.distilled:
+            return Settings(solver=sample.solver.value, steps=sample.steps, stabilize_every=sample.stabilize_every)
+        return Settings(stabilize_every=sample.stabilize_every)
 
     def align(self, face: str | Path, is_video: bool, size: int | None = None) -> Portrait:
         """Find and align the one face of an uploaded photo or video at `size` px (default: the loaded model's).
