@@ -559,6 +559,10 @@ def _setup_train_wrong_audio_dim(tmp: Path, shared: Shared) -> Run:
     return _train_run(_embedded(tmp, shared), tmp / "run", "model.audio_dim=64")
 
 
+def _setup_train_motion_jitter_too_large(tmp: Path, shared: Shared) -> Run:
+    return _train_run(_embedded(tmp, shared), tmp / "run", "data.motion_colour_jitter=1.5")
+
+
 def _setup_train_resume_missing(tmp: Path, shared: Shared) -> Run:
     return _train_run(_embedded(tmp, shared), tmp / "run", f"trainer.resume={tmp / 'gone.ckpt'}")
 
@@ -760,6 +764,8 @@ CASES += [
          r"clip id000/clip00: embeddings .* have 10 rows but the video has 25 frames; .*re-embed it"),
     Case("train-wrong-audio-dim", _setup_train_wrong_audio_dim,
          r"model\.audio_dim=64 but the embeddings in .*emb have width 200; remove model\.audio_dim or re-embed"),
+    Case("train-motion-jitter-too-large", _setup_train_motion_jitter_too_large,
+         r"data\.motion_colour_jitter must be in \[0, 1\), got 1\.5; pass e\.g\. 0\.1 \(0 turns it off\)"),
     Case("train-resume-checkpoint-missing", _setup_train_resume_missing, r"cannot resume: .*gone\.ckpt not found"),
     Case("train-resume-truncated-checkpoint", _setup_train_resume_truncated,
          r"checkpoint .*half\.ckpt is unreadable or truncated .*copy or export it again"),

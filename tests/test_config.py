@@ -77,3 +77,15 @@ def test_renamed_keys_of_older_checkpoints_still_load():
     assert from_dict(old).data.frame_cache is FrameCache.MEMORY
     old["data"]["cache_frames"] = False
     assert from_dict(old).data.frame_cache is FrameCache.DECODE
+
+
+def test_motion_perturbation_keys_load_from_yaml_and_overrides(tmp_path):
+    path = tmp_path / "aug.yaml"
+    path.write_text("data:\n  motion_colour_jitter: 0.1\n  motion_noise: 5e-2\n")  # 5e-2: a string to YAML 1.1
+    cfg = load_config(path)
+    assert (cfg.data.motion_colour_jitter, cfg.data.motion_noise) == (0.1, 0.05)
+    assert load_config(path, ["data.motion_noise=0"]).data.motion_noise == 0.0
+    assert from_dict(to_dict(cfg)) == cfg
+    assert (RunConfig().data.motion_colour_jitter, RunConfig().data.motion_noise) == (0.0, 0.0)  # off by default
+    with pytest.raises(DiffheadsError, match="'data.motion_noise': expected a number"):
+        load_config(path, ["data.motion_noise=lots"])

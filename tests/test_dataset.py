@@ -10,7 +10,7 @@ import torch
 
 from diffheads.config import DataConfig, IdentityFrameMode, ModelConfig
 from diffheads.data.dataset import TalkingFaceDataset, SplitClips, audio_rows, example_indices
-from diffheads.data.motion import blur, motion_transform
+from diffheads.data.motion import blur, motion_transform, perturb_motion
 from diffheads.errors import DiffheadsError
 from diffheads.io.video import write_video
 
@@ -117,3 +117,138 @@ def test_test_split_and_missing_files(tmp_path):
         TalkingFaceDataset(DataConfig(root=str(tmp_path)), model, "train", lip_loss=False)
     with pytest.raises(DiffheadsError, match="file list .* not found"):
         TalkingFaceDataset(DataConfig(root=str(tmp_path / "nowhere")), model)
+
+
+# ---------------------------------------------------------------- motion-frame perturbation (data.motion_colour_jitter, data.motion_noise)
+
+
+def _fit_gain_offset(x: np.ndarray, y: np.ndarray) -> tuple[float, float]:
+    """Least-squares y = g x + o over pixels that no clamp touched: an estimate independent of the draws."""
+    keep = np.abs(y) < 1 - 1e-6
+    g, o = np.polyfit(x[keep].astype(np.float64), y[keep].astype(np.float64), 1)
+    return g, o
+
+
+def test_jitter_is_gain_times_x_plus_offset_from_the_documented_draws():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 16, 16, generator=gen) * 2 - 1  # spans [-1, 1]: some pixels clamp
+    for seed in range(5):
+        y = perturb_motion(x, np.random.default_rng(seed), 0.3, 0.0)
+        rng = np.random.default_rng(seed)  # documented order: gain (3), then offset (3)
+        gain, offset = rng.uniform(0.7, 1.3, size=3), rng.uniform(-0.3, 0.3, size=3)
+        want = np.clip(x.numpy().astype(np.float64) * gain[:, None, None] + offset[:, None, None], -1, 1)
+        np.testing.assert_allclose(y.numpy(), want, atol=1e-6)
+    assert perturb_motion(x, np.random.default_rng(0), 0.3, 0.0).abs().max() <= 1.0  # clamped like sampled frames
+
+
+def test_jitter_gains_and_offsets_are_per_channel_in_bounds_and_shared_by_the_frames():
+    j = 0.2
+    x = torch.linspace(-0.6, 0.6, 3 * 64).view(1, 3, 8, 8).repeat(3, 1, 1, 1)  # three equal motion frames
+    gains, offsets = [], []
+    for seed in range(200):
+        y = perturb_motion(x, np.random.default_rng(seed), j, 0.0).numpy()
+        fits = np.array([[_fit_gain_offset(x[m, c].numpy(), y[m, c]) for c in range(3)] for m in range(3)])
+        np.testing.assert_allclose(fits[1:], fits[:1].repeat(2, axis=0), atol=1e-5)  # same for every frame
+        gains.append(fits[0, :, 0])
+        offsets.append(fits[0, :, 1])
+    gains, offsets = np.array(gains), np.array(offsets)
+    assert (gains >= 1 - j - 1e-5).all() and (gains <= 1 + j + 1e-5).all()
+    assert (np.abs(offsets) <= j + 1e-5).all()
+    assert gains.min() < 1 - 0.9 * j and gains.max() > 1 + 0.9 * j and np.abs(offsets).max() > 0.9 * j  # spans the range
+    assert np.ptp(gains, axis=1).mean() > 0.05  # one gain per channel, not one per frame
+
+
+def test_noise_has_the_drawn_standard_deviation_and_is_not_clamped():
+    x = torch.ones(2, 3, 128, 128)  # saturated: a clamp would shift the mean
+    stds = []
+    for seed in range(20):
+        y = perturb_motion(x, np.random.default_rng(seed), 0.0, 0.3)
+        s = np.random.default_rng(seed).uniform(0.0, 0.3)  # without jitter the level is the first draw
+        e = (y - x).numpy().astype(np.float64)
+        assert abs(e.std() - s) < 0.01 * s and abs(e.mean()) < 5 * s / np.sqrt(e.size)
+        assert abs(np.corrcoef(e[0].ravel(), e[1].ravel())[0, 1]) < 0.02  # independent between frames
+        stds.append(e.std())
+    assert max(stds) <= 0.3 and max(stds) > 0.2 and min(stds) < 0.1  # s ~ uniform(0, 0.3), one per example
+
+
+def test_jitter_then_noise_order_and_zero_is_a_no_op():
+    x = torch.rand(2, 3, 8, 8) * 2 - 1
+    rng = np.random.default_rng(3)
+    state = rng.bit_generator.state
+    assert perturb_motion(x, rng, 0.0, 0.0) is x and rng.bit_generator.state == state  # no draw, no arithmetic
+    y = perturb_motion(x, np.random.default_rng(3), 0.1, 0.05)
+    rng = np.random.default_rng(3)
+    gain, offset = rng.uniform(0.9, 1.1, size=3), rng.uniform(-0.1, 0.1, size=3)
+    s = rng.uniform(0.0, 0.05)
+    z = rng.standard_normal((2, 3, 8, 8), dtype=np.float32)
+    want = np.clip(x.numpy() * gain[:, None, None] + offset[:, None, None], -1, 1) + s * z
+    np.testing.assert_allclose(y.numpy(), want, atol=1e-6)
+
+
+def _example_as_before(ds: TalkingFaceDataset, item: int, seed: int) -> dict:
+    """Example (item, seed) rebuilt by hand with the sampling rules as they were before the perturbation existed."""
+    source = ds._source(item % len(ds.ids))
+    rng = np.random.default_rng(seed)
+    idx = example_indices(source.n, ds.data.identity_frame, ds.model.n_motion_frames, rng)
+    if ds.data.motion_dropout > 0 and rng.random() < ds.data.motion_dropout:
+        idx = type(idx)(idx.target, idx.identity, (-1,) * len(idx.motion))
+    clip = source.clip().frames
+    motion = torch.stack([clip[i] if i >= 0 else clip[idx.identity] for i in idx.motion])
+    return {
+        "target": clip[idx.target],
+        "identity_frame": clip[idx.identity],
+        "motion_frames": motion_transform(motion, ds.model.grayscale_motion, ds.data.motion_blur).flatten(0, 1),
+        "audio_window": source.audio_emb[torch.from_numpy(audio_rows(idx.target, ds.model.n_audio_motion_embs, source.n))],
+        "mouth_landmarks": source.landmarks[idx.target, 48:68],
+        "rng": rng,
+    }
+
+
+@pytest.mark.parametrize("gray,blurred", [(False, True), (True, False)])
+def test_examples_without_perturbation_are_bit_identical_to_the_unperturbed_rules(tmp_path, gray, blurred):
+    make_indexed_dataset(tmp_path)
+    model = ModelConfig(image_size=8, grayscale_motion=gray, n_motion_frames=2, n_audio_motion_embs=2)
+    ds = TalkingFaceDataset(DataConfig(root=str(tmp_path), motion_blur=blurred, motion_dropout=0.5), model, "train")
+    for seed in range(30):
+        ex, want = ds[(0, seed)], _example_as_before(ds, 0, seed)
+        assert ex.keys() == want.keys() - {"rng"}
+        for key in ex:
+            assert torch.equal(ex[key], want[key]), key
+
+
+def test_perturbed_examples_change_only_the_motion_frames(tmp_path):
+    make_indexed_dataset(tmp_path)
+    model = ModelConfig(image_size=8, grayscale_motion=False, n_motion_frames=2, n_audio_motion_embs=2)
+    clean = TalkingFaceDataset(DataConfig(root=str(tmp_path), motion_dropout=0.5), model, "train")
+    on = TalkingFaceDataset(DataConfig(root=str(tmp_path), motion_dropout=0.5, motion_colour_jitter=0.2), model, "train")
+    identity_slots = 0
+    for seed in range(40):
+        ex, ref = on[(0, seed)], _example_as_before(clean, 0, seed)
+        for key in ("target", "identity_frame", "audio_window", "mouth_landmarks"):
+            assert torch.equal(ex[key], ref[key]), key  # same frames, rows and landmarks: draws come after
+        rng = ref["rng"]  # continues after the index and dropout draws
+        gain, offset = rng.uniform(0.8, 1.2, size=3), rng.uniform(-0.2, 0.2, size=3)
+        clean_motion = ref["motion_frames"].view(2, 3, 8, 8).numpy().astype(np.float64)
+        want = np.clip(clean_motion * gain[:, None, None] + offset[:, None, None], -1, 1)
+        np.testing.assert_allclose(ex["motion_frames"].view(2, 3, 8, 8).numpy(), want, atol=1e-6)
+        saturated = bool((ref["identity_frame"] == -1).all())  # frame 0 is black: a darker jitter clamps back to it
+        if torch.equal(ref["motion_frames"][:3], ref["identity_frame"]) and not saturated:  # a copy (t = 0 or dropout)
+            identity_slots += 1
+            assert not torch.equal(ex["motion_frames"][:3], ex["identity_frame"])  # jittered too
+    assert identity_slots > 5
+
+
+@pytest.mark.parametrize(
+    "kw,match",
+    [
+        ({"motion_colour_jitter": -0.1}, r"data\.motion_colour_jitter must be in \[0, 1\), got -0\.1"),
+        ({"motion_colour_jitter": 1.0}, r"data\.motion_colour_jitter must be in \[0, 1\), got 1\.0"),
+        ({"motion_colour_jitter": float("nan")}, r"data\.motion_colour_jitter must be in \[0, 1\), got nan"),
+        ({"motion_noise": -0.01}, r"data\.motion_noise must be a finite number >= 0, got -0\.01"),
+        ({"motion_noise": float("inf")}, r"data\.motion_noise must be a finite number >= 0, got inf"),
+    ],
+)
+def test_bad_perturbation_levels_are_rejected_in_one_line(tmp_path, kw, match):
+    with pytest.raises(DiffheadsError, match=match) as err:
+        TalkingFaceDataset(DataConfig(root=str(tmp_path / "never-read"), **kw), ModelConfig(image_size=8))
+    assert "\n" not in str(err.value) and "0 turns it off" in str(err.value)

@@ -164,6 +164,9 @@ class DataConfig:
     identity_frame: IdentityFrameMode = IdentityFrameMode.RANDOM
     motion_blur: bool = False  # Gaussian blur (kernel 5, sigma 2) on motion frames
     motion_dropout: float = 0.0  # probability that an example's motion frames are all the identity frame (as at t = 0)
+    # training only, against exposure bias (docs/model.md): sampling always feeds clean motion frames
+    motion_colour_jitter: float = 0.0  # j in [0, 1): per example and channel a gain in [1-j, 1+j], offset in [-j, j]
+    motion_noise: float = 0.0  # >= 0: per example Gaussian noise of std s ~ uniform(0, motion_noise) on motion frames
     use_landmarks: bool = True  # read lmks/ for the lip loss when the loss is on
     examples_per_clip: int = 1  # training examples drawn per clip and epoch
     num_workers: int = 0

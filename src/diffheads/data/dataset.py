@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ from diffheads.data.frame_cache import (
     source_width,
 )
 from diffheads.data.layout import DataLayout
-from diffheads.data.motion import motion_transform
+from diffheads.data.motion import motion_transform, perturb_motion
 from diffheads.data.packed import PackedClips
 from diffheads.errors import DiffheadsError
 
@@ -183,6 +184,15 @@ def load_clip(layout: DataLayout, cid: str, size: int, with_landmarks: bool) -> 
     return decode_clip(layout, cid, size, with_landmarks).clip()
 
 
+def check_motion_perturbation(data: DataConfig) -> None:
+    """Reject motion jitter and noise levels outside their ranges, naming the config key."""
+    j, s = data.motion_colour_jitter, data.motion_noise
+    if not (math.isfinite(j) and 0 <= j < 1):
+        raise DiffheadsError(f"data.motion_colour_jitter must be in [0, 1), got {j}; pass e.g. 0.1 (0 turns it off)")
+    if not (math.isfinite(s) and s >= 0):
+        raise DiffheadsError(f"data.motion_noise must be a finite number >= 0, got {s}; pass e.g. 0.1 (0 turns it off)")
+
+
 class TalkingFaceDataset(Dataset):
     """Training examples: target frame, identity frame, motion frames, audio window, mouth landmarks.
 
@@ -198,6 +208,7 @@ class TalkingFaceDataset(Dataset):
     """
 
     def __init__(self, data: DataConfig, model: ModelConfig, split: str = "train", lip_loss: bool = True):
+        check_motion_perturbation(data)
         self.data, self.model = data, model
         self.with_landmarks = lip_loss and data.use_landmarks
         self.packed: PackedClips | None = None
@@ -264,6 +275,11 @@ class TalkingFaceDataset(Dataset):
         target, identity = frames[0], frames[1]
         previous = iter(frames[2:])
         motion = torch.stack([next(previous) if i >= 0 else identity for i in idx.motion])
+        # after every other draw, so that which frames an example uses never depends on these options; copies of
+        # the identity frame (t = 0, dropout) are perturbed too, or equality with the identity frame would tell
+        # the network which motion frames carry the true colour; before the transform, as the sampler's own
+        # errors are in the frame it then grayscales and blurs
+        motion = perturb_motion(motion, rng, self.data.motion_colour_jitter, self.data.motion_noise)
         motion = motion_transform(motion, self.model.grayscale_motion, self.data.motion_blur)
         rows = audio_rows(idx.target, self.model.n_audio_motion_embs, source.n)
         example = {

@@ -1,7 +1,9 @@
-"""The motion-frame transform shared by training examples and the video sampler (SPEC)."""
+"""The motion-frame transform shared by training examples and the video sampler (SPEC), and the training-only
+perturbation of motion frames against exposure bias (docs/model.md)."""
 
 from __future__ import annotations
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -38,3 +40,25 @@ def motion_transform(frames: torch.Tensor, grayscale: bool, blurred: bool) -> to
     if blurred:
         x = blur(x)
     return x.reshape(*lead, *x.shape[-3:])
+
+
+def perturb_motion(frames: torch.Tensor, rng: np.random.Generator, colour_jitter: float, noise: float) -> torch.Tensor:
+    """One example's (M, C, H, W) motion frames in [-1, 1], colour-jittered then noised; unchanged at 0 (docs/model.md).
+
+    Draws from `rng`, in this order and only for the options that are on: `gain` = uniform(1 - j, 1 + j, size=C),
+    `offset` = uniform(-j, j, size=C), then `s` = uniform(0, noise) and standard_normal(frames.shape, float32).
+    Result: clamp(gain_c x + offset_c, -1, 1) + s z, the same gain and offset for all M frames.
+    """
+    x = frames
+    if colour_jitter > 0:
+        c = x.shape[-3]
+        gain = torch.from_numpy(rng.uniform(1 - colour_jitter, 1 + colour_jitter, size=c)).to(x.dtype).view(c, 1, 1)
+        offset = torch.from_numpy(rng.uniform(-colour_jitter, colour_jitter, size=c)).to(x.dtype).view(c, 1, 1)
+        # clamped as sampling clamps every generated frame: a jittered frame is still one the sampler could feed back
+        x = (x * gain + offset).clamp(-1.0, 1.0)
+    if noise > 0:
+        s = rng.uniform(0.0, noise)
+        z = torch.from_numpy(rng.standard_normal(x.shape, dtype=np.float32)).to(x.dtype)
+        # not clamped: at saturated pixels a clamp would turn zero-mean noise into a one-sided colour shift
+        x = x + s * z
+    return x
