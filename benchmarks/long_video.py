@@ -246,6 +246,9 @@ def print_table(loops: dict[str, dict[str, Any]], truth: dict[str, Any], long_s:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--checkpoint", default="outputs/demo/model.ckpt")
+    parser.add_argument("--reference-checkpoint",
+                        help="the model the reference loop samples (default: --checkpoint); e.g. one trained without "
+                             "our drift fixes, to compare the reference's recipe with ours")
     parser.add_argument("--seconds", type=float, default=60.0, help="length of every clip")
     parser.add_argument("--identities", default="30,31,32", help="held-out identity indices (the demo's: 30,31,32)")
     parser.add_argument("--clip-index", type=int, default=10, help="clip index of the new speech (the demo uses 0, 1)")
@@ -263,22 +266,26 @@ def main() -> None:
     unknown = [n for n in names if n not in LOOPS]
     if unknown or not names:
         sys.exit(f"unknown loop(s) {', '.join(unknown) or '(none given)'}; choose from {', '.join(LOOPS)}")
-    if not Path(args.checkpoint).is_file():
-        sys.exit(f"{args.checkpoint} not found; run `make demo` first (it trains the model this benchmark samples)")
+    for path in (args.checkpoint, args.reference_checkpoint):
+        if path is not None and not Path(path).is_file():
+            sys.exit(f"{path} not found; run `make demo` first (it trains the model this benchmark samples)")
     long_s = longest_summary(args.seconds)
     started = time.perf_counter()
     work = Path(args.work)
     model = load_model(args.checkpoint, args.device)
+    models = {name: load_model(args.reference_checkpoint, args.device)
+              if name == "reference" and args.reference_checkpoint else model for name in names}
     clips = [(i, args.clip_index) for i in parse_identities(args.identities)]
     encoder = build_encoder(model.audio_encoder) if model.audio_encoder else LogMelEncoder()
     info = prepare_data(work / "data", clips, args.seconds, model.cfg.model.image_size, args.seed, encoder)
-    checkpoint = {"path": str(Path(args.checkpoint).resolve()), "sha256": sha256(Path(args.checkpoint))}
     loops: dict[str, dict[str, Any]] = {}
     for name in names:
-        sample = loop_sample(model, name, args)
+        path = Path(args.reference_checkpoint if name == "reference" and args.reference_checkpoint else args.checkpoint)
+        checkpoint = {"path": str(path.resolve()), "sha256": sha256(path)}
+        sample = loop_sample(models[name], name, args)
         settings = {"checkpoint": checkpoint, "data": info, "sample": to_dict(sample), "seed": args.seed}
-        generation = generate_loop(model, work / "data", work / name, sample, settings, args.seed, args.device)
-        loops[name] = {"sample": to_dict(sample), "generation": generation,
+        generation = generate_loop(models[name], work / "data", work / name, sample, settings, args.seed, args.device)
+        loops[name] = {"checkpoint": str(path), "sample": to_dict(sample), "generation": generation,
                        "drift": drift_section(work / name / "videos", work / "data", work / name / "eval")}
         print(f"{name}: generated {generation['written']} clips, kept {generation['kept']}", file=sys.stderr)
     truth = drift_section(work / "data" / "video", work / "data", work / "truth" / "eval")

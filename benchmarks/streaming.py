@@ -8,8 +8,10 @@ real frame is the face, its speech the audio, fed in 20 ms chunks and written to
     needed sample (median, p95).
   - flat out: the whole file available at once; stream_realtime_factor = seconds of video per second spent
     (sampling, encoding and writing; >= 1 sustains 25 fps).
-For the 2-call student (outputs/distill/student_2.ckpt, see benchmarks/distill.py) and, for comparison, the
-teacher with its own sampler settings.
+For the 2-call student (outputs/distill/student_2.ckpt, see benchmarks/distill.py) on the fast path
+(`--compile --channels-last`: torch.compile's C++ kernels, which need a C compiler, and channels_last
+convolutions) and plain (eager, as `diffheads stream` runs without flags), and, for comparison, the teacher
+with its own sampler settings (eager). The keys come from the student's fast path.
 
 Usage: python benchmarks/streaming.py [--student outputs/distill/student_2.ckpt] [--teacher outputs/demo/model.ckpt]
        [--data outputs/demo/data] [--out benchmarks/results/streaming.json]
@@ -18,6 +20,7 @@ Usage: python benchmarks/streaming.py [--student outputs/distill/student_2.ckpt]
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import platform
 import sys
@@ -32,15 +35,16 @@ from diffheads.data.layout import DataLayout
 from diffheads.stream_video import stream_video
 
 
-def stream_runs(model_path: str, video: Path, audio: Path, work: Path) -> dict:
-    """A warm-up, then the live (paced) run and the flat-out run of one model."""
+def stream_runs(model_path: str, video: Path, audio: Path, work: Path, fast: bool) -> dict:
+    """A warm-up (compilation included), then the live (paced) run and the flat-out run of one model."""
     model = load_model(model_path, "cpu")
-    common = {"video": video, "align": False, "progress": False, "chunk_ms": 20.0}
+    sample = dataclasses.replace(model.cfg.sample, compile=fast, channels_last=fast)
+    common = {"video": video, "align": False, "progress": False, "chunk_ms": 20.0, "sample": sample}
     stream_video(model, audio, work / "warm.mp4", **common)
     live = stream_video(model, audio, work / "live.mp4", realtime=True, **common)
     flat = stream_video(model, audio, work / "flat.mp4", **common)
-    sample = model.cfg.sample
-    return {"solver": sample.solver.value, "steps": sample.steps, "live": live, "flat_out": flat}
+    return {"solver": sample.solver.value, "steps": sample.steps, "compile": fast, "channels_last": fast,
+            "live": live, "flat_out": flat}
 
 
 def main() -> None:
@@ -60,8 +64,10 @@ def main() -> None:
                     "command": "python benchmarks/streaming.py " + " ".join(sys.argv[1:]), "clip": cid,
                     "chunk_ms": 20.0}
     with tempfile.TemporaryDirectory() as tmp:
-        for name, path in (("student_2", args.student), ("teacher", args.teacher)):
-            result[name] = stream_runs(path, layout.video(cid), layout.audio(cid), Path(tmp))
+        runs = (("student_2", args.student, True), ("student_2_plain", args.student, False),
+                ("teacher", args.teacher, False))
+        for name, path, fast in runs:
+            result[name] = stream_runs(path, layout.video(cid), layout.audio(cid), Path(tmp), fast)
             print(json.dumps({name: result[name]}), file=sys.stderr, flush=True)
     student = result["student_2"]
     result["stream_realtime_factor"] = student["flat_out"]["realtime_factor"]

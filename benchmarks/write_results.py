@@ -156,16 +156,55 @@ def streaming_section(r: dict) -> list[str]:
     lines = _header(r, "live streaming on the demo model, batch 1", "streaming.py")
     lines += [f"`diffheads stream`'s code on held-out clip {r['clip']} ({r['chunk_ms']:g} ms chunks, frames written to "
               "an MP4 as they come). Live: audio paced at its real speed; flat out: the whole file at once.", "",
-              "| model | solver | live: first frame ms | live: latency median / p95 ms | flat out: real-time factor |",
-              "|---|---|---|---|---|"]
-    for name in ("student_2", "teacher"):
+              "| model | solver | path | live: first frame ms | live: latency median / p95 ms | "
+              "flat out: real-time factor |",
+              "|---|---|---|---|---|---|"]
+    for name in ("student_2", "student_2_plain", "teacher"):
+        if name not in r:
+            continue
         m = r[name]
-        lines.append(f"| {name} | {m['solver']} {m['steps']} | {m['live']['first_frame_latency_ms']} | "
+        path = "compile + channels_last" if m.get("compile") else "eager"
+        lines.append(f"| {name} | {m['solver']} {m['steps']} | {path} | {m['live']['first_frame_latency_ms']} | "
                      f"{m['live']['latency_median_ms']} / {m['live']['latency_p95_ms']} | "
                      f"{m['flat_out']['realtime_factor']} |")
     lines += ["", f"The first frame needs {r['lookahead_ms']:g} ms of audio past its own 40 ms (the encoder's and the "
               "network's look-ahead), then its compute. Real-time factor: seconds of video per second spent "
               "(>= 1 sustains 25 fps)."]
+    return lines + [""]
+
+
+def long_video_section(r: dict) -> list[str]:
+    lines = _header(r, "long videos: drift over a minute, the reference loop against ours", "long_video.py")
+    long_s = r["drift_long_seconds"]
+    lines += [f"Input: {r['input']}. Drift against the identity frame (frame 0 of the real clip); lip sync: "
+              "windowed r of the generated against the real mouth opening (first and last 10 s). "
+              "truth: the real clips scored the same way (the floor).", "",
+              f"| loop | model | sampling | colour dE00 5 s | colour {long_s} s | shape 5 s | shape {long_s} s | "
+              "sharpness 5 s | lip sync first 10 s | last 10 s | s per generated s |",
+              "|---|---|---|---|---|---|---|---|---|---|---|"]
+
+    def row(name: str, section: dict, model: str, sampling: str, cost: object) -> str:
+        def at(measure: str, key: str) -> str:
+            v = section["summaries"].get(measure, {}).get("against_identity", {}).get(key)
+            return "-" if v is None else f"{v:.3g}"
+        lip = section["curves"].get("lip_sync_r", {}).get("against_real") or [None]
+        cells = [at("colour_de2000", "at_5s"), at("colour_de2000", f"at_{long_s}s"), at("shape_rms_iod", "at_5s"),
+                 at("shape_rms_iod", f"at_{long_s}s"), at("sharpness_ratio", "at_5s")]
+        sync = ["-" if v is None else f"{v:.3g}" for v in (lip[0], lip[-1])]
+        return f"| {name} | {model} | {sampling} | " + " | ".join(cells + sync) + f" | {cost} |"
+
+    for name, loop in r["loops"].items():
+        sample = loop["sample"]
+        sampling = f"{sample['solver']} {sample['steps']}, stabilize_every {sample['stabilize_every']}"
+        lines.append(row(name, loop["drift"], loop.get("checkpoint", "-"), sampling,
+                         loop["generation"]["seconds_per_video_second"]))
+    lines.append(row("truth", r["truth"], "real clips", "-", "-"))
+    g = r["goals"]
+    lines += ["", f"Goals: ours at {long_s} s over ours at 5 s: colour {g['colour_ours_long_over_5s']}, shape "
+              f"{g['shape_ours_long_over_5s']} (at most 1.2); the reference over ours at {long_s} s: colour "
+              f"{g['colour_reference_over_ours_long']}, shape {g['shape_reference_over_ours_long']} (at least 2); "
+              f"lip sync last over first 10 s: {g['lipsync_last_over_first_ours']} (at least 0.9). Curves: "
+              "`benchmarks/results/long_video.png`."]
     return lines + [""]
 
 
@@ -219,6 +258,10 @@ def main() -> None:
     if (r := _load("long_audio_memory")) is not None:
         lines += long_audio_section(r)
         block += [f"long_audio_{k}: {v}" for k, v in r.items() if k.startswith("peak_rss_ratio_")]
+    if (r := _load("long_video")) is not None:
+        lines += long_video_section(r)
+        block += [f"{k}: {r[k]:.4g}" for k in ("drift_colour_60s_ref", "drift_colour_60s_ours", "drift_shape_60s_ref",
+                                                "drift_shape_60s_ours", "lipsync_r_last10s_ours") if r.get(k) is not None]
     if (r := _load("gpu")) is not None:
         lines += generic_section(r, "GPU, paper configuration", "gpu.sh", [k for k in r if k not in ("benchmark", "date", "machine", "command")])
     else:
