@@ -188,7 +188,7 @@ def main() -> None:
         memory_rate = len(fast_order) / seconds["memory"]
         packed_rate = len(fast_order) / seconds["packed"]
         packed_lru_rate = len(fast_order) / seconds["packed_lru"]
-        decode_first, disk_first, memory_first = firsts["decode"], firsts["disk"], firsts["memory"]
+        decode_first = firsts["decode"]
 
         dropped = drop_page_cache(root / "cache")
         disk_cold_s, _, _ = timed(dataset(root, FrameCache.DISK, args.size), decode_order)
