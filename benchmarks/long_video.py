@@ -18,7 +18,10 @@ Loops (LOOPS: name -> changes to the sampling settings, so a new loop is one lin
              (benchmarks/sampling.py), hours for 3 clips of a minute; the stabilisation rule is about
              the loop, not the per-frame solver, so both loops share one solver unless
              `--reference-solver ancestral --reference-steps 100` asks for the faithful one.
-  ours       the model's own sampling settings (its stabilize_every: 0 for the demo) with --solver/--steps.
+  ours       the model's own sampling settings (the demo's: no stabilisation, colour re-anchoring on) with
+             --solver/--steps.
+  ours_no_anchor  ours without colour re-anchoring (sample.colour_anchor=false): the control that separates
+             what the training recipe does from what the re-anchoring does (not in the default --loops).
 
 Writes benchmarks/results/long_video.json (curves, summaries, the keys drift_colour_60s_ref/_ours,
 drift_shape_60s_ref/_ours, lipsync_r_first10s_ours, lipsync_r_last10s_ours and the 5 s values; with
@@ -57,10 +60,12 @@ from diffheads.synth.dataset import make_held_out_clips
 
 REFERENCE_STABILIZE_EVERY = 15  # the reference's rule: the identity frame into the oldest motion slot every 15 frames
 LOOPS: dict[str, dict[str, Any]] = {  # loop name -> changes to the model's sampling settings
-    "reference": {"stabilize_every": REFERENCE_STABILIZE_EVERY},
+    "reference": {"stabilize_every": REFERENCE_STABILIZE_EVERY, "colour_anchor": False},
     "ours": {},
+    "ours_no_anchor": {"colour_anchor": False},
 }
-SHORT = {"reference": "ref", "ours": "ours"}  # the suffix of a loop's headline keys
+DEFAULT_LOOPS = ("reference", "ours")
+SHORT = {"reference": "ref", "ours": "ours", "ours_no_anchor": "ours_no_anchor"}  # the suffix of a loop's headline keys
 DRIFT_MEASURES = {"colour": "colour_de2000", "shape": "shape_rms_iod"}  # headline name -> drift measure
 CURVES = ("colour_de2000", "shape_rms_iod", "sharpness_ratio", "lip_sync_r")
 HEADLINE_AGAINST = "against_identity"
@@ -257,7 +262,8 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="solver steps per frame")
     parser.add_argument("--reference-solver", choices=[s.value for s in Solver], help="the reference loop's solver")
     parser.add_argument("--reference-steps", type=int, help="the reference loop's steps (100: the reference's)")
-    parser.add_argument("--loops", default=",".join(LOOPS), help=f"comma list of {', '.join(LOOPS)}")
+    parser.add_argument("--loops", default=",".join(DEFAULT_LOOPS),
+                        help=f"comma list of {', '.join(LOOPS)} (default: {','.join(DEFAULT_LOOPS)})")
     parser.add_argument("--work", default="outputs/long_video", help="data, videos and evaluations (re-used)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda (generation; the scoring runs on the CPU)")
     parser.add_argument("--out", default="benchmarks/results/long_video.json")

@@ -10,7 +10,7 @@ from diffheads.config import DiffusionConfig, ModelConfig, Prediction, SampleCon
 from diffheads.data.motion import motion_transform
 from diffheads.diffusion.gaussian import GaussianDiffusion
 from diffheads.diffusion.samplers import sample_ancestral, sample_ddim
-from diffheads.diffusion.video import sample_video
+from diffheads.diffusion.video import anchor_colour, sample_video
 
 MU, S = 0.3, 0.4  # data: every pixel i.i.d. N(MU, S^2)
 
@@ -110,3 +110,52 @@ def test_video_loop_feeds_motion_frames_and_audio_windows(grayscale):
                     want = to_m(torch.full((1, 3, 4, 4), src / 100.0))[0]
                 got = cond.motion_frames[row, slot * c : (slot + 1) * c]
                 torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+
+
+def test_anchor_colour_moves_the_face_box_mean_onto_the_identity_frame():
+    g = torch.Generator().manual_seed(3)
+    identity = torch.rand(2, 3, 8, 8, generator=g) * 0.6 - 0.3
+    # a frame = the identity with a known colour cast on the face box (rows and columns 2..5) and a changed background
+    cast = torch.tensor([[0.2, -0.1, 0.05], [-0.15, 0.1, 0.0]]).view(2, 3, 1, 1)
+    frame = identity.clone()
+    frame[..., 2:6, 2:6] += cast
+    frame[..., 0, :] = 0.9  # background pixels outside the box must not steer the shift
+    got = anchor_colour(frame, identity)
+    # independent: the box mean of the frame differs from the identity's by exactly `cast`, so the whole frame moves
+    # by -cast; the background row at 0.9 goes past 1 where the cast is negative and is clamped
+    want = (frame - cast).clamp(-1, 1)
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+    torch.testing.assert_close(got[..., 2:6, 2:6], identity[..., 2:6, 2:6], atol=1e-6, rtol=0)
+
+
+def test_colour_anchor_in_the_video_loop_returns_and_feeds_back_anchored_frames():
+    k, steps = 1, 2
+    mcfg = ModelConfig(n_motion_frames=2, n_audio_motion_embs=k, grayscale_motion=False)
+    process = GaussianDiffusion.from_config(DiffusionConfig(prediction=Prediction.X0)).respace(steps)
+    lengths = [5, 3]  # the second clip leaves the batch after frame 2: rows must stay matched to their identity
+    embs = [torch.arange(n, dtype=torch.float32)[:, None].repeat(1, 3) for n in lengths]
+    identity = torch.stack([torch.full((3, 8, 8), 0.25), torch.full((3, 8, 8), -0.5)])
+    identity[:, 1] = torch.tensor([-0.4, 0.6]).view(2, 1, 1)  # the model's frames are grey (all channels t / 100)
+    sample = SampleConfig(solver=Solver.DDIM, steps=steps, colour_anchor=True)
+    model = FrameIndexModel(k)
+    clips = sample_video(model, process, identity, embs, mcfg, sample, torch.Generator().manual_seed(0),
+                         progress=False)
+    # each frame is flat, so anchoring makes it its own identity frame's colour exactly
+    for clip, ident, n in zip(clips, identity, lengths):
+        assert len(clip) == n
+        for frame in clip:
+            torch.testing.assert_close(frame, ident, atol=1e-6, rtol=0)
+    # frame 2 conditions on the anchored frames 0 and 1, not on the grey ones the model made
+    cond = model.seen[2 * steps]
+    torch.testing.assert_close(cond.motion_frames[:, 3:], motion_transform(identity, False, False), atol=1e-6,
+                               rtol=0)
+
+
+@pytest.mark.parametrize("flags,want", [([], None), (["--no-colour-anchor"], False), (["--colour-anchor"], True)])
+def test_colour_anchor_flag_overrides_the_checkpoint(flags, want):
+    from diffheads.cli import _sample_overrides, build_parser
+
+    for base in (SampleConfig(colour_anchor=True), SampleConfig(colour_anchor=False)):
+        args = build_parser().parse_args(["generate", "--checkpoint", "m.ckpt", "--data", "d", "--out", "o", *flags])
+        expected = base.colour_anchor if want is None else want  # no flag: the checkpoint's own setting
+        assert _sample_overrides(args, base).colour_anchor is expected

@@ -26,6 +26,8 @@ def _sample_overrides(args: argparse.Namespace, base: SampleConfig) -> SampleCon
         changes["solver"] = Solver(args.solver)
     if args.stabilize_every is not None:
         changes["stabilize_every"] = args.stabilize_every
+    if args.colour_anchor is not None:
+        changes["colour_anchor"] = args.colour_anchor
     if getattr(args, "max_frames", None) is not None:
         changes["max_frames"] = args.max_frames
     if getattr(args, "batch_size", None) is not None:
@@ -52,6 +54,8 @@ def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--solver", choices=["ancestral", "ddim", "dpm++2m", "unipc"],
                    help="per-frame solver (default: the checkpoint's)")
     p.add_argument("--stabilize-every", type=int, help="reset the oldest motion frame to the identity every N frames")
+    p.add_argument("--colour-anchor", action=argparse.BooleanOptionalAction,
+                   help="shift each frame's colour back onto the identity frame's (default: the checkpoint's)")
     p.add_argument("--precision", choices=["fp32", "bf16", "fp16"], help="autocast precision of the network (fp16: GPU only)")
     p.add_argument("--channels-last", action="store_true", help="channels_last memory format for the network")
     p.add_argument("--compile", action="store_true", help="torch.compile the network (needs a C/C++ compiler)")

@@ -33,6 +33,20 @@ def pad_embeddings(audio_embs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, to
     return padded, lengths
 
 
+def anchor_colour(frames: torch.Tensor, identity_frames: torch.Tensor) -> torch.Tensor:
+    """(N, 3, H, W) frames in [-1, 1], each channel shifted so that the mean of the face box equals that of the
+    matching identity frame's, clamped to [-1, 1] (colour re-anchoring, docs/long_video.md).
+
+    The face box is the central half of the frame in each direction (rows H//4 .. 3H//4, columns likewise): in an
+    aligned crop it holds the face, so the shift follows the skin, not the background.
+    """
+    h, w = frames.shape[-2:]
+    rows, cols = slice(h // 4, h - h // 4), slice(w // 4, w - w // 4)
+    target = identity_frames[..., rows, cols].mean(dim=(-2, -1), keepdim=True)
+    current = frames[..., rows, cols].mean(dim=(-2, -1), keepdim=True)
+    return (frames + (target - current)).clamp(-1.0, 1.0)
+
+
 class FrameStepper:
     """The per-frame step of the video loop, carrying the motion frames from one frame to the next (SPEC).
 
@@ -42,6 +56,8 @@ class FrameStepper:
 
     Motion frames start as the identity frame; after each frame the newest generated frame (motion-transformed) is
     appended and the oldest dropped; every `stabilize_every` frames the oldest slot is reset to the identity frame.
+    With `colour_anchor` each sampled frame is re-anchored on its identity frame's colour (`anchor_colour`) before
+    it is returned and fed back.
     """
 
     def __init__(
@@ -92,6 +108,8 @@ class FrameStepper:
             self.sample_cfg.clip_denoised,
             self.sample_cfg.eta,
         ).clamp(-1.0, 1.0)
+        if self.sample_cfg.colour_anchor:
+            frame = anchor_colour(frame, cond.identity_frame)
         newest = self.motion[-1].clone()
         newest[active] = self.to_motion(frame)
         self.motion = self.motion[1:] + [newest]
