@@ -112,20 +112,27 @@ def test_video_loop_feeds_motion_frames_and_audio_windows(grayscale):
                 torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
 
 
-def test_anchor_colour_moves_the_face_box_mean_onto_the_identity_frame():
+def test_anchor_colour_moves_the_face_box_skin_onto_the_identity_frame():
     g = torch.Generator().manual_seed(3)
-    identity = torch.rand(2, 3, 8, 8, generator=g) * 0.6 - 0.3
-    # a frame = the identity with a known colour cast on the face box (rows and columns 2..5) and a changed background
+    identity = torch.rand(2, 3, 8, 8, generator=g) * 0.6 - 0.3  # background
+    skin = torch.tensor([[0.4, 0.1, -0.1], [-0.2, 0.3, 0.0]]).view(2, 3, 1, 1)
+    identity[..., 2:6, 2:6] = skin  # the face box (rows and columns 2..5 of 8) is skin ...
+    identity[..., 3, 2] = -0.8  # ... with an eye
+    # a frame = the identity with a known colour cast on the face box, an open mouth and a changed background
     cast = torch.tensor([[0.2, -0.1, 0.05], [-0.15, 0.1, 0.0]]).view(2, 3, 1, 1)
     frame = identity.clone()
     frame[..., 2:6, 2:6] += cast
+    frame[..., 4:6, 3:5] = -0.9  # the mouth: 4 of the box's 16 pixels, dark
     frame[..., 0, :] = 0.9  # background pixels outside the box must not steer the shift
     got = anchor_colour(frame, identity)
-    # independent: the box mean of the frame differs from the identity's by exactly `cast`, so the whole frame moves
-    # by -cast; the background row at 0.9 goes past 1 where the cast is negative and is clamped
+    # independent: the box's skin differs from the identity's by exactly `cast` (a mean would also see the mouth), so
+    # the whole frame moves by -cast; the background row at 0.9 goes past 1 where the cast is negative and is clamped
     want = (frame - cast).clamp(-1, 1)
     torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
-    torch.testing.assert_close(got[..., 2:6, 2:6], identity[..., 2:6, 2:6], atol=1e-6, rtol=0)
+    skin_pixels = torch.ones(8, 8, dtype=torch.bool)
+    skin_pixels[4:6, 3:5] = False
+    torch.testing.assert_close(got[..., 2:6, 2:6][..., skin_pixels[2:6, 2:6]],
+                               identity[..., 2:6, 2:6][..., skin_pixels[2:6, 2:6]], atol=1e-6, rtol=0)
 
 
 def test_colour_anchor_in_the_video_loop_returns_and_feeds_back_anchored_frames():

@@ -222,7 +222,7 @@ class SampleConfig:
     steps: int = 100  # respaced steps per frame
     eta: float = 0.0  # DDIM noise scale
     stabilize_every: int = 0  # every N frames put the identity frame in the oldest motion slot; 0: never
-    colour_anchor: bool = False  # shift each frame's colour so its face box's mean is the identity frame's (docs/long_video.md)
+    colour_anchor: bool = False  # shift each frame's colour so its face box's median is the identity frame's (docs/long_video.md)
     clip_denoised: bool = True  # clamp the x0 prediction to [-1, 1]
     batch_size: int = 8  # clips sampled together
     max_frames: int = 0  # cap on generated frames per clip; 0: no cap

@@ -34,17 +34,21 @@ def pad_embeddings(audio_embs: Sequence[torch.Tensor]) -> tuple[torch.Tensor, to
 
 
 def anchor_colour(frames: torch.Tensor, identity_frames: torch.Tensor) -> torch.Tensor:
-    """(N, 3, H, W) frames in [-1, 1], each channel shifted so that the mean of the face box equals that of the
+    """(N, 3, H, W) frames in [-1, 1], each channel shifted so that the median of the face box equals that of the
     matching identity frame's, clamped to [-1, 1] (colour re-anchoring, docs/long_video.md).
 
     The face box is the central half of the frame in each direction (rows H//4 .. 3H//4, columns likewise): in an
-    aligned crop it holds the face, so the shift follows the skin, not the background.
+    aligned crop it holds the face, so the shift follows the skin, not the background. The median (the lower of the
+    two middle values) is the skin's colour whatever the mouth and eyes do: a mean would darken with an open mouth
+    and brighten the whole frame in time with the speech.
     """
     h, w = frames.shape[-2:]
     rows, cols = slice(h // 4, h - h // 4), slice(w // 4, w - w // 4)
-    target = identity_frames[..., rows, cols].mean(dim=(-2, -1), keepdim=True)
-    current = frames[..., rows, cols].mean(dim=(-2, -1), keepdim=True)
-    return (frames + (target - current)).clamp(-1.0, 1.0)
+
+    def box_median(x: torch.Tensor) -> torch.Tensor:
+        return x[..., rows, cols].flatten(-2).median(dim=-1).values[..., None, None]
+
+    return (frames + (box_median(identity_frames) - box_median(frames))).clamp(-1.0, 1.0)
 
 
 class FrameStepper:
