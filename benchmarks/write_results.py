@@ -21,7 +21,7 @@ def _load(name: str) -> dict | None:
 
 def _header(r: dict, title: str, script: str) -> list[str]:
     return [f"## {title} (`benchmarks/{script}`)", "", f"- machine: {r['machine']}", f"- date: {r['date']}",
-            f"- command: `{r['command'].strip()}`", ""]
+            f"- command: `{r['command'].strip()}`"] + ([f"- note: {r['note']}"] if r.get("note") else []) + [""]
 
 
 def prepare_section(r: dict) -> list[str]:
@@ -206,6 +206,10 @@ def long_video_section(r: dict) -> list[str]:
               f"{g['colour_reference_over_ours_long']}, shape {g['shape_reference_over_ours_long']} (at least 2); "
               f"lip sync last over first 10 s: {g['lipsync_last_over_first_ours']} (at least 0.9). Curves: "
               "`benchmarks/results/long_video.png`."]
+    if "shape_excess_over_floor_reference_over_ours" in g:
+        lines += ["", f"A shape drift 2x lower than the reference loop's would be below the real clips' own floor "
+                  f"(truth); measured as excess over that floor, the reference's is "
+                  f"{g['shape_excess_over_floor_reference_over_ours']}x ours."]
     return lines + [""]
 
 
