@@ -24,16 +24,16 @@ demo-real: $(STAMP)
 	$(BIN)/diffheads demo --preset grid --out outputs/demo-grid
 
 demo-real-check: demo-real
-	$(BIN)/python -m diffheads.demo_check outputs/demo-grid/report.json
+	$(BIN)/python -m diffheads.demo.check outputs/demo-grid/report.json
 
 # CI's shortened GRID learning check (make demo-real takes about 30 minutes; this about 15).
 demo-real-short-check: $(STAMP)
 	$(BIN)/diffheads demo --preset grid --short --out outputs/demo-grid-short
-	$(BIN)/python -m diffheads.demo_check outputs/demo-grid-short/report.json
+	$(BIN)/python -m diffheads.demo.check outputs/demo-grid-short/report.json
 
 # The demo's learning check: fails unless lip sync was learned (see docs/demo.md).
 demo-check: demo
-	$(BIN)/python -m diffheads.demo_check $(DEMO_OUT)/report.json
+	$(BIN)/python -m diffheads.demo.check $(DEMO_OUT)/report.json
 
 test: $(STAMP)
 	sh .ci/install-chromium

@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffheads.audio.embed import embed_dataset
+from diffheads.prepare.embed import embed_dataset
 from diffheads.audio.encoders import LogMelEncoder
 from diffheads.checkpoint import save_model
 from diffheads.config import load_config

@@ -37,7 +37,7 @@ from training_throughput import batch_of, train_steps  # noqa: E402
 from diffheads.checkpoint import LoadedModel  # noqa: E402
 from diffheads.config import DiffusionConfig, ModelConfig, RunConfig, SampleConfig, Solver, load_config  # noqa: E402
 from diffheads.diffusion.gaussian import GaussianDiffusion  # noqa: E402
-from diffheads.generate import sample_clips  # noqa: E402
+from diffheads.sample.runtime import sample_clips  # noqa: E402
 from diffheads.models.blocks import set_attention  # noqa: E402
 from diffheads.models.unet import UNet  # noqa: E402
 
@@ -72,7 +72,7 @@ def time_streaming(cfg: ModelConfig, device: torch.device, seconds: float, preci
     """
     from diffheads.audio.encoders import LogMelEncoder
     from diffheads.config import TimestepSpacing
-    from diffheads.stream import SpeechStream
+    from diffheads.sample.stream import SpeechStream
 
     encoder = LogMelEncoder()
     cfg = dataclasses.replace(cfg, audio_dim=encoder.dim)

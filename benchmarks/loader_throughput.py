@@ -39,8 +39,8 @@ from torch.utils.data import DataLoader
 from diffheads.config import DataConfig, DataFormat, FrameCache, ModelConfig
 from diffheads.data import dataset as dataset_module
 from diffheads.data.dataset import TalkingFaceDataset
-from diffheads.data.pack import pack_dataset
-from diffheads.data.frame_cache import cache_dataset
+from diffheads.prepare.pack import pack_dataset
+from diffheads.prepare.cache import cache_dataset
 from diffheads.synth.dataset import make_synthetic_dataset
 
 ROUNDS = 3  # decode, disk and memory are timed in turns, this many times

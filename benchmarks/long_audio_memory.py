@@ -32,7 +32,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from diffheads.audio.encoders import SAMPLE_RATE, LogMelEncoder
+from diffheads.audio.encoders import LogMelEncoder
+from diffheads.audio.frames import SAMPLE_RATE
 from diffheads.checkpoint import save_model
 from diffheads.config import load_config
 from diffheads.io.audio import write_wav
@@ -98,7 +99,7 @@ sys.exit(code)
 
 IMPORT_ONLY = """
 import sys
-import diffheads.cli, diffheads.generate
+import diffheads.cli, diffheads.sample.animate
 with open("/proc/self/status") as status:
     hwm = next(line for line in status if line.startswith("VmHWM:"))
 print("VmHWM before teardown:", hwm.split()[1], file=sys.stderr, flush=True)
@@ -108,7 +109,8 @@ print("VmHWM before teardown:", hwm.split()[1], file=sys.stderr, flush=True)
 # the log-mel encoder alone on the recording: how far it lifts the high-water mark above what was resident
 ENCODE_ONLY = """
 import sys
-from diffheads.audio.encoders import LogMelEncoder, frames_in_audio
+from diffheads.audio.encoders import LogMelEncoder
+from diffheads.audio.frames import frames_in_audio
 from diffheads.io.audio import load_audio
 
 def status(key):

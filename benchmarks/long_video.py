@@ -49,12 +49,12 @@ from typing import Any
 
 import torch
 
-from diffheads.audio.embed import embed_dataset
+from diffheads.prepare.embed import embed_dataset
 from diffheads.audio.encoders import AudioEncoder, LogMelEncoder, build_encoder
 from diffheads.checkpoint import LoadedModel, load_model
 from diffheads.config import SampleConfig, Solver, to_dict
 from diffheads.evaluate.run import EvaluateConfig, evaluate, sha256
-from diffheads.generate_set import generate_test_set
+from diffheads.sample.test_set import generate_test_set
 from diffheads.metrics.drift import SUMMARY_SECONDS
 from diffheads.synth.dataset import make_held_out_clips
 

@@ -33,7 +33,7 @@ from diffheads.checkpoint import load_model
 from diffheads.config import SampleConfig, Solver
 from diffheads.data.dataset import SplitClips
 from diffheads.data.layout import DataLayout
-from diffheads.generate import sample_clips, to_uint8
+from diffheads.sample.runtime import sample_clips, to_uint8
 from diffheads.metrics.mouth import lip_sync_r, mouth_opening
 from diffheads.models.blocks import set_attention
 

@@ -1,6 +1,6 @@
 """Live streaming on the demo model, batch 1: can a distilled student keep up with speech on this CPU?
 
-Runs `diffheads stream` (diffheads.stream_video, the command's code) on a held-out clip of the demo: its first
+Runs `diffheads stream` (diffheads.sample.stream_file, the command's code) on a held-out clip of the demo: its first
 real frame is the face, its speech the audio, fed in 20 ms chunks and written to an MP4 as frames come.
   - live: audio paced at its real speed (as from a microphone). stream_first_frame_ms is the time from the
     arrival of the first chunk to the first frame written: the look-ahead the first frame's audio window needs
@@ -32,7 +32,7 @@ import torch
 
 from diffheads.checkpoint import load_model
 from diffheads.data.layout import DataLayout
-from diffheads.stream_video import stream_video
+from diffheads.sample.stream_file import stream_video
 
 
 def stream_runs(model_path: str, video: Path, audio: Path, work: Path, fast: bool) -> dict:

@@ -47,7 +47,10 @@ def moving_face_video(
     motions = motion(np.arange(n), fps, amount)
     shrink = np.diag([size / 512, size / 512, 1.0])
     frames = np.stack(
-        [cv2.warpAffine(image, (shrink @ m)[:2], (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT) for m in motions]
+        [
+            cv2.warpAffine(image, (shrink @ m)[:2], (size, size), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+            for m in motions
+        ]
     )
     rng = np.random.default_rng(0)
     sound = synth_speech(rng, sample_voice(rng), seconds).audio if audio else None

@@ -30,8 +30,13 @@ pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM_FLAGS = [  # root in a container, no GPU, no network beyond loopback
-    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
 ]
 SPEECH_SECONDS = 0.8  # -> 20 frames at 25 fps
 
@@ -69,7 +74,9 @@ def app_url(tmp_path_factory) -> str:
     log = open(tmp_path_factory.mktemp("applog") / "app.log", "w+")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen(
         [sys.executable, "-m", "diffheads.cli", "app", "--checkpoint", str(model), "--port", str(port)],
-        stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
     )
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 120
@@ -160,9 +167,14 @@ def test_upload_generate_and_download(page, inputs, tmp_path):
     assert frames[0].shape == (512, 512, 3)  # pasted back into the photo
 
     shown = page.locator("#run-report").inner_text()  # "Settings and timing" then the JSON, one token a line
-    report = json.loads(shown[shown.index("{"):])
+    report = json.loads(shown[shown.index("{") :])
     assert {k: report[k] for k in ("solver", "steps", "seed", "output_mode", "frames")} == {
-        "solver": "dpm++2m", "steps": 2, "seed": 3, "output_mode": "pasted back", "frames": 20}
+        "solver": "dpm++2m",
+        "steps": 2,
+        "seed": 3,
+        "output_mode": "pasted back",
+        "frames": 20,
+    }
     assert report["timing_s"]["sampling"] > 0 and report["timing_s"]["total"] >= report["timing_s"]["sampling"]
     assert report["trained_on"].startswith("synthetic cartoon faces") and "make demo-real" in report["note"]
     page.screenshot(path=str(artifacts_dir() / "app_finished.png"), full_page=True)

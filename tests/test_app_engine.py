@@ -104,25 +104,42 @@ def test_aligned_crop_preview_is_the_model_input_enlarged(portrait):
 
 def test_animate_reports_progress_and_writes_the_video(studio, portrait, files, tmp_path):
     seen: list[tuple[int, int]] = []
-    result = studio.animate("a", portrait, files["speech"], tmp_path / "out.mp4", FAST,
-                            on_progress=lambda p: seen.append((p.done, p.total)))
+    result = studio.animate(
+        "a", portrait, files["speech"], tmp_path / "out.mp4", FAST, on_progress=lambda p: seen.append((p.done, p.total))
+    )
     assert seen == [(i, 10) for i in range(11)]  # 0.4 s at 25 fps, one update a frame
     frames, fps = read_video(result.video)
     assert frames.shape == (10, 512, 512, 3) and fps == 25
     report = result.report("tiny", "cpu")
     assert report["frames"] == 10 and report["duration_s"] == 0.4 and report["solver"] == "ddim"
-    assert set(report["timing_s"]) == {"audio_loading", "queue_wait", "model_loading", "audio_encoding", "sampling",
-                                       "total"}
+    assert set(report["timing_s"]) == {
+        "audio_loading",
+        "queue_wait",
+        "model_loading",
+        "audio_encoding",
+        "sampling",
+        "total",
+    }
 
-    crop = studio.animate("a", portrait, files["speech"], tmp_path / "crop.mp4",
-                          Settings(solver="ddim", steps=1, output_mode="crop"))
+    crop = studio.animate(
+        "a", portrait, files["speech"], tmp_path / "crop.mp4", Settings(solver="ddim", steps=1, output_mode="crop")
+    )
     assert read_video(crop.video)[0].shape == (10, 16, 16, 3)
 
 
 def test_same_seed_same_video_other_seed_other_video(studio, portrait, files, tmp_path):
-    videos = [read_video(studio.animate("a", portrait, files["speech"], tmp_path / f"{i}.mp4",
-                                        Settings(solver="ddim", steps=1, seed=seed, output_mode="crop")).video)[0]
-              for i, seed in enumerate((4, 4, 5))]
+    videos = [
+        read_video(
+            studio.animate(
+                "a",
+                portrait,
+                files["speech"],
+                tmp_path / f"{i}.mp4",
+                Settings(solver="ddim", steps=1, seed=seed, output_mode="crop"),
+            ).video
+        )[0]
+        for i, seed in enumerate((4, 4, 5))
+    ]
     np.testing.assert_array_equal(videos[0], videos[1])
     assert np.abs(videos[0].astype(int) - videos[2].astype(int)).mean() > 1
 
@@ -149,8 +166,9 @@ def test_a_cancel_is_not_undone_by_the_same_visitors_next_job(studio, portrait, 
     next_job_waiting = threading.Event()
 
     def next_job() -> None:
-        results["next"] = studio.animate("v", portrait, files["speech"], tmp_path / "next.mp4", FAST,
-                                         on_wait=next_job_waiting.set)
+        results["next"] = studio.animate(
+            "v", portrait, files["speech"], tmp_path / "next.mp4", FAST, on_wait=next_job_waiting.set
+        )
 
     thread = threading.Thread(target=next_job)
 
@@ -172,8 +190,15 @@ def test_jobs_from_two_visitors_run_one_after_the_other(studio, portrait, files,
     second: list[threading.Thread] = []
 
     def run(key: str, on_progress) -> None:  # noqa: ANN001
-        studio.animate(key, portrait, files["speech"], tmp_path / f"{key}.mp4", FAST, on_progress=on_progress,
-                       on_wait=lambda: waited.append(key))
+        studio.animate(
+            key,
+            portrait,
+            files["speech"],
+            tmp_path / f"{key}.mp4",
+            FAST,
+            on_progress=on_progress,
+            on_wait=lambda: waited.append(key),
+        )
 
     def first_progress(p: Progress) -> None:
         events.append(("first", p.done))
@@ -196,8 +221,14 @@ def test_silent_audio_is_refused(studio, portrait, files, tmp_path):
 
 
 def _trained_on(synthetic: bool, size: int = 16, clips: int = 8) -> dict:
-    return {"data_root": "/data/x", "synthetic": synthetic, "train_clips": clips, "train_seconds": 40.0,
-            "image_size": size, "steps": 100}
+    return {
+        "data_root": "/data/x",
+        "synthetic": synthetic,
+        "train_clips": clips,
+        "train_seconds": 40.0,
+        "image_size": size,
+        "steps": 100,
+    }
 
 
 def _model_file(path: Path, trained_on: dict | None, *overrides: str, seed: int = 0) -> Path:
@@ -229,7 +260,12 @@ def outputs(tmp_path) -> Path:
 def test_the_models_under_outputs_are_listed_with_what_they_learnt_from(outputs):
     files = find_model_files(outputs)
     assert [str(p.relative_to(outputs)) for p in files] == [
-        "broken/model.ckpt", "demo/model.ckpt", "demo-grid/model.ckpt", "demo/train/model.ckpt", "runs/x/model.ckpt"]
+        "broken/model.ckpt",
+        "demo/model.ckpt",
+        "demo-grid/model.ckpt",
+        "demo/train/model.ckpt",
+        "runs/x/model.ckpt",
+    ]
     choices, skipped = discover_models(None, outputs)
     assert [c.label for c in choices] == [  # real footage first (selected), then the demo model, then the others
         f"{outputs}/demo-grid/model.ckpt — real footage, 540 clips (40 s) of /data/x, 16 px, 100 steps",
@@ -256,7 +292,10 @@ def test_the_checkpoint_given_comes_first(outputs, tmp_path):
     assert choices[0].path == mine and len(choices) == 4
     again, _ = discover_models(outputs / "demo" / "train" / "model.ckpt", outputs)  # a copy is not listed twice
     assert [c.path.relative_to(outputs).as_posix() for c in again] == [
-        "demo/train/model.ckpt", "demo-grid/model.ckpt", "runs/x/model.ckpt"]
+        "demo/train/model.ckpt",
+        "demo-grid/model.ckpt",
+        "runs/x/model.ckpt",
+    ]
     with pytest.raises(DiffheadsError, match="checkpoint .*nope.ckpt does not exist"):
         discover_models(tmp_path / "nope.ckpt", outputs)
     assert "make demo" in NO_MODEL_HELP and "make demo-real" in NO_MODEL_HELP and "--checkpoint" in NO_MODEL_HELP
@@ -309,9 +348,9 @@ def test_the_page_switches_model_and_aligns_the_face_again(files, tmp_path):
     demo = _model_file(tmp_path / "outputs" / "demo" / "model.ckpt", _trained_on(True, size=32), "model.image_size=32")
     page = Page(Studio.open(discover_models(None, tmp_path / "outputs")[0], "cpu"), NO_MODEL_HELP, tmp_path)
     page.build()
-    crop, message, portrait, source = page.on_photo(str(files["face"]), str(real))
+    _crop, message, portrait, source = page.on_photo(str(files["face"]), str(real))
     assert portrait.identity_crop.shape == (16, 16, 3) and source == (str(files["face"]), False)
-    line, note, crop, message, portrait, source = page.on_model(str(demo), source)
+    line, note, _crop, message, portrait, source = page.on_model(str(demo), source)
     assert f"`{demo}`" in line and "synthetic cartoon faces, 8 clips" in line
     assert note.startswith("**Note:** This model was trained only on synthetic cartoon faces")
     assert portrait.identity_crop.shape == (32, 32, 3) and "aligned to 32x32 px" in message

@@ -30,16 +30,16 @@ from torch import nn
 
 from diffheads.app.engine import Studio
 from diffheads.app.live import LiveSession, Resampler, to_float_mono
-from diffheads.audio.encoders import frames_in_audio
+from diffheads.audio.frames import frames_in_audio
 from diffheads.audio.sda import SDAEncoder
 from diffheads.checkpoint import load_model, save_model
 from diffheads.config import SampleConfig, Solver
 from diffheads.errors import DiffheadsError
-from diffheads.generate import identity_of
 from diffheads.io.audio import write_wav
 from diffheads.io.image import write_png
 from diffheads.io.video import count_frames
-from diffheads.stream import SpeechStream
+from diffheads.sample.inputs import identity_of
+from diffheads.sample.stream import SpeechStream
 from diffheads.synth.speech import sample_voice, synth_speech
 from facevideo import astronaut
 from test_app_browser import CHROMIUM_FLAGS, artifacts_dir, free_port, upload
@@ -188,7 +188,8 @@ def test_the_page_handlers_stream_frames_then_the_video(studio, portrait, root):
     me = _request("visitor")
     settings = ("ddim", 1, 0, 0, "pasted back", None)
     assert page.live_chunk((MIC_RATE, np.zeros(CHUNK, np.int16)), None, *settings, request=me)[1].startswith(
-        "**Give a photo or a video with one face first**")
+        "**Give a photo or a video with one face first**"
+    )
     assert page.live_start(me) == (None, LIVE_WAITING, None)
     assert LIVE_HELP.startswith("Give the face above, press Record")
 
@@ -218,15 +219,20 @@ def test_the_page_handlers_stream_frames_then_the_video(studio, portrait, root):
     page.live_chunk((MIC_RATE, pcm[:CHUNK]), portrait, *settings, request=me)
     assert not Path(video).exists()
     page.live_leave(me)
-    assert list(page.live_stop(me))[0][2] is None
+    assert next(iter(page.live_stop(me)))[2] is None
 
 
 def test_falling_behind_processes_every_chunk_in_order_and_shows_the_growing_latency(checkpoint, portrait, root):
     now = [0.0]
     busy = threading.Lock()  # the device, held by "another job"
     seen = []
-    session = LiveSession(SpeechStream(load_model(checkpoint), identity_of(portrait, 16), SAMPLE), root / "behind.mp4",
-                          busy, on_frame=seen.append, clock=lambda: now[0])
+    session = LiveSession(
+        SpeechStream(load_model(checkpoint), identity_of(portrait, 16), SAMPLE),
+        root / "behind.mp4",
+        busy,
+        on_frame=seen.append,
+        clock=lambda: now[0],
+    )
     pcm = mic_recording(1.0, seed=6)
     with busy:
         for i, piece in enumerate(chunks(pcm)):
@@ -254,8 +260,9 @@ def test_falling_behind_processes_every_chunk_in_order_and_shows_the_growing_lat
 
 
 def test_the_session_takes_at_most_its_limit_and_the_rest_is_said(checkpoint, portrait, root):
-    session = LiveSession(SpeechStream(load_model(checkpoint), identity_of(portrait, 16), SAMPLE),
-                          root / "limited.mp4", max_seconds=0.5)
+    session = LiveSession(
+        SpeechStream(load_model(checkpoint), identity_of(portrait, 16), SAMPLE), root / "limited.mp4", max_seconds=0.5
+    )
     for piece in chunks(mic_recording(1.0, seed=7)):
         session.feed(MIC_RATE, piece)
     view = session.show()
@@ -314,11 +321,14 @@ def test_a_model_that_cannot_stream_says_so_in_one_line(checkpoint, portrait, ro
     page = Page(Studio(load_model(path), "sda", "cpu"), "help", root)
     page.build()
     note = page.live_note()
-    assert note.startswith("**This model's sda audio encoder needs the whole recording (its recurrent module takes "
-                           "the whole clip in one call), so it cannot stream; use a model trained on log-mel")
+    assert note.startswith(
+        "**This model's sda audio encoder needs the whole recording (its recurrent module takes "
+        "the whole clip in one call), so it cannot stream; use a model trained on log-mel"
+    )
     assert "\n" not in note
-    frame, readout = page.live_chunk((MIC_RATE, mic_recording(0.1)), portrait, "ddim", 1, 0, 0, "crop", None,
-                                     request=_request("sda"))
+    _frame, readout = page.live_chunk(
+        (MIC_RATE, mic_recording(0.1)), portrait, "ddim", 1, 0, 0, "crop", None, request=_request("sda")
+    )
     assert readout == note and not page._live
 
 
@@ -344,7 +354,9 @@ def live_app(checkpoint, tmp_path_factory) -> str:
     log = open(tmp_path_factory.mktemp("applog") / "app.log", "w+")  # noqa: SIM115 (closed below)
     proc = subprocess.Popen(
         [sys.executable, "-m", "diffheads.cli", "app", "--checkpoint", str(checkpoint), "--port", str(port)],
-        stdout=log, stderr=subprocess.STDOUT, cwd=ROOT,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=ROOT,
     )
     url = f"http://127.0.0.1:{port}/"
     deadline = time.monotonic() + 120
@@ -374,8 +386,10 @@ def live_browser(mic_file):
     chromium = shutil.which("chromium")
     assert chromium, "the browser tests need Debian's chromium: apt-get install chromium (.ci/install-chromium)"
     with sync_playwright() as p:
-        b = p.chromium.launch(executable_path=chromium, args=[
-            *CHROMIUM_FLAGS, *LIVE_FLAGS, f"--use-file-for-fake-audio-capture={mic_file}"])
+        b = p.chromium.launch(
+            executable_path=chromium,
+            args=[*CHROMIUM_FLAGS, *LIVE_FLAGS, f"--use-file-for-fake-audio-capture={mic_file}"],
+        )
         yield b
         b.close()
 
@@ -403,8 +417,9 @@ class Visitor:
     def wait_frames(self, at_least: int, timeout_s: float = 90) -> None:
         deadline = time.monotonic() + timeout_s
         while self.frames() < at_least:
-            assert time.monotonic() < deadline, (f"{self.frames()} frames shown, not {at_least}; readout: "
-                                                 f"{self.readout()!r}; console: {self.console}")
+            assert time.monotonic() < deadline, (
+                f"{self.frames()} frames shown, not {at_least}; readout: {self.readout()!r}; console: {self.console}"
+            )
             time.sleep(0.2)
 
     def go_live(self, face: Path) -> None:

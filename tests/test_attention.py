@@ -17,9 +17,10 @@ from diffheads.conditioning import Conditioning
 from diffheads.config import AudioCondition, DiffusionConfig, ModelConfig, RunConfig, SampleConfig
 from diffheads.diffusion.video import sample_video
 from diffheads.errors import DiffheadsError
-from diffheads.generate import sample_clips, sampling_process
 from diffheads.models.blocks import AttentionBlock, AudioAttentionBlock, AudioCrossAttention, set_attention
 from diffheads.models.unet import UNet
+from diffheads.sample.runtime import sample_clips, sampling_process
+
 
 @pytest.fixture(autouse=True, scope="module")
 def one_thread():
@@ -160,8 +161,14 @@ def test_set_attention_rejects_unknown_names():
 # 2. a whole UNet ---------------------------------------------------------------------------------------
 
 TINY = dict(
-    image_size=16, model_channels=32, channel_mult=[1, 2], num_res_blocks=1, attention_resolutions=[8],
-    num_head_channels=32, audio_dim=12, dropout=0.0,
+    image_size=16,
+    model_channels=32,
+    channel_mult=[1, 2],
+    num_res_blocks=1,
+    attention_resolutions=[8],
+    num_head_channels=32,
+    audio_dim=12,
+    dropout=0.0,
 )
 
 
@@ -178,12 +185,16 @@ def tiny_inputs(cfg: ModelConfig, batch: int = 2, dtype: torch.dtype = torch.flo
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
-@pytest.mark.parametrize("audio", [AudioCondition.DOUBLE_PRE_GN, AudioCondition.ATTENTION, AudioCondition.ATTENTION_OURS])
+@pytest.mark.parametrize(
+    "audio", [AudioCondition.DOUBLE_PRE_GN, AudioCondition.ATTENTION, AudioCondition.ATTENTION_OURS]
+)
 def test_unet_sdpa_equals_einsum_and_keeps_its_state_dict(audio, dtype):
     torch.manual_seed(0)
     cfg = ModelConfig(**TINY, audio_condition_type=audio)
     model = randomise(UNet(cfg), 0.05).to(dtype).eval()
-    attention = [m for m in model.modules() if isinstance(m, (AttentionBlock, AudioAttentionBlock, AudioCrossAttention))]
+    attention = [
+        m for m in model.modules() if isinstance(m, (AttentionBlock, AudioAttentionBlock, AudioCrossAttention))
+    ]
     assert any(isinstance(m, AudioCrossAttention) for m in attention) == (audio is AudioCondition.ATTENTION_OURS)
     assert any(isinstance(m, AudioAttentionBlock) for m in attention) == (audio is AudioCondition.ATTENTION)
     before = {k: v.clone() for k, v in model.state_dict().items()}
@@ -219,7 +230,9 @@ def clip_inputs(lengths: tuple[int, ...] = (3, 2)):
     return identity, [torch.randn(n, 12, generator=g) for n in lengths]
 
 
-def run(model: LoadedModel, sample: SampleConfig = SAMPLE, lengths: tuple[int, ...] = (3, 2), **options) -> torch.Tensor:
+def run(
+    model: LoadedModel, sample: SampleConfig = SAMPLE, lengths: tuple[int, ...] = (3, 2), **options
+) -> torch.Tensor:
     identity, embs = clip_inputs(lengths)
     return torch.cat(sample_clips(model, identity, embs, sample, seed=0, progress=False, **options))
 
@@ -227,8 +240,17 @@ def run(model: LoadedModel, sample: SampleConfig = SAMPLE, lengths: tuple[int, .
 def test_defaults_are_the_plain_video_loop():
     model = tiny_loaded()
     identity, embs = clip_inputs()
-    direct = sample_video(model.unet, sampling_process(model, SAMPLE), identity, embs, model.cfg.model, SAMPLE,
-                          torch.Generator().manual_seed(0), motion_blur=model.cfg.data.motion_blur, progress=False)
+    direct = sample_video(
+        model.unet,
+        sampling_process(model, SAMPLE),
+        identity,
+        embs,
+        model.cfg.model,
+        SAMPLE,
+        torch.Generator().manual_seed(0),
+        motion_blur=model.cfg.data.motion_blur,
+        progress=False,
+    )
     assert torch.equal(run(model), torch.cat(direct))
 
 
@@ -274,7 +296,7 @@ def test_compile_traces_once_and_is_cached(monkeypatch):
     generation takes minutes on a cold cache, so the real backend is the slow test below."""
     import torch._dynamo
 
-    import diffheads.generate as generate
+    import diffheads.sample.runtime as generate
 
     calls = []
     real_compile = torch.compile
@@ -303,7 +325,7 @@ def test_compile_traces_once_and_is_cached(monkeypatch):
 
 
 def test_compile_without_a_compiler_says_so(monkeypatch):
-    import diffheads.generate as generate
+    import diffheads.sample.runtime as generate
 
     monkeypatch.delenv("CXX", raising=False)
     monkeypatch.setattr(generate.shutil, "which", lambda name: None)

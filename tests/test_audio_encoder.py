@@ -5,7 +5,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from diffheads.audio.encoders import LogMelEncoder, build_encoder, frames_in_audio, mel_filterbank
+from diffheads.audio.encoders import LogMelEncoder, build_encoder, mel_filterbank
+from diffheads.audio.frames import frames_in_audio
 
 SR = 16000
 

@@ -40,6 +40,7 @@ def assert_one_line_error(err: pytest.ExceptionInfo, *parts: str) -> None:
 def whisper_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A 1-layer Whisper with 1 s input windows (max_source_positions=50), saved like a download."""
     import transformers
+
     torch.manual_seed(0)
     cfg = transformers.WhisperConfig(
         d_model=16, encoder_layers=1, decoder_layers=1, encoder_attention_heads=2, decoder_attention_heads=2,
@@ -116,6 +117,7 @@ def test_whisper_layer_selects_hidden_state(whisper_dir: Path):
 def save_speech_model(path: Path, kind: str, **overrides) -> Path:
     """A tiny wav2vec2 or HuBERT with its feature extractor, saved with save_pretrained."""
     import transformers
+
     torch.manual_seed(0)
     args = dict(
         hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32,
@@ -383,12 +385,42 @@ def test_embed_command_with_weights_encoders(tmp_path: Path, sda_file: Path, whi
     from diffheads.io.video import count_frames
 
     data = tmp_path / "data"
-    assert main(["synth", str(data), "--train-identities", "1", "--test-identities", "1", "--clips-per-identity", "1",
-                 "--seconds", "1.0", "--size", "16", "--quiet"]) == 0
+    assert (
+        main(
+            [
+                "synth",
+                str(data),
+                "--train-identities",
+                "1",
+                "--test-identities",
+                "1",
+                "--clips-per-identity",
+                "1",
+                "--seconds",
+                "1.0",
+                "--size",
+                "16",
+                "--quiet",
+            ]
+        )
+        == 0
+    )
     for name, path, dim in (("sda", sda_file, 8), ("whisper", whisper_dir, 16)):
         buf = io.StringIO()
         with contextlib.redirect_stdout(buf):
-            code = main(["embed", str(data), "--out", str(tmp_path / name), "--encoder", name, "--encoder-path", str(path), "--quiet"])
+            code = main(
+                [
+                    "embed",
+                    str(data),
+                    "--out",
+                    str(tmp_path / name),
+                    "--encoder",
+                    name,
+                    "--encoder-path",
+                    str(path),
+                    "--quiet",
+                ]
+            )
         assert code == 0 and json.loads(buf.getvalue())["dim"] == dim
         spec = json.loads((tmp_path / name / "encoder.json").read_text())
         assert spec["name"] == name and spec["dim"] == dim

@@ -89,8 +89,23 @@ class Shared:
     def synth_data(self) -> Path:
         """A tiny synthetic DATA folder: id000/clip00 (train) and id001/clip00 (test), 1 s at 16 px, no emb/."""
         path = self.root / "synth"
-        code = main(["synth", str(path), "--train-identities", "1", "--test-identities", "1",
-                     "--clips-per-identity", "1", "--seconds", "1", "--size", "16", "--quiet"])
+        code = main(
+            [
+                "synth",
+                str(path),
+                "--train-identities",
+                "1",
+                "--test-identities",
+                "1",
+                "--clips-per-identity",
+                "1",
+                "--seconds",
+                "1",
+                "--size",
+                "16",
+                "--quiet",
+            ]
+        )
         assert code == 0
         return path
 
@@ -153,15 +168,20 @@ def call_cli(argv: list[str]) -> tuple[int, str, str]:
     except SystemExit as exc:  # argparse
         code = exc.code if isinstance(exc.code, int) else 1
     except BaseException as exc:  # noqa: BLE001 - a traceback is exactly the failure this catalogue looks for
-        pytest.fail(f"diffheads {' '.join(argv)} raised instead of a one-line error:\n"
-                    f"{''.join(traceback.format_exception(exc))}\nstderr so far:\n{err.getvalue()}")
+        pytest.fail(
+            f"diffheads {' '.join(argv)} raised instead of a one-line error:\n"
+            f"{''.join(traceback.format_exception(exc))}\nstderr so far:\n{err.getvalue()}"
+        )
     return code, out.getvalue(), err.getvalue()
 
 
 def snapshot(root: Path) -> dict[str, tuple[int, int]]:
     """Relative path -> (size, mtime_ns) of every file under root."""
-    return {p.relative_to(root).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns)
-            for p in root.rglob("*") if p.is_file() or p.is_symlink()}
+    return {
+        p.relative_to(root).as_posix(): (p.stat().st_size, p.stat().st_mtime_ns)
+        for p in root.rglob("*")
+        if p.is_file() or p.is_symlink()
+    }
 
 
 def leftover_temporaries(root: Path) -> list[str]:
@@ -226,8 +246,11 @@ def _prepare(raw: Path, out: Path, *extra: str) -> list[str]:
 def _prepare_run(tmp: Path, files: dict[str, Path | bytes | None]) -> Run:
     """prepare of a folder whose every clip is bad: only the report of why may be written."""
     raw, out = _raw_with(tmp, files), tmp / "out"
-    return Run(_prepare(raw, out), absent=(out / "video", out / "file_list_train.txt", out / "emb"),
-               allow=("out/prepare_report.json",))
+    return Run(
+        _prepare(raw, out),
+        absent=(out / "video", out / "file_list_train.txt", out / "emb"),
+        allow=("out/prepare_report.json",),
+    )
 
 
 def _setup_prepare_raw_missing(tmp: Path, shared: Shared) -> Run:
@@ -355,8 +378,22 @@ def _setup_embed_whisper_not_pretrained(tmp: Path, shared: Shared) -> Run:
 
 
 def _synth(out: Path, *extra: str) -> list[str]:
-    return ["synth", str(out), "--train-identities", "1", "--test-identities", "1", "--clips-per-identity", "1",
-            "--seconds", "0.4", "--size", "16", "--quiet", *extra]
+    return [
+        "synth",
+        str(out),
+        "--train-identities",
+        "1",
+        "--test-identities",
+        "1",
+        "--clips-per-identity",
+        "1",
+        "--seconds",
+        "0.4",
+        "--size",
+        "16",
+        "--quiet",
+        *extra,
+    ]
 
 
 def _setup_synth_out_under_file(tmp: Path, shared: Shared) -> Run:
@@ -384,7 +421,18 @@ def _synth_arg(*extra: str) -> Callable[[Path, Shared], Run]:
 
 
 def _evaluate(gen: Path, real: Path, out: Path, metrics: str = "psnr") -> list[str]:
-    return ["evaluate", "--generated", str(gen), "--real", str(real), "--out", str(out), "--metrics", metrics, "--quiet"]
+    return [
+        "evaluate",
+        "--generated",
+        str(gen),
+        "--real",
+        str(real),
+        "--out",
+        str(out),
+        "--metrics",
+        metrics,
+        "--quiet",
+    ]
 
 
 def _setup_evaluate_generated_missing(tmp: Path, shared: Shared) -> Run:
@@ -427,75 +475,175 @@ NOT_A_FOLDER = r"(not a folder|a file stands where a folder is needed).*(choose|
 
 CASES: list[Case] = [
     # prepare: a folder whose every clip is bad ends with one line naming the reason and the clip
-    Case("prepare-raw-folder-missing", _setup_prepare_raw_missing, r"raw video folder .*nope not found; pass the folder"),
+    Case(
+        "prepare-raw-folder-missing", _setup_prepare_raw_missing, r"raw video folder .*nope not found; pass the folder"
+    ),
     Case("prepare-no-videos", _setup_prepare_no_videos, r"no videos under .*raw.*\.mp4.*; "),
-    Case("prepare-zero-byte-video", _setup_prepare_zero_byte,
-         r"no clip .*could be prepared \(unreadable: 1\); spk/a: unreadable: video .*spk/a\.mp4 is empty \(0 bytes\); "
-         r"replace it .*prepare_report\.json"),
-    Case("prepare-truncated-video", _setup_prepare_truncated,
-         r"no clip .*could be prepared \(unreadable: 1\); spk/a: unreadable: video .*spk/a\.mp4 cannot be read .*"
-         r"truncated or damaged: re-encode it .*prepare_report\.json"),
-    Case("prepare-video-without-audio", _setup_prepare_no_audio,
-         r"no clip .*could be prepared \(no audio: 1\); spk/a: no audio: .*a\.mp4 has no sound and no audio file "
-         r"of its name lies beside it; put one there \(a\.wav"),
-    Case("prepare-audio-of-0-s-beside", _setup_prepare_empty_audio_beside,
-         r"no clip .*could be prepared \(no audio: 1\); spk/a: no audio: audio .*spk/a\.wav holds no samples \(0 s\); replace it"),
-    Case("prepare-video-without-face", _setup_prepare_no_face,
-         r"no clip .*could be prepared \(no face: 1\); spk/a: no face: no face found in any of its 25 frames; "
-         r"use videos that show the speaker's face"),
-    Case("prepare-several-faces", _setup_prepare_two_faces,
-         r"no clip .*could be prepared \(several faces: 1\); spk/a: several faces: 2 faces in one frame; "
-         r"crop the video to one speaker"),
+    Case(
+        "prepare-zero-byte-video",
+        _setup_prepare_zero_byte,
+        r"no clip .*could be prepared \(unreadable: 1\); spk/a: unreadable: video .*spk/a\.mp4 is empty \(0 bytes\); "
+        r"replace it .*prepare_report\.json",
+    ),
+    Case(
+        "prepare-truncated-video",
+        _setup_prepare_truncated,
+        r"no clip .*could be prepared \(unreadable: 1\); spk/a: unreadable: video .*spk/a\.mp4 cannot be read .*"
+        r"truncated or damaged: re-encode it .*prepare_report\.json",
+    ),
+    Case(
+        "prepare-video-without-audio",
+        _setup_prepare_no_audio,
+        r"no clip .*could be prepared \(no audio: 1\); spk/a: no audio: .*a\.mp4 has no sound and no audio file "
+        r"of its name lies beside it; put one there \(a\.wav",
+    ),
+    Case(
+        "prepare-audio-of-0-s-beside",
+        _setup_prepare_empty_audio_beside,
+        r"no clip .*could be prepared \(no audio: 1\); spk/a: no audio: audio .*spk/a\.wav holds no samples \(0 s\); replace it",
+    ),
+    Case(
+        "prepare-video-without-face",
+        _setup_prepare_no_face,
+        r"no clip .*could be prepared \(no face: 1\); spk/a: no face: no face found in any of its 25 frames; "
+        r"use videos that show the speaker's face",
+    ),
+    Case(
+        "prepare-several-faces",
+        _setup_prepare_two_faces,
+        r"no clip .*could be prepared \(several faces: 1\); spk/a: several faces: 2 faces in one frame; "
+        r"crop the video to one speaker",
+    ),
     Case("prepare-out-under-a-file", _setup_prepare_out_under_file, r"taken.*" + NOT_A_FOLDER),
-    Case("prepare-out-not-writable", _setup_prepare_out_denied, r"cannot write .*out.*Permission denied.*" + WHAT_TO_DO_OS,
-         patch=eacces_on_mkstemp),
-    Case("prepare-disk-full", _setup_prepare_disk_full,
-         r"no space left on the device while writing .*out/audio/spk/a\.wav; free some space",
-         patch=disk_full_on_write("*.wav")),
+    Case(
+        "prepare-out-not-writable",
+        _setup_prepare_out_denied,
+        r"cannot write .*out.*Permission denied.*" + WHAT_TO_DO_OS,
+        patch=eacces_on_mkstemp,
+    ),
+    Case(
+        "prepare-disk-full",
+        _setup_prepare_disk_full,
+        r"no space left on the device while writing .*out/audio/spk/a\.wav; free some space",
+        patch=disk_full_on_write("*.wav"),
+    ),
     # embed
-    Case("embed-data-folder-missing", _setup_embed_data_missing, r"DATA folder .*nope not found, so there is no file list to read; pass the folder made by 'diffheads synth'"),
-    Case("embed-listed-clip-without-audio", _setup_embed_audio_missing,
-         r"the audio of 1 listed clip is missing: .*id001/clip00\.wav; run 'diffheads prepare' again or remove"),
-    Case("embed-zero-byte-wav", _setup_embed_zero_byte_wav, r"audio .*id000/clip00\.wav is empty \(0 bytes\); replace it with a recording"),
-    Case("embed-corrupt-wav", _setup_embed_corrupt_wav, r"audio .*id000/clip00\.wav cannot be read \(Invalid data found when processing input\); re-export it as wav"),
-    Case("embed-audio-of-0-s", _setup_embed_empty_wav, r"audio .*id000/clip00\.wav holds no samples \(0 s\); replace it with a recording"),
-    Case("embed-disk-full", _setup_embed_disk_full,
-         r"no space left on the device while writing .*clip00.*; free some space .*no partial file",
-         patch=disk_full_on_write("*.pth")),
-    Case("embed-corrupt-encoder-json", _setup_embed_corrupt_encoder_json,
-         r"emb/encoder\.json is not valid JSON .*; delete it and run 'diffheads embed --overwrite'"),
-    Case("embed-whisper-weights-missing", _setup_embed_whisper_missing,
-         r"Whisper weights not found at .*whisper-tiny; .*huggingface\.co/openai/whisper-tiny.*save_pretrained"),
-    Case("embed-whisper-folder-without-config", _setup_embed_whisper_not_pretrained,
-         r"whisper-tiny is not a save_pretrained directory \(no config\.json\); .*huggingface\.co/openai/whisper"),
+    Case(
+        "embed-data-folder-missing",
+        _setup_embed_data_missing,
+        r"DATA folder .*nope not found, so there is no file list to read; pass the folder made by 'diffheads synth'",
+    ),
+    Case(
+        "embed-listed-clip-without-audio",
+        _setup_embed_audio_missing,
+        r"the audio of 1 listed clip is missing: .*id001/clip00\.wav; run 'diffheads prepare' again or remove",
+    ),
+    Case(
+        "embed-zero-byte-wav",
+        _setup_embed_zero_byte_wav,
+        r"audio .*id000/clip00\.wav is empty \(0 bytes\); replace it with a recording",
+    ),
+    Case(
+        "embed-corrupt-wav",
+        _setup_embed_corrupt_wav,
+        r"audio .*id000/clip00\.wav cannot be read \(Invalid data found when processing input\); re-export it as wav",
+    ),
+    Case(
+        "embed-audio-of-0-s",
+        _setup_embed_empty_wav,
+        r"audio .*id000/clip00\.wav holds no samples \(0 s\); replace it with a recording",
+    ),
+    Case(
+        "embed-disk-full",
+        _setup_embed_disk_full,
+        r"no space left on the device while writing .*clip00.*; free some space .*no partial file",
+        patch=disk_full_on_write("*.pth"),
+    ),
+    Case(
+        "embed-corrupt-encoder-json",
+        _setup_embed_corrupt_encoder_json,
+        r"emb/encoder\.json is not valid JSON .*; delete it and run 'diffheads embed --overwrite'",
+    ),
+    Case(
+        "embed-whisper-weights-missing",
+        _setup_embed_whisper_missing,
+        r"Whisper weights not found at .*whisper-tiny; .*huggingface\.co/openai/whisper-tiny.*save_pretrained",
+    ),
+    Case(
+        "embed-whisper-folder-without-config",
+        _setup_embed_whisper_not_pretrained,
+        r"whisper-tiny is not a save_pretrained directory \(no config\.json\); .*huggingface\.co/openai/whisper",
+    ),
     # synth
     Case("synth-out-under-a-file", _setup_synth_out_under_file, r"taken.*" + NOT_A_FOLDER),
     Case("synth-out-is-a-file", _setup_synth_out_is_file, r"data.*" + NOT_A_FOLDER),
-    Case("synth-out-not-writable", _setup_synth_out_denied, r"cannot write .*data.*Permission denied.*" + WHAT_TO_DO_OS,
-         patch=eacces_on_mkstemp),
-    Case("synth-seconds-0", _synth_arg("--seconds", "0"), r"seconds must give at least 2 frames at 25 fps \(0\.08 s or more\), got 0\.0; pass a longer --seconds"),
-    Case("synth-seconds-nan", _synth_arg("--seconds", "nan"), r"seconds must give at least 2 frames .*got nan; pass a longer --seconds"),
-    Case("synth-negative-size", _synth_arg("--size", "-64"), r"size must be an even number of pixels >= 16, got -64; pass e\.g\. --size 64"),
-    Case("synth-zero-identities", _synth_arg("--train-identities", "0"),
-         r"n_train_identities must be a positive whole number, got 0; pass --train-identities 1 or more"),
+    Case(
+        "synth-out-not-writable",
+        _setup_synth_out_denied,
+        r"cannot write .*data.*Permission denied.*" + WHAT_TO_DO_OS,
+        patch=eacces_on_mkstemp,
+    ),
+    Case(
+        "synth-seconds-0",
+        _synth_arg("--seconds", "0"),
+        r"seconds must give at least 2 frames at 25 fps \(0\.08 s or more\), got 0\.0; pass a longer --seconds",
+    ),
+    Case(
+        "synth-seconds-nan",
+        _synth_arg("--seconds", "nan"),
+        r"seconds must give at least 2 frames .*got nan; pass a longer --seconds",
+    ),
+    Case(
+        "synth-negative-size",
+        _synth_arg("--size", "-64"),
+        r"size must be an even number of pixels >= 16, got -64; pass e\.g\. --size 64",
+    ),
+    Case(
+        "synth-zero-identities",
+        _synth_arg("--train-identities", "0"),
+        r"n_train_identities must be a positive whole number, got 0; pass --train-identities 1 or more",
+    ),
     # evaluate
-    Case("evaluate-generated-missing", _setup_evaluate_generated_missing,
-         r"generated folder .*nope not found; pass the --out folder of 'diffheads generate'"),
-    Case("evaluate-corrupt-generated-mp4", _setup_evaluate_corrupt_mp4,
-         r"video .*gen/id001/clip00\.mp4 cannot be read \(.+\); it may be truncated or damaged: re-encode it .* or remove it"),
-    Case("evaluate-no-matching-real-clip", _setup_evaluate_no_match,
-         r"none of the 1 generated videos has a real clip of the same name .*; pass the DATA folder"),
-    Case("evaluate-real-is-a-file", _setup_evaluate_real_is_file, r"real folder .*clip00\.mp4 is not a folder; pass the DATA folder or a folder of real videos"),
+    Case(
+        "evaluate-generated-missing",
+        _setup_evaluate_generated_missing,
+        r"generated folder .*nope not found; pass the --out folder of 'diffheads generate'",
+    ),
+    Case(
+        "evaluate-corrupt-generated-mp4",
+        _setup_evaluate_corrupt_mp4,
+        r"video .*gen/id001/clip00\.mp4 cannot be read \(.+\); it may be truncated or damaged: re-encode it .* or remove it",
+    ),
+    Case(
+        "evaluate-no-matching-real-clip",
+        _setup_evaluate_no_match,
+        r"none of the 1 generated videos has a real clip of the same name .*; pass the DATA folder",
+    ),
+    Case(
+        "evaluate-real-is-a-file",
+        _setup_evaluate_real_is_file,
+        r"real folder .*clip00\.mp4 is not a folder; pass the DATA folder or a folder of real videos",
+    ),
     Case("evaluate-out-under-a-file", _setup_evaluate_out_under_file, r"taken.*" + NOT_A_FOLDER),
-    Case("evaluate-out-not-writable", _setup_evaluate_out_denied,
-         r"cannot write .*eval.*Permission denied.*" + WHAT_TO_DO_OS, patch=eacces_on_mkstemp),
+    Case(
+        "evaluate-out-not-writable",
+        _setup_evaluate_out_denied,
+        r"cannot write .*eval.*Permission denied.*" + WHAT_TO_DO_OS,
+        patch=eacces_on_mkstemp,
+    ),
 ]
 
 
 # ---------------------------------------------------------------- train, generate, animate, export
 
-TRAIN_FAST = [*TINY_MODEL, "trainer.max_steps=2", "trainer.checkpoint_every_n_steps=1", "trainer.log_every_n_steps=1",
-              "optim.batch_size=2", "data.examples_per_clip=2"]
+TRAIN_FAST = [
+    *TINY_MODEL,
+    "trainer.max_steps=2",
+    "trainer.checkpoint_every_n_steps=1",
+    "trainer.log_every_n_steps=1",
+    "optim.batch_size=2",
+    "data.examples_per_clip=2",
+]
 
 
 RUN_BOOKKEEPING = ("run/config.yaml", "run/csv/*", "run/tensorboard/*")  # written when training starts
@@ -578,8 +726,11 @@ def _setup_train_resume_truncated(tmp: Path, shared: Shared) -> Run:
 def _setup_train_disk_full(tmp: Path, shared: Shared) -> Run:
     out = tmp / "run"
     # the run writes its config and logs before the first checkpoint; no checkpoint or model may exist
-    return Run(_train(_embedded(tmp, shared), out), absent=(out / "checkpoints" / "last.ckpt", out / "model.ckpt"),
-               allow=RUN_BOOKKEEPING)
+    return Run(
+        _train(_embedded(tmp, shared), out),
+        absent=(out / "checkpoints" / "last.ckpt", out / "model.ckpt"),
+        allow=RUN_BOOKKEEPING,
+    )
 
 
 def _disk_full_in_checkpoint(monkeypatch: pytest.MonkeyPatch, tmp: Path) -> None:
@@ -632,8 +783,9 @@ def _other_architecture(tmp: Path) -> Path:
         meta = f.metadata()
     config = json.loads(meta["config"])
     config["model"]["model_channels"] = 64
-    safetensors.torch.save_file(safetensors.torch.load_file(str(path)), str(path),
-                                metadata={**meta, "config": json.dumps(config)})
+    safetensors.torch.save_file(
+        safetensors.torch.load_file(str(path)), str(path), metadata={**meta, "config": json.dumps(config)}
+    )
     return path
 
 
@@ -661,9 +813,8 @@ def _setup_generate_out_is_file(tmp: Path, shared: Shared) -> Run:
 
 
 def _face_image(tmp: Path, pair: bool = False) -> Path:
-    from facevideo import astronaut
-
     from diffheads.io.image import write_png
+    from facevideo import astronaut
 
     face = cv2.resize(astronaut(), (192, 192), interpolation=cv2.INTER_AREA)
     path = tmp / ("two_faces.png" if pair else "face.png")
@@ -672,8 +823,19 @@ def _face_image(tmp: Path, pair: bool = False) -> Path:
 
 
 def _animate(ckpt: Path, image: Path, audio: Path, out: Path, *extra: str) -> list[str]:
-    return ["animate", "--checkpoint", str(ckpt), "--image", str(image), "--audio", str(audio), "--output", str(out),
-            "--quiet", *extra]
+    return [
+        "animate",
+        "--checkpoint",
+        str(ckpt),
+        "--image",
+        str(image),
+        "--audio",
+        str(audio),
+        "--output",
+        str(out),
+        "--quiet",
+        *extra,
+    ]
 
 
 def _animate_run(tmp: Path, image: Path | None = None, audio: np.ndarray | None = None, *extra: str) -> Run:
@@ -749,52 +911,136 @@ def _setup_export_malicious(tmp: Path, shared: Shared) -> Run:
             return (open, (str(tmp / "pwned"), "w"))
 
     torch.save({"state_dict": CreatesFile()}, tmp / "shared.ckpt")
-    return Run(["export", str(tmp / "shared.ckpt"), str(tmp / "model.safetensors")],
-               absent=(tmp / "model.safetensors", tmp / "pwned"))
+    return Run(
+        ["export", str(tmp / "shared.ckpt"), str(tmp / "model.safetensors")],
+        absent=(tmp / "model.safetensors", tmp / "pwned"),
+    )
 
 
 CASES += [
-    Case("train-config-file-missing", _setup_train_config_missing, r"config file .*nope\.yaml does not exist; pass a YAML file"),
-    Case("train-unknown-config-key", _setup_train_unknown_key, r"unknown config key 'optim\.lrr' \(known here: .*batch_size"),
-    Case("train-unknown-key-in-config-file", _setup_train_unknown_key_in_file, r"mine\.yaml: unknown config key 'model\.colour'"),
+    Case(
+        "train-config-file-missing",
+        _setup_train_config_missing,
+        r"config file .*nope\.yaml does not exist; pass a YAML file",
+    ),
+    Case(
+        "train-unknown-config-key",
+        _setup_train_unknown_key,
+        r"unknown config key 'optim\.lrr' \(known here: .*batch_size",
+    ),
+    Case(
+        "train-unknown-key-in-config-file",
+        _setup_train_unknown_key_in_file,
+        r"mine\.yaml: unknown config key 'model\.colour'",
+    ),
     Case("train-wrong-type-for-config-value", _setup_train_wrong_type, r"'optim\.lr': expected a number, got 'fast'"),
-    Case("train-file-list-names-missing-clips", _setup_train_list_names_missing_clip,
-         r"2 file\(s\) of clips listed in file_list_train\.txt are missing \(first: .*id009/clip00\.mp4\); remove those clips"),
-    Case("train-embeddings-shorter-than-video", _setup_train_short_embeddings,
-         r"clip id000/clip00: embeddings .* have 10 rows but the video has 25 frames; .*re-embed it"),
-    Case("train-wrong-audio-dim", _setup_train_wrong_audio_dim,
-         r"model\.audio_dim=64 but the embeddings in .*emb have width 200; remove model\.audio_dim or re-embed"),
-    Case("train-motion-jitter-too-large", _setup_train_motion_jitter_too_large,
-         r"data\.motion_colour_jitter must be in \[0, 1\), got 1\.5; pass e\.g\. 0\.1 \(0 turns it off\)"),
+    Case(
+        "train-file-list-names-missing-clips",
+        _setup_train_list_names_missing_clip,
+        r"2 file\(s\) of clips listed in file_list_train\.txt are missing \(first: .*id009/clip00\.mp4\); remove those clips",
+    ),
+    Case(
+        "train-embeddings-shorter-than-video",
+        _setup_train_short_embeddings,
+        r"clip id000/clip00: embeddings .* have 10 rows but the video has 25 frames; .*re-embed it",
+    ),
+    Case(
+        "train-wrong-audio-dim",
+        _setup_train_wrong_audio_dim,
+        r"model\.audio_dim=64 but the embeddings in .*emb have width 200; remove model\.audio_dim or re-embed",
+    ),
+    Case(
+        "train-motion-jitter-too-large",
+        _setup_train_motion_jitter_too_large,
+        r"data\.motion_colour_jitter must be in \[0, 1\), got 1\.5; pass e\.g\. 0\.1 \(0 turns it off\)",
+    ),
     Case("train-resume-checkpoint-missing", _setup_train_resume_missing, r"cannot resume: .*gone\.ckpt not found"),
-    Case("train-resume-truncated-checkpoint", _setup_train_resume_truncated,
-         r"checkpoint .*half\.ckpt is unreadable or truncated .*copy or export it again"),
-    Case("train-disk-full-during-checkpoint", _setup_train_disk_full,
-         r"no space left on the device while writing .*step0000001\.ckpt; free some space", patch=_disk_full_in_checkpoint),
-    Case("train-out-not-writable", _setup_train_out_denied, r"cannot write .*run.*Permission denied.*" + WHAT_TO_DO_OS,
-         patch=eacces_on_mkstemp),
-    Case("generate-checkpoint-missing", _setup_generate_checkpoint_missing, r"checkpoint .*nope\.ckpt not found; train one"),
-    Case("generate-checkpoint-zero-bytes", _setup_generate_checkpoint_empty, r"checkpoint .*empty\.ckpt is empty \(0 bytes\)"),
-    Case("generate-checkpoint-truncated", _setup_generate_checkpoint_truncated,
-         r"checkpoint .*model\.ckpt is unreadable or truncated .*export it again"),
-    Case("generate-checkpoint-of-another-architecture", _setup_generate_other_architecture,
-         r"weights in .*model\.ckpt do not fit the stored config: size mismatch"),
-    Case("generate-checkpoint-from-another-program", _setup_generate_foreign_checkpoint,
-         r"foreign\.ckpt is not a diffheads checkpoint \(no config inside\); .*import-reference"),
-    Case("generate-embeddings-of-the-wrong-width", _setup_generate_wrong_audio_dim,
-         r"embeddings in .*data have width 80 but the checkpoint expects audio_dim 200; embed the audio with the encoder"),
-    Case("generate-out-is-a-file", _setup_generate_out_is_file, r"--out folder .*gen is not a folder; choose another path"),
-    Case("animate-image-without-a-face", _setup_animate_no_face, r"no face found in .*wall\.png; use a picture where one face"),
+    Case(
+        "train-resume-truncated-checkpoint",
+        _setup_train_resume_truncated,
+        r"checkpoint .*half\.ckpt is unreadable or truncated .*copy or export it again",
+    ),
+    Case(
+        "train-disk-full-during-checkpoint",
+        _setup_train_disk_full,
+        r"no space left on the device while writing .*step0000001\.ckpt; free some space",
+        patch=_disk_full_in_checkpoint,
+    ),
+    Case(
+        "train-out-not-writable",
+        _setup_train_out_denied,
+        r"cannot write .*run.*Permission denied.*" + WHAT_TO_DO_OS,
+        patch=eacces_on_mkstemp,
+    ),
+    Case(
+        "generate-checkpoint-missing",
+        _setup_generate_checkpoint_missing,
+        r"checkpoint .*nope\.ckpt not found; train one",
+    ),
+    Case(
+        "generate-checkpoint-zero-bytes",
+        _setup_generate_checkpoint_empty,
+        r"checkpoint .*empty\.ckpt is empty \(0 bytes\)",
+    ),
+    Case(
+        "generate-checkpoint-truncated",
+        _setup_generate_checkpoint_truncated,
+        r"checkpoint .*model\.ckpt is unreadable or truncated .*export it again",
+    ),
+    Case(
+        "generate-checkpoint-of-another-architecture",
+        _setup_generate_other_architecture,
+        r"weights in .*model\.ckpt do not fit the stored config: size mismatch",
+    ),
+    Case(
+        "generate-checkpoint-from-another-program",
+        _setup_generate_foreign_checkpoint,
+        r"foreign\.ckpt is not a diffheads checkpoint \(no config inside\); .*import-reference",
+    ),
+    Case(
+        "generate-embeddings-of-the-wrong-width",
+        _setup_generate_wrong_audio_dim,
+        r"embeddings in .*data have width 80 but the checkpoint expects audio_dim 200; embed the audio with the encoder",
+    ),
+    Case(
+        "generate-out-is-a-file",
+        _setup_generate_out_is_file,
+        r"--out folder .*gen is not a folder; choose another path",
+    ),
+    Case(
+        "animate-image-without-a-face",
+        _setup_animate_no_face,
+        r"no face found in .*wall\.png; use a picture where one face",
+    ),
     Case("animate-several-faces", _setup_animate_two_faces, r"2 faces found in .*two_faces\.png; crop the picture"),
     Case("animate-unreadable-image", _setup_animate_unreadable_image, r"photo\.jpg is not a readable image"),
     Case("animate-audio-of-0-s", _setup_animate_audio_0s, r"audio .*talk\.wav holds no samples"),
-    Case("animate-silent-audio", _setup_animate_silent_audio, r"audio .*talk\.wav is silent; give a recording with speech"),
-    Case("animate-audio-from-a-video-without-sound", _setup_animate_video_without_audio, r"has no audio stream; pass a file with speech"),
-    Case("animate-output-folder-is-a-file", _setup_animate_output_dir_is_file,
-         r"folder of --output .*results is not a folder; choose another path"),
-    Case("animate-disk-full-while-writing-the-video", _setup_animate_disk_full,
-         r"no space left on the device while writing .*out\.mp4; free some space", patch=_disk_full_in_video),
-    Case("export-malicious-pickle", _setup_export_malicious, r"needs arbitrary unpickling, which can run any code.*--trust-checkpoint"),
+    Case(
+        "animate-silent-audio",
+        _setup_animate_silent_audio,
+        r"audio .*talk\.wav is silent; give a recording with speech",
+    ),
+    Case(
+        "animate-audio-from-a-video-without-sound",
+        _setup_animate_video_without_audio,
+        r"has no audio stream; pass a file with speech",
+    ),
+    Case(
+        "animate-output-folder-is-a-file",
+        _setup_animate_output_dir_is_file,
+        r"folder of --output .*results is not a folder; choose another path",
+    ),
+    Case(
+        "animate-disk-full-while-writing-the-video",
+        _setup_animate_disk_full,
+        r"no space left on the device while writing .*out\.mp4; free some space",
+        patch=_disk_full_in_video,
+    ),
+    Case(
+        "export-malicious-pickle",
+        _setup_export_malicious,
+        r"needs arbitrary unpickling, which can run any code.*--trust-checkpoint",
+    ),
 ]
 
 
@@ -819,7 +1065,7 @@ def test_bad_input(case: Case, shared: Shared, tmp_path: Path, monkeypatch: pyte
     assert len(lines) == 1, "stderr is not one line:\n" + stderr
     prefix = f"diffheads {run.argv[0]}: error: "
     assert lines[0].startswith(prefix), lines[0]
-    message = lines[0][len(prefix):]
+    message = lines[0][len(prefix) :]
     assert re.search(case.expect, message), f"{message!r} does not match {case.expect!r}"
     assert "Traceback" not in message and len(message) < 600, message
     # (c) no partial output
@@ -828,7 +1074,9 @@ def test_bad_input(case: Case, shared: Shared, tmp_path: Path, monkeypatch: pyte
     unexpected = [p for p in written if not any(fnmatch.fnmatch(p, g) for g in run.allow)]
     assert not unexpected, f"the failed run wrote {unexpected}"
     assert not leftover_temporaries(tmp_path), f"temporary files left: {leftover_temporaries(tmp_path)}"
-    assert not [p for p in run.absent if p.exists()], f"outputs exist after the failure: {[p for p in run.absent if p.exists()]}"
+    assert not [p for p in run.absent if p.exists()], (
+        f"outputs exist after the failure: {[p for p in run.absent if p.exists()]}"
+    )
 
 
 def test_the_catalogue_is_wide_enough() -> None:
@@ -862,7 +1110,9 @@ def _encode_audio(path: Path, samples: np.ndarray, rate: int, codec: str, contai
         fmt = stream.codec_context.codec.audio_formats[0].name  # the encoder's own sample format
         frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples, np.float32), format="fltp", layout=layout)
         frame.sample_rate = rate
-        resampler = av.AudioResampler(format=fmt, layout=layout, rate=rate, frame_size=stream.codec_context.frame_size or None)
+        resampler = av.AudioResampler(
+            format=fmt, layout=layout, rate=rate, frame_size=stream.codec_context.frame_size or None
+        )
         for piece in resampler.resample(frame) + resampler.resample(None):
             for packet in stream.encode(piece):
                 container.mux(packet)
@@ -891,8 +1141,10 @@ def _stereo(seconds: float, rate: int) -> np.ndarray:
 
 def _rows(root: Path) -> dict[str, int]:
     """Clip id -> embedding rows of every .pth under root."""
-    return {p.relative_to(root).with_suffix("").as_posix(): len(torch.load(p, weights_only=True))
-            for p in sorted(root.rglob("*.pth"))}
+    return {
+        p.relative_to(root).with_suffix("").as_posix(): len(torch.load(p, weights_only=True))
+        for p in sorted(root.rglob("*.pth"))
+    }
 
 
 def _setup_embed_48k_float_wav(tmp: Path, shared: Shared) -> list[str]:
@@ -971,21 +1223,31 @@ def _check_animate_seconds(seconds: float) -> Callable[[Path, dict], None]:
 
 
 MUST_WORK: list[Works] = [
-    Works("animate-8k-stereo-mp3",
-          _setup_animate_with("talk.mp3", lambda p: _encode_audio(p, _stereo(0.48, 8000), 8000, mp3_codec())),
-          _check_animate_seconds(0.48)),
-    Works("animate-48k-float32-wav",
-          _setup_animate_with("talk.wav", lambda p: sf.write(str(p), speech(0.48, 48000), 48000, subtype="FLOAT")),
-          _check_animate_seconds(0.48)),
+    Works(
+        "animate-8k-stereo-mp3",
+        _setup_animate_with("talk.mp3", lambda p: _encode_audio(p, _stereo(0.48, 8000), 8000, mp3_codec())),
+        _check_animate_seconds(0.48),
+    ),
+    Works(
+        "animate-48k-float32-wav",
+        _setup_animate_with("talk.wav", lambda p: sf.write(str(p), speech(0.48, 48000), 48000, subtype="FLOAT")),
+        _check_animate_seconds(0.48),
+    ),
     Works("evaluate-generated-identical-to-real", _setup_evaluate_identical, _check_evaluate_identical),
     Works("embed-48k-float32-wav", _setup_embed_48k_float_wav, _check_embed_48k),
     Works("embed-8k-stereo-mp3-content", _setup_embed_8k_stereo_mp3_as_wav, _check_embed_mp3),
-    Works("prepare-8k-stereo-mp3-beside-video",
-          _setup_prepare_with_audio_beside("take.mp3", lambda p: _encode_audio(p, _stereo(1.0, 8000), 8000, mp3_codec())),
-          _check_prepare_one_second),
-    Works("prepare-48k-float32-wav-beside-video",
-          _setup_prepare_with_audio_beside("take.wav", lambda p: sf.write(str(p), speech(1.0, 48000), 48000, subtype="FLOAT")),
-          _check_prepare_one_second),
+    Works(
+        "prepare-8k-stereo-mp3-beside-video",
+        _setup_prepare_with_audio_beside("take.mp3", lambda p: _encode_audio(p, _stereo(1.0, 8000), 8000, mp3_codec())),
+        _check_prepare_one_second,
+    ),
+    Works(
+        "prepare-48k-float32-wav-beside-video",
+        _setup_prepare_with_audio_beside(
+            "take.wav", lambda p: sf.write(str(p), speech(1.0, 48000), 48000, subtype="FLOAT")
+        ),
+        _check_prepare_one_second,
+    ),
 ]
 
 
@@ -1000,8 +1262,8 @@ def test_odd_input_works(works: Works, shared: Shared, tmp_path: Path) -> None:
 
 def test_mp3_through_the_embedding_api(tmp_path: Path) -> None:
     """An 8 kHz stereo mp3 anywhere (not only in DATA): one row per 40 ms, as `animate` embeds it."""
-    from diffheads.audio.embed import embed_clip
     from diffheads.audio.encoders import LogMelEncoder
+    from diffheads.prepare.embed import embed_clip
 
     path = tmp_path / "talk.mp3"
     _encode_audio(path, _stereo(2.2, 8000), 8000, mp3_codec())

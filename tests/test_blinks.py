@@ -113,7 +113,13 @@ def synthetic(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Six 8 s clips at 64 px of three identities (deterministic from the seed)."""
     root = tmp_path_factory.mktemp("synth_blinks")
     make_synthetic_dataset(
-        root, n_train_identities=2, n_test_identities=1, clips_per_identity=2, seconds=8.0, size=64, seed=0,
+        root,
+        n_train_identities=2,
+        n_test_identities=1,
+        clips_per_identity=2,
+        seconds=8.0,
+        size=64,
+        seed=0,
         progress=False,
     )
     return root

@@ -44,28 +44,55 @@ def test_the_crafted_file_is_really_malicious(evil, tmp_path):
     assert marker.exists()
 
 
-@pytest.mark.parametrize("command", [
-    ["generate", "--checkpoint", "{ckpt}", "--data", "{tmp}/data", "--out", "{tmp}/gen", "--quiet"],
-    ["animate", "--checkpoint", "{ckpt}", "--image", "{tmp}/face.png", "--audio", "{tmp}/a.wav",
-     "--output", "{tmp}/out.mp4", "--quiet"],
-    ["export", "{ckpt}", "{tmp}/model.safetensors"],
-    ["train", "configs/demo.yaml", "data.root={tmp}/data", "trainer.out_dir={tmp}/run", "trainer.resume={ckpt}"],
-], ids=["generate", "animate", "export", "train-resume"])
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["generate", "--checkpoint", "{ckpt}", "--data", "{tmp}/data", "--out", "{tmp}/gen", "--quiet"],
+        [
+            "animate",
+            "--checkpoint",
+            "{ckpt}",
+            "--image",
+            "{tmp}/face.png",
+            "--audio",
+            "{tmp}/a.wav",
+            "--output",
+            "{tmp}/out.mp4",
+            "--quiet",
+        ],
+        ["export", "{ckpt}", "{tmp}/model.safetensors"],
+        ["train", "configs/demo.yaml", "data.root={tmp}/data", "trainer.out_dir={tmp}/run", "trainer.resume={ckpt}"],
+    ],
+    ids=["generate", "animate", "export", "train-resume"],
+)
 def test_malicious_pickle_is_refused_and_runs_nothing(evil, tmp_path, capsys, command):
     path, marker = evil
     if command[0] == "train":  # the training data must exist for the run to get as far as the checkpoint
         from runcli import run_cli
 
-        run_cli("synth", str(tmp_path / "data"), "--train-identities", "1", "--test-identities", "1",
-                "--clips-per-identity", "1", "--seconds", "0.6", "--size", "16", "--quiet")
+        run_cli(
+            "synth",
+            str(tmp_path / "data"),
+            "--train-identities",
+            "1",
+            "--test-identities",
+            "1",
+            "--clips-per-identity",
+            "1",
+            "--seconds",
+            "0.6",
+            "--size",
+            "16",
+            "--quiet",
+        )
         run_cli("embed", str(tmp_path / "data"), "--quiet")
-    before = {p for p in tmp_path.rglob("*")}
+    before = set(tmp_path.rglob("*"))
     argv = [a.format(ckpt=path, tmp=tmp_path) for a in command]
     assert main(argv) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "needs arbitrary unpickling" in err[0] and "--trust-checkpoint" in err[0], err
     assert not marker.exists()
-    new = {p for p in tmp_path.rglob("*")} - before
+    new = set(tmp_path.rglob("*")) - before
     assert not [p for p in new if p.is_file() and p.suffix in (".mp4", ".safetensors", ".ckpt")]
 
 
@@ -85,8 +112,17 @@ def _pickled_but_harmless(tmp_path) -> Path:
     cfg = load_config("configs/demo.yaml", TINY)
     unet = UNet(cfg.model)
     path = tmp_path / "old_style.ckpt"
-    torch.save({"format": FORMAT, "version": 1, "config": to_dict(cfg), "audio_encoder": {"name": "logmel"},
-                "state_dict": unet.state_dict(), "notes": np.arange(3)}, path)
+    torch.save(
+        {
+            "format": FORMAT,
+            "version": 1,
+            "config": to_dict(cfg),
+            "audio_encoder": {"name": "logmel"},
+            "state_dict": unet.state_dict(),
+            "notes": np.arange(3),
+        },
+        path,
+    )
     return path
 
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from diffheads.config import DataConfig, IdentityFrameMode, ModelConfig
-from diffheads.data.dataset import TalkingFaceDataset, SplitClips, audio_rows, example_indices
-from diffheads.data.motion import blur, motion_transform, perturb_motion
+from diffheads.data.dataset import SplitClips, TalkingFaceDataset, audio_rows, example_indices
+from diffheads.diffusion.motion import blur, motion_transform, perturb_motion
 from diffheads.errors import DiffheadsError
 from diffheads.io.video import write_video
 
@@ -113,7 +113,9 @@ def test_test_split_and_missing_files(tmp_path):
     item = SplitClips(DataConfig(root=str(tmp_path)), model)[0]
     assert item["cid"] == "a/c" and item["identity_frame"].shape == (3, 16, 16) and item["n_frames"] == 15
     (tmp_path / "file_list_train.txt").write_text("./a/c.mp4\n./a/missing.mp4\n")
-    with pytest.raises(DiffheadsError, match=r"2 file\(s\) of clips listed in file_list_train.txt are missing .*missing.mp4"):
+    with pytest.raises(
+        DiffheadsError, match=r"2 file\(s\) of clips listed in file_list_train.txt are missing .*missing.mp4"
+    ):
         TalkingFaceDataset(DataConfig(root=str(tmp_path)), model, "train", lip_loss=False)
     with pytest.raises(DiffheadsError, match="file list .* not found"):
         TalkingFaceDataset(DataConfig(root=str(tmp_path / "nowhere")), model)
@@ -154,7 +156,9 @@ def test_jitter_gains_and_offsets_are_per_channel_in_bounds_and_shared_by_the_fr
     gains, offsets = np.array(gains), np.array(offsets)
     assert (gains >= 1 - j - 1e-5).all() and (gains <= 1 + j + 1e-5).all()
     assert (np.abs(offsets) <= j + 1e-5).all()
-    assert gains.min() < 1 - 0.9 * j and gains.max() > 1 + 0.9 * j and np.abs(offsets).max() > 0.9 * j  # spans the range
+    assert (
+        gains.min() < 1 - 0.9 * j and gains.max() > 1 + 0.9 * j and np.abs(offsets).max() > 0.9 * j
+    )  # spans the range
     assert np.ptp(gains, axis=1).mean() > 0.05  # one gain per channel, not one per frame
 
 
@@ -198,7 +202,9 @@ def _example_as_before(ds: TalkingFaceDataset, item: int, seed: int) -> dict:
         "target": clip[idx.target],
         "identity_frame": clip[idx.identity],
         "motion_frames": motion_transform(motion, ds.model.grayscale_motion, ds.data.motion_blur).flatten(0, 1),
-        "audio_window": source.audio_emb[torch.from_numpy(audio_rows(idx.target, ds.model.n_audio_motion_embs, source.n))],
+        "audio_window": source.audio_emb[
+            torch.from_numpy(audio_rows(idx.target, ds.model.n_audio_motion_embs, source.n))
+        ],
         "mouth_landmarks": source.landmarks[idx.target, 48:68],
         "rng": rng,
     }
@@ -220,7 +226,9 @@ def test_perturbed_examples_change_only_the_motion_frames(tmp_path):
     make_indexed_dataset(tmp_path)
     model = ModelConfig(image_size=8, grayscale_motion=False, n_motion_frames=2, n_audio_motion_embs=2)
     clean = TalkingFaceDataset(DataConfig(root=str(tmp_path), motion_dropout=0.5), model, "train")
-    on = TalkingFaceDataset(DataConfig(root=str(tmp_path), motion_dropout=0.5, motion_colour_jitter=0.2), model, "train")
+    on = TalkingFaceDataset(
+        DataConfig(root=str(tmp_path), motion_dropout=0.5, motion_colour_jitter=0.2), model, "train"
+    )
     identity_slots = 0
     for seed in range(40):
         ex, ref = on[(0, seed)], _example_as_before(clean, 0, seed)

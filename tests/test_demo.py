@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from diffheads.cli import main
-from diffheads.demo import lip_sync_summary
-from diffheads.demo_check import check_report, main as check_main
+from diffheads.demo.check import check_report
+from diffheads.demo.check import main as check_main
+from diffheads.demo.synthetic import lip_sync_summary
 
 
 def test_quick_demo_writes_every_artefact(tmp_path, capsys):
@@ -60,7 +61,9 @@ def test_summary_pools_clips_and_control_is_a_mismatch():
     measures = {c: {"truth": t, "generated": 2 * t + 0.05 * rng.random(80), "real": t} for c, t in truth.items()}
     s = lip_sync_summary(measures)
     assert s["lip_sync_r"] > 0.99 and abs(s["control_lip_sync_r"]) < 0.2
-    pooled = np.corrcoef(np.concatenate([m["generated"] for m in measures.values()]), np.concatenate(list(truth.values())))
+    pooled = np.corrcoef(
+        np.concatenate([m["generated"] for m in measures.values()]), np.concatenate(list(truth.values()))
+    )
     assert s["lip_sync_r"] == pytest.approx(pooled[0, 1])
 
 

@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 from diffheads.cli import main
-from diffheads.demo_check import check_report
-from diffheads.demo_grid import GridDemoData, grid_clips, split_sentences
+from diffheads.demo.check import check_report
+from diffheads.demo.grid import GridDemoData, grid_clips, split_sentences
 from diffheads.errors import DiffheadsError
 from diffheads.io.video import read_video
 
@@ -45,8 +45,19 @@ def test_quick_grid_demo_writes_every_artefact(tmp_path, capsys):
     printed = capsys.readouterr()
     report = json.loads(printed.out)
     assert f"--checkpoint {out}/model.ckpt" in printed.err
-    for key in ("mouth_open_r", "control_mouth_open_r", "m_lmd", "f_lmd", "control_m_lmd", "control_f_lmd",
-                "lmd_detection_rate", "n_train_clips", "train_seconds", "sample_seconds", "prepare_seconds"):
+    for key in (
+        "mouth_open_r",
+        "control_mouth_open_r",
+        "m_lmd",
+        "f_lmd",
+        "control_m_lmd",
+        "control_f_lmd",
+        "lmd_detection_rate",
+        "n_train_clips",
+        "train_seconds",
+        "sample_seconds",
+        "prepare_seconds",
+    ):
         assert key in report, key
     assert report["n_clips"] == 2 and report["n_train_clips"] == 4 and report["train_steps"] == 3
     for name in ("contact_sheet.png", "mouth_opening.png", "model.ckpt", "report.json", "eval/metrics.json"):

@@ -13,10 +13,10 @@ import pytest
 from diffheads.audio.encoders import LogMelEncoder
 from diffheads.checkpoint import load_model
 from diffheads.config import SampleConfig, Solver
-from diffheads.generate import animate
 from diffheads.io.audio import load_audio, write_wav
 from diffheads.io.image import write_png
 from diffheads.io.video import VideoWriter, read_video
+from diffheads.sample.animate import animate
 from runcli import run_cli
 from tiny import tiny_checkpoint
 
@@ -33,20 +33,42 @@ def inputs(tmp_path_factory) -> dict[str, Path]:
 
     root = tmp_path_factory.mktemp("determinism")
     data = root / "data"
-    run_cli("synth", str(data), "--train-identities", "1", "--test-identities", "1",
-            "--clips-per-identity", "2", "--seconds", "1.2", "--size", "16", "--quiet")
+    run_cli(
+        "synth",
+        str(data),
+        "--train-identities",
+        "1",
+        "--test-identities",
+        "1",
+        "--clips-per-identity",
+        "2",
+        "--seconds",
+        "1.2",
+        "--size",
+        "16",
+        "--quiet",
+    )
     assert run_cli("embed", str(data), "--quiet")["dim"] == LogMelEncoder().dim
     rng = np.random.default_rng(0)
     write_wav(root / "speech.wav", synth_speech(rng, sample_voice(rng), 1.0).audio)
     write_png(root / "face.png", images.astronaut())
-    return {"data": data, "model": tiny_checkpoint(root / "model.ckpt", "model.dropout=0.0"),
-            "audio": root / "speech.wav", "image": root / "face.png"}
+    return {
+        "data": data,
+        "model": tiny_checkpoint(root / "model.ckpt", "model.dropout=0.0"),
+        "audio": root / "speech.wav",
+        "image": root / "face.png",
+    }
 
 
 def _in_new_process(*args: str) -> None:
     """`diffheads ARGS` in a fresh interpreter (same environment), asserting it succeeded."""
-    proc = subprocess.run([sys.executable, "-m", "diffheads.cli", *args], capture_output=True, text=True,
-                          env=dict(os.environ), timeout=600)
+    proc = subprocess.run(
+        [sys.executable, "-m", "diffheads.cli", *args],
+        capture_output=True,
+        text=True,
+        env=dict(os.environ),
+        timeout=600,
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
 
 
@@ -63,15 +85,27 @@ def _same(a: np.ndarray, b: np.ndarray) -> bool:
         print(f"shapes differ: {a.shape} vs {b.shape}")
     else:
         diff = np.abs(a.astype(np.float64) - b.astype(np.float64))
-        print(f"{int((diff > 0).sum())} of {diff.size} values differ, by up to {diff.max()}, first at "
-              f"{np.unravel_index(np.argmax(diff > 0), diff.shape)}")
+        print(
+            f"{int((diff > 0).sum())} of {diff.size} values differ, by up to {diff.max()}, first at "
+            f"{np.unravel_index(np.argmax(diff > 0), diff.shape)}"
+        )
     return False
 
 
 def test_generate_is_bit_identical_across_processes(inputs, tmp_path):
     def args(out: Path, seed: int) -> list[str]:
-        return ["generate", "--checkpoint", str(inputs["model"]), "--data", str(inputs["data"]),
-                "--out", str(out), "--seed", str(seed), *SAMPLING]
+        return [
+            "generate",
+            "--checkpoint",
+            str(inputs["model"]),
+            "--data",
+            str(inputs["data"]),
+            "--out",
+            str(out),
+            "--seed",
+            str(seed),
+            *SAMPLING,
+        ]
 
     assert run_cli(*args(tmp_path / "a", 0))["written"] == 2
     _in_new_process(*args(tmp_path / "b", 0))
@@ -86,8 +120,20 @@ def test_generate_is_bit_identical_across_processes(inputs, tmp_path):
 
 def test_animate_is_bit_identical_across_processes(inputs, tmp_path):
     def args(out: Path, seed: int) -> list[str]:
-        return ["animate", "--checkpoint", str(inputs["model"]), "--image", str(inputs["image"]),
-                "--audio", str(inputs["audio"]), "--output", str(out), "--seed", str(seed), *SAMPLING]
+        return [
+            "animate",
+            "--checkpoint",
+            str(inputs["model"]),
+            "--image",
+            str(inputs["image"]),
+            "--audio",
+            str(inputs["audio"]),
+            "--output",
+            str(out),
+            "--seed",
+            str(seed),
+            *SAMPLING,
+        ]
 
     run_cli(*args(tmp_path / "a.mp4", 0))
     _in_new_process(*args(tmp_path / "b.mp4", 0))
@@ -113,8 +159,16 @@ def test_animate_frames_before_encoding_are_bit_identical(inputs, tmp_path, monk
     runs = []
     for seed in (0, 0, 1):
         handed.clear()
-        animate(model, inputs["audio"], tmp_path / f"s{seed}.mp4", image=inputs["image"], sample=sample,
-                seed=seed, progress=False, crop_only=True)
+        animate(
+            model,
+            inputs["audio"],
+            tmp_path / f"s{seed}.mp4",
+            image=inputs["image"],
+            sample=sample,
+            seed=seed,
+            progress=False,
+            crop_only=True,
+        )
         runs.append(np.stack(handed))
     assert runs[0].shape == (25, 16, 16, 3)
     assert np.array_equal(runs[0], runs[1])

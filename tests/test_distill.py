@@ -18,11 +18,11 @@ from diffheads.config import Prediction, Solver, TimestepSpacing, load_config
 from diffheads.diffusion.gaussian import GaussianDiffusion
 from diffheads.diffusion.samplers import sample_ddim
 from diffheads.diffusion.schedule import respaced_timesteps, trailing_timesteps
-from diffheads.generate import sampling_process
 from diffheads.io.audio import write_wav
 from diffheads.io.image import write_png
 from diffheads.io.video import read_video
 from diffheads.models.unet import UNet
+from diffheads.sample.runtime import sampling_process
 from diffheads.training.distill import CLEAN, DistillationModule, distillation_target, round_grid
 from runcli import run_cli
 from tiny import TINY_MODEL, tiny_checkpoint
@@ -75,8 +75,11 @@ def _random_teacher(prediction: str) -> tuple[UNet, GaussianDiffusion, Condition
     with torch.no_grad():
         for p in unet.out.parameters():
             p.normal_(0.0, 0.5)
-    cond = Conditioning(identity_frame=torch.rand(3, 3, 16, 16) * 2 - 1, motion_frames=torch.rand(3, 2, 16, 16) * 2 - 1,
-                        audio_window=torch.randn(3, 5, 8))
+    cond = Conditioning(
+        identity_frame=torch.rand(3, 3, 16, 16) * 2 - 1,
+        motion_frames=torch.rand(3, 2, 16, 16) * 2 - 1,
+        audio_window=torch.randn(3, 5, 8),
+    )
     return unet, GaussianDiffusion.from_config(cfg.diffusion), cond
 
 
@@ -154,16 +157,24 @@ class AffineV(torch.nn.Module):
 
 @pytest.mark.parametrize("n", [1, 2])
 def test_distilling_a_toy_brings_the_student_to_the_teacher_with_half_the_steps(n):
-    cfg = load_config(None, ["diffusion.prediction=v", "diffusion.learn_sigma=false", "trainer.max_steps=300",
-                             "diffusion.timestep_spacing=trailing"])
+    cfg = load_config(
+        None,
+        [
+            "diffusion.prediction=v",
+            "diffusion.learn_sigma=false",
+            "trainer.max_steps=300",
+            "diffusion.timestep_spacing=trailing",
+        ],
+    )
     full = GaussianDiffusion.from_config(cfg.diffusion)
     teacher = AffineV(full)
     module = DistillationModule(copy.deepcopy(teacher), teacher, cfg, student_steps=n, teacher_clip=False)
     none = Conditioning(torch.zeros(64, 3, 8, 8), torch.zeros(64, 2, 8, 8), torch.zeros(64, 5, 1))
     z = torch.randn(64, 3, 8, 8, generator=torch.Generator().manual_seed(0))
     with torch.no_grad():  # the teacher's 2n DDIM steps, on its own grid
-        teacher_frames = sample_ddim(lambda x, t: teacher(x, t, none), z, full.keep(round_grid(1000, n).teacher),
-                                     clip_denoised=False)
+        teacher_frames = sample_ddim(
+            lambda x, t: teacher(x, t, none), z, full.keep(round_grid(1000, n).teacher), clip_denoised=False
+        )
 
     def student_error() -> float:  # the student's n DDIM steps, sampled as generate samples a student
         with torch.no_grad():
@@ -175,8 +186,12 @@ def test_distilling_a_toy_brings_the_student_to_the_teacher_with_half_the_steps(
     torch.manual_seed(0)
     for _ in range(300):
         x0 = MU + S * torch.randn(16, 3, 8, 8)
-        batch = {"target": x0, "identity_frame": x0 * 0, "motion_frames": torch.zeros(16, 2, 8, 8),
-                 "audio_window": torch.zeros(16, 5, 1)}
+        batch = {
+            "target": x0,
+            "identity_frame": x0 * 0,
+            "motion_frames": torch.zeros(16, 2, 8, 8),
+            "audio_window": torch.zeros(16, 5, 1),
+        }
         opt.zero_grad()
         module.compute_losses(batch)["loss"].backward()
         opt.step()
@@ -186,8 +201,14 @@ def test_distilling_a_toy_brings_the_student_to_the_teacher_with_half_the_steps(
 
 
 # ---- (c) the command end to end ---------------------------------------------------------------------------
-SMALL = ["optim.batch_size=4", "data.examples_per_clip=4", "trainer.accelerator=cpu", "trainer.log_every_n_steps=1",
-         "trainer.checkpoint_every_n_steps=1", "optim.ema_decay=0.5"]
+SMALL = [
+    "optim.batch_size=4",
+    "data.examples_per_clip=4",
+    "trainer.accelerator=cpu",
+    "trainer.log_every_n_steps=1",
+    "trainer.checkpoint_every_n_steps=1",
+    "optim.ema_decay=0.5",
+]
 
 
 @pytest.fixture(scope="module")
@@ -195,13 +216,43 @@ def distilled(tmp_path_factory) -> dict[str, Path]:
     """A 16 px synthetic dataset, a random v-prediction teacher and `diffheads distill` 4 -> 2 -> 1, 2 steps a round."""
     root = tmp_path_factory.mktemp("distill")
     data = root / "data"
-    run_cli("synth", str(data), "--train-identities", "2", "--test-identities", "1", "--clips-per-identity", "2",
-            "--seconds", "1.2", "--size", "16", "--quiet")
+    run_cli(
+        "synth",
+        str(data),
+        "--train-identities",
+        "2",
+        "--test-identities",
+        "1",
+        "--clips-per-identity",
+        "2",
+        "--seconds",
+        "1.2",
+        "--size",
+        "16",
+        "--quiet",
+    )
     run_cli("embed", str(data), "--quiet")
-    teacher = tiny_checkpoint(root / "teacher.ckpt", "diffusion.prediction=v", "sample.solver=dpm++2m", "sample.steps=6")
+    teacher = tiny_checkpoint(
+        root / "teacher.ckpt", "diffusion.prediction=v", "sample.solver=dpm++2m", "sample.steps=6"
+    )
     out = root / "out"
-    args = ["distill", "--teacher", str(teacher), "--data", str(data), "--out", str(out), "--target-steps", "1",
-            "--teacher-steps", "4", "--steps-per-round", "2", "--quiet", *SMALL]
+    args = [
+        "distill",
+        "--teacher",
+        str(teacher),
+        "--data",
+        str(data),
+        "--out",
+        str(out),
+        "--target-steps",
+        "1",
+        "--teacher-steps",
+        "4",
+        "--steps-per-round",
+        "2",
+        "--quiet",
+        *SMALL,
+    ]
     result = run_cli(*args)
     return {"data": data, "teacher": teacher, "out": out, "args": args, "result": result}
 
@@ -210,7 +261,9 @@ def test_distill_writes_one_ordinary_model_file_per_round(distilled):
     out, result = distilled["out"], distilled["result"]
     assert result["students"] == {"2": str(out / "student_2.ckpt"), "1": str(out / "student_1.ckpt")}
     assert [(r["teacher_steps"], r["student_steps"], r["steps"], r["status"]) for r in result["rounds"]] == [
-        (4, 2, 2, "trained"), (2, 1, 2, "trained")]
+        (4, 2, 2, "trained"),
+        (2, 1, 2, "trained"),
+    ]
     teacher = load_model(distilled["teacher"])
     for n in (2, 1):
         student = load_model(out / f"student_{n}.ckpt")
@@ -250,23 +303,67 @@ def _count_calls(monkeypatch) -> list[int]:
 def test_students_load_in_generate_and_animate_with_their_own_steps(distilled, tmp_path, monkeypatch, n):
     model = distilled["out"] / f"student_{n}.ckpt"
     calls = _count_calls(monkeypatch)
-    res = run_cli("generate", "--checkpoint", str(model), "--data", str(distilled["data"]), "--out", str(tmp_path / "g"),
-                  "--max-frames", "3", "--quiet")
+    res = run_cli(
+        "generate",
+        "--checkpoint",
+        str(model),
+        "--data",
+        str(distilled["data"]),
+        "--out",
+        str(tmp_path / "g"),
+        "--max-frames",
+        "3",
+        "--quiet",
+    )
     assert res["written"] == 2 and calls[0] == 3 * n  # 2 clips of 3 frames sampled together: n calls a frame
     for mp4 in (tmp_path / "g").rglob("*.mp4"):
         assert read_video(mp4)[0].shape == (3, 16, 16, 3)
     write_png(tmp_path / "face.png", (np.random.default_rng(0).random((16, 16, 3)) * 255).astype(np.uint8))
     write_wav(tmp_path / "v.wav", (0.3 * np.sin(np.arange(4000) / 5)).astype(np.float32), 16000)
     calls[0] = 0
-    run_cli("animate", "--checkpoint", str(model), "--image", str(tmp_path / "face.png"), "--audio",
-            str(tmp_path / "v.wav"), "--output", str(tmp_path / "a.mp4"), "--quiet", "--no-align")
+    run_cli(
+        "animate",
+        "--checkpoint",
+        str(model),
+        "--image",
+        str(tmp_path / "face.png"),
+        "--audio",
+        str(tmp_path / "v.wav"),
+        "--output",
+        str(tmp_path / "a.mp4"),
+        "--quiet",
+        "--no-align",
+    )
     frames = read_video(tmp_path / "a.mp4")[0]
     assert frames.shape == (6, 16, 16, 3) and calls[0] == 6 * n  # 0.25 s -> 6 frames
-    run_cli("generate", "--checkpoint", str(model), "--data", str(distilled["data"]), "--out", str(tmp_path / "g4"),
-            "--max-frames", "2", "--steps", "4", "--quiet")  # other step counts still work (off the trained grid)
+    run_cli(
+        "generate",
+        "--checkpoint",
+        str(model),
+        "--data",
+        str(distilled["data"]),
+        "--out",
+        str(tmp_path / "g4"),
+        "--max-frames",
+        "2",
+        "--steps",
+        "4",
+        "--quiet",
+    )  # other step counts still work (off the trained grid)
     calls[0] = 0
-    streamed = run_cli("stream", "--checkpoint", str(model), "--image", str(tmp_path / "face.png"), "--audio",
-                       str(tmp_path / "v.wav"), "--output", str(tmp_path / "s.mp4"), "--quiet", "--no-align")
+    streamed = run_cli(
+        "stream",
+        "--checkpoint",
+        str(model),
+        "--image",
+        str(tmp_path / "face.png"),
+        "--audio",
+        str(tmp_path / "v.wav"),
+        "--output",
+        str(tmp_path / "s.mp4"),
+        "--quiet",
+        "--no-align",
+    )
     assert streamed["frames"] == 6 and calls[0] == 6 * n
     # the app starts a student on its own sampler and steps (a trained model on the page's fast default)
     from diffheads.app.engine import Settings, Studio
@@ -322,8 +419,19 @@ def test_rerun_resumes_and_skips_finished_rounds(distilled, tmp_path, capsys, mo
     ],
 )
 def test_bad_distill_input_gives_one_line_error(distilled, tmp_path, capsys, extra, message):
-    args = ["distill", "--teacher", str(distilled["teacher"]), "--data", str(distilled["data"]), "--out",
-            str(tmp_path / "o"), "--target-steps", "1", "--quiet", *extra]
+    args = [
+        "distill",
+        "--teacher",
+        str(distilled["teacher"]),
+        "--data",
+        str(distilled["data"]),
+        "--out",
+        str(tmp_path / "o"),
+        "--target-steps",
+        "1",
+        "--quiet",
+        *extra,
+    ]
     assert main(args) == 2
     err = capsys.readouterr().err.strip()
     assert message in err and len(err.splitlines()) == 1

@@ -54,11 +54,17 @@ def ciede2000(lab1: np.ndarray, lab2: np.ndarray) -> np.ndarray:
     lp_bar, cp_bar = (L1 + L2) / 2, (c1p + c2p) / 2
     hsum = h1p + h2p
     hp_bar = np.where(
-        c1p * c2p == 0, hsum,
+        c1p * c2p == 0,
+        hsum,
         np.where(np.abs(h1p - h2p) <= 180, hsum / 2, np.where(hsum < 360, (hsum + 360) / 2, (hsum - 360) / 2)),
     )
-    t = (1 - 0.17 * np.cos(np.radians(hp_bar - 30)) + 0.24 * np.cos(np.radians(2 * hp_bar))
-         + 0.32 * np.cos(np.radians(3 * hp_bar + 6)) - 0.20 * np.cos(np.radians(4 * hp_bar - 63)))
+    t = (
+        1
+        - 0.17 * np.cos(np.radians(hp_bar - 30))
+        + 0.24 * np.cos(np.radians(2 * hp_bar))
+        + 0.32 * np.cos(np.radians(3 * hp_bar + 6))
+        - 0.20 * np.cos(np.radians(4 * hp_bar - 63))
+    )
     d_theta = 30 * np.exp(-(((hp_bar - 275) / 25) ** 2))
     r_c = 2 * np.sqrt(cp_bar**7 / (cp_bar**7 + 25.0**7))
     s_l = 1 + 0.015 * (lp_bar - 50) ** 2 / np.sqrt(20 + (lp_bar - 50) ** 2)
@@ -71,8 +77,9 @@ def srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
     """(..., 3) sRGB in 0..255 -> CIELAB (D65, 2 degrees), from the sRGB (IEC 61966-2-1) and CIE 1976 definitions."""
     c = np.asarray(rgb, np.float64) / 255.0
     linear = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
-    m = np.array([[0.4124564, 0.3575761, 0.1804375], [0.2126729, 0.7151522, 0.0721750],
-                  [0.0193339, 0.1191920, 0.9503041]])
+    m = np.array(
+        [[0.4124564, 0.3575761, 0.1804375], [0.2126729, 0.7151522, 0.0721750], [0.0193339, 0.1191920, 0.9503041]]
+    )
     xyz = linear @ m.T / np.array([0.95047, 1.0, 1.08883])
     delta = 6 / 29
     f = np.where(xyz > delta**3, np.cbrt(xyz), xyz / (3 * delta**2) + 4 / 29)
@@ -161,8 +168,12 @@ def _similarity(points: np.ndarray, scale: float, angle: float, shift: tuple[flo
 def test_similarity_transforms_leave_no_shape_drift():
     reference = face_points(128)
     rng = np.random.default_rng(0)
-    moved = np.stack([_similarity(reference, rng.uniform(0.5, 2.0), rng.uniform(-np.pi, np.pi), rng.uniform(-50, 50, 2))
-                      for _ in range(20)])
+    moved = np.stack(
+        [
+            _similarity(reference, rng.uniform(0.5, 2.0), rng.uniform(-np.pi, np.pi), rng.uniform(-50, 50, 2))
+            for _ in range(20)
+        ]
+    )
     assert np.abs(drift.similarity_residual(moved, reference)).max() < 1e-9
     # per-frame references (the real clip), moved by other similarities
     refs = np.stack([_similarity(reference, 1.3, 0.2 * i, (i, -i)) for i in range(20)])
@@ -198,8 +209,13 @@ def _synthetic_face(size: int) -> tuple[np.ndarray, np.ndarray]:
 def test_blur_lowers_sharpness_monotonically():
     frame, points = _synthetic_face(96)
     sigmas = [0.0, 0.5, 1.0, 1.5, 2.5]
-    frames = np.stack([frame] + [np.clip(np.rint(ndimage.gaussian_filter(frame.astype(np.float64), (s, s, 0))), 0, 255)
-                                 .astype(np.uint8) for s in sigmas[1:]])
+    frames = np.stack(
+        [frame]
+        + [
+            np.clip(np.rint(ndimage.gaussian_filter(frame.astype(np.float64), (s, s, 0))), 0, 255).astype(np.uint8)
+            for s in sigmas[1:]
+        ]
+    )
     landmarks = np.broadcast_to(points, (len(frames), 68, 2))
     result = drift.video_drift(frames, landmarks, fps=1)  # one frame per "second": the curve is per frame
     ratio = result["against_identity"]["sharpness_ratio"]
@@ -273,9 +289,16 @@ def test_windowed_lip_sync_r():
 def test_drift_metrics_average_the_videos_that_reach_each_second():
     def fake(n_frames: int, level: float) -> dict:
         curve, times = drift.per_second(np.full(n_frames, level) + np.arange(n_frames) / 25 / 60, 25)
-        return {"frames": n_frames, "times_s": times, "identity": "real frame 0", "face_region": "face mesh",
-                "detection_rate": 1.0, "real_detection_rate": 1.0,
-                "against_identity": {"colour_de2000": curve}, "against_real": {}}
+        return {
+            "frames": n_frames,
+            "times_s": times,
+            "identity": "real frame 0",
+            "face_region": "face mesh",
+            "detection_rate": 1.0,
+            "real_detection_rate": 1.0,
+            "against_identity": {"colour_de2000": curve},
+            "against_real": {},
+        }
 
     section = drift.drift_metrics([fake(6 * 25, 1.0), fake(11 * 25, 3.0), fake(3 * 25, 10.0)], fps=25)
     entry = section["against_identity"]["colour_de2000"]
@@ -293,8 +316,21 @@ def synthetic(tmp_path_factory) -> dict[str, Path]:
     """Held-out synthetic clips of 12 s at 32 px: exact copies as 'generated', and a copy that drifts."""
     root = tmp_path_factory.mktemp("drift")
     data = root / "data"
-    run_cli("synth", str(data), "--train-identities", "1", "--test-identities", "3", "--clips-per-identity", "1",
-            "--seconds", "12", "--size", "32", "--quiet")
+    run_cli(
+        "synth",
+        str(data),
+        "--train-identities",
+        "1",
+        "--test-identities",
+        "3",
+        "--clips-per-identity",
+        "1",
+        "--seconds",
+        "12",
+        "--size",
+        "32",
+        "--quiet",
+    )
     layout = DataLayout.of(data)
     copies, drifting = root / "copies", root / "drifting"
     clips = sorted(layout.clips("test"))
@@ -307,15 +343,29 @@ def synthetic(tmp_path_factory) -> dict[str, Path]:
     for frame, p in zip(frames, progress):  # warmer and blurrier over time
         tinted = np.clip(frame.astype(np.float64) + p * np.array([30.0, 0.0, -30.0]), 0, 255)
         drifted.append(cv2.GaussianBlur(tinted, (0, 0), 0.01 + 1.2 * p) if p > 0 else tinted)
-    write_video(drifting / f"{clips[2]}.mp4", np.rint(drifted).astype(np.uint8), fps=25,
-                audio=load_audio(layout.audio(clips[2])))
+    write_video(
+        drifting / f"{clips[2]}.mp4",
+        np.rint(drifted).astype(np.uint8),
+        fps=25,
+        audio=load_audio(layout.audio(clips[2])),
+    )
     return {"root": root, "data": data, "copies": copies, "drifting": drifting}
 
 
 def test_real_clips_as_generated_do_not_drift(synthetic):
     out = synthetic["root"] / "eval_copies"
-    res = run_cli("evaluate", "--generated", str(synthetic["copies"]), "--real", str(synthetic["data"]),
-                  "--out", str(out), "--metrics", "drift", "--quiet")
+    res = run_cli(
+        "evaluate",
+        "--generated",
+        str(synthetic["copies"]),
+        "--real",
+        str(synthetic["data"]),
+        "--out",
+        str(out),
+        "--metrics",
+        "drift",
+        "--quiet",
+    )
     section = json.loads((out / "metrics.json").read_text())["metrics"]["drift"]
     assert res["skipped"] == {} and section["n_videos"] == 2
     # Face Mesh finds the cartoon faces at 32 px, so the face region is the landmark hull
@@ -345,8 +395,18 @@ def test_real_clips_as_generated_do_not_drift(synthetic):
 
 def test_a_drifting_copy_shows_its_drift(synthetic):
     out = synthetic["root"] / "eval_drifting"
-    run_cli("evaluate", "--generated", str(synthetic["drifting"]), "--real", str(synthetic["data"]),
-            "--out", str(out), "--metrics", "drift,mouth_open", "--quiet")
+    run_cli(
+        "evaluate",
+        "--generated",
+        str(synthetic["drifting"]),
+        "--real",
+        str(synthetic["data"]),
+        "--out",
+        str(out),
+        "--metrics",
+        "drift,mouth_open",
+        "--quiet",
+    )
     metrics = json.loads((out / "metrics.json").read_text())["metrics"]
     identity = metrics["drift"]["against_identity"]
     colour, sharp = identity["colour_de2000"], identity["sharpness_ratio"]

@@ -18,8 +18,22 @@ from diffheads.synth.dataset import make_synthetic_dataset
 from fake_weights import write_i3d, write_inception, write_syncnet
 from runcli import run_cli
 
-PAPER_METRICS = ("psnr", "ssim", "fid", "fvd", "av_offset", "av_confidence", "lse_d", "lse_c",
-                 "blinks_per_second", "blink_duration_frames", "blink_duration_s", "ofm", "fmse", "lip_sync_r")
+PAPER_METRICS = (
+    "psnr",
+    "ssim",
+    "fid",
+    "fvd",
+    "av_offset",
+    "av_confidence",
+    "lse_d",
+    "lse_c",
+    "blinks_per_second",
+    "blink_duration_frames",
+    "blink_duration_s",
+    "ofm",
+    "fmse",
+    "lip_sync_r",
+)
 
 
 @pytest.fixture(scope="module")
@@ -27,8 +41,9 @@ def clips(tmp_path_factory) -> dict[str, Path]:
     """Two held-out synthetic clips of 25 frames, 'generated' copies of them brightened by 12 levels, and weights."""
     root = tmp_path_factory.mktemp("eval")
     data, gen, weights = root / "data", root / "gen", root / "weights"
-    make_synthetic_dataset(data, n_train_identities=1, n_test_identities=2, clips_per_identity=1, seconds=1.0,
-                           size=32, progress=False)
+    make_synthetic_dataset(
+        data, n_train_identities=1, n_test_identities=2, clips_per_identity=1, seconds=1.0, size=32, progress=False
+    )
     layout = DataLayout.of(data)
     for cid in layout.clips("test"):
         frames, _ = read_video(layout.video(cid))
@@ -43,19 +58,34 @@ def clips(tmp_path_factory) -> dict[str, Path]:
 
 def test_every_metric_with_weights(clips):
     out = clips["root"] / "out"
-    res = run_cli("evaluate", "--generated", str(clips["gen"]), "--real", str(clips["data"]), "--out", str(out),
-                  "--weights-dir", str(clips["weights"]), "--quiet")
+    res = run_cli(
+        "evaluate",
+        "--generated",
+        str(clips["gen"]),
+        "--real",
+        str(clips["data"]),
+        "--out",
+        str(out),
+        "--weights-dir",
+        str(clips["weights"]),
+        "--quiet",
+    )
     metrics = json.loads((out / "metrics.json").read_text())["metrics"]
     assert res["n_videos"] == 2 and set(PAPER_METRICS) <= set(metrics)
     assert res["skipped"] == {"wer": res["skipped"]["wer"]} and "lip reader" in res["skipped"]["wer"]
     # weights are recorded by hash
-    for key, name in (("fid", "weights-inception-2015-12-05-6726825d.pth"), ("fvd", "i3d_torchscript.pt"),
-                      ("lse_c", "syncnet_v2.model")):
+    for key, name in (
+        ("fid", "weights-inception-2015-12-05-6726825d.pth"),
+        ("fvd", "i3d_torchscript.pt"),
+        ("lse_c", "syncnet_v2.model"),
+    ):
         digest = hashlib.sha256((clips["weights"] / name).read_bytes()).hexdigest()
         assert metrics[key]["weights"]["sha256"] == digest
     assert metrics["fvd"]["variant"].startswith("stylegan-v (biased") and metrics["fvd"]["clip_len"] == 16
     assert metrics["fvd"]["n_real_clips"] == 2 and metrics["fid"]["n_real_frames"] == 50
-    assert metrics["lse_d"]["value"] >= 0 and metrics["lse_c"]["value"] == pytest.approx(metrics["av_confidence"]["value"])
+    assert metrics["lse_d"]["value"] >= 0 and metrics["lse_c"]["value"] == pytest.approx(
+        metrics["av_confidence"]["value"]
+    )
     assert metrics["ofm"]["variant"] == "corrected"
 
     # PSNR against an independent computation on the decoded videos
@@ -77,16 +107,44 @@ def test_every_metric_with_weights(clips):
 
 def test_missing_weights_skip_only_their_metrics(clips, capsys):
     out = clips["root"] / "partial"
-    res = run_cli("evaluate", "--generated", str(clips["gen"]), "--real", str(clips["data"]), "--out", str(out),
-                  "--metrics", "psnr,fid,smoothness", "--legacy-smoothness", "--quiet")
+    res = run_cli(
+        "evaluate",
+        "--generated",
+        str(clips["gen"]),
+        "--real",
+        str(clips["data"]),
+        "--out",
+        str(out),
+        "--metrics",
+        "psnr,fid,smoothness",
+        "--legacy-smoothness",
+        "--quiet",
+    )
     assert set(res["metrics"]) == {"psnr", "ofm", "fmse"}
     assert "weights-inception-2015-12-05-6726825d.pth" in res["skipped"]["fid"]
-    assert "--inception-weights" in res["skipped"]["fid"] and "github.com/toshas/torch-fidelity" in res["skipped"]["fid"]
+    assert (
+        "--inception-weights" in res["skipped"]["fid"] and "github.com/toshas/torch-fidelity" in res["skipped"]["fid"]
+    )
     assert res["metrics"]["ofm"]["variant"].startswith("legacy")
     assert "fid skipped" in capsys.readouterr().err
 
-    assert main(["evaluate", "--generated", str(clips["gen"]), "--real", str(clips["data"]), "--out", str(out),
-                 "--metrics", "fvd", "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "evaluate",
+                "--generated",
+                str(clips["gen"]),
+                "--real",
+                str(clips["data"]),
+                "--out",
+                str(out),
+                "--metrics",
+                "fvd",
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert "no metric could be computed" in err[-1] and "i3d_torchscript.pt" in err[-1]
 
@@ -110,6 +168,19 @@ def test_bad_evaluate_input(clips, capsys, args, message):
 
 def test_generated_names_must_match_real_clips(clips, tmp_path, capsys):
     write_video(tmp_path / "other.mp4", np.zeros((5, 16, 16, 3), np.uint8))
-    assert main(["evaluate", "--generated", str(tmp_path), "--real", str(clips["data"]), "--out", str(tmp_path / "o"),
-                 "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "evaluate",
+                "--generated",
+                str(tmp_path),
+                "--real",
+                str(clips["data"]),
+                "--out",
+                str(tmp_path / "o"),
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert "same name" in capsys.readouterr().err

@@ -24,8 +24,11 @@ from diffheads.synth.dataset import make_synthetic_dataset
 from fake_weights import write_i3d, write_inception, write_syncnet
 
 HERE = Path(__file__).resolve().parent
-TRANSCRIPTS = {"id001/clip00": "place blue at one now", "id002/clip00": "bin red by two soon",
-               "id003/clip00": "lay green in three again"}
+TRANSCRIPTS = {
+    "id001/clip00": "place blue at one now",
+    "id002/clip00": "bin red by two soon",
+    "id003/clip00": "lay green in three again",
+}
 
 
 def read_lips(video_path: Path) -> str:
@@ -58,6 +61,7 @@ def test_fid_statistics_of_two_scorers_merge_into_those_of_one(tmp_path):
     first.merge(second.statistics())
     merged, single = first.statistics(), one.statistics()
     assert merged.keys() == single.keys()
+
     # the features are float32 network outputs: a batch of 5 + 4 frames and one of 9 may round their last bit apart
     # (BLAS blocking depends on the batch and the thread count), so the float64 sums agree to float32 precision
     def close(a: torch.Tensor | np.ndarray, b: torch.Tensor | np.ndarray) -> None:
@@ -98,8 +102,9 @@ def clips(tmp_path_factory) -> dict[str, Path]:
     brightened by a different amount each, weights in the published formats (I3D on 8-frame clips), transcripts."""
     root = tmp_path_factory.mktemp("eval_ddp")
     data, gen, weights = root / "data", root / "gen", root / "weights"
-    make_synthetic_dataset(data, n_train_identities=1, n_test_identities=3, clips_per_identity=1, seconds=0.6,
-                           size=32, progress=False)
+    make_synthetic_dataset(
+        data, n_train_identities=1, n_test_identities=3, clips_per_identity=1, seconds=0.6, size=32, progress=False
+    )
     layout = DataLayout.of(data)
     assert sorted(layout.clips("test")) == sorted(TRANSCRIPTS)
     for shift, cid in enumerate(sorted(layout.clips("test")), start=1):
@@ -116,13 +121,38 @@ def clips(tmp_path_factory) -> dict[str, Path]:
 
 def _evaluate(clips: dict[str, Path], out: Path, *extra: str) -> subprocess.CompletedProcess:
     """`python -m diffheads.cli evaluate` in a fresh interpreter, as Lightning's launcher re-runs it per process."""
-    env = dict(os.environ, OMP_NUM_THREADS="1",
-               PYTHONPATH=os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p))
-    args = ["evaluate", "--generated", str(clips["gen"]), "--real", str(clips["data"]), "--out", str(out),
-            "--weights-dir", str(clips["weights"]), "--lip-reader", "test_evaluate_distributed:read_lips",
-            "--transcripts", str(clips["root"] / "transcripts.txt"), "--fvd-clip-len", "8", "--quiet", *extra]
-    return subprocess.run([sys.executable, "-m", "diffheads.cli", *args], capture_output=True, text=True, env=env,
-                          timeout=600, cwd=clips["root"])
+    env = dict(
+        os.environ,
+        OMP_NUM_THREADS="1",
+        PYTHONPATH=os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p),
+    )
+    args = [
+        "evaluate",
+        "--generated",
+        str(clips["gen"]),
+        "--real",
+        str(clips["data"]),
+        "--out",
+        str(out),
+        "--weights-dir",
+        str(clips["weights"]),
+        "--lip-reader",
+        "test_evaluate_distributed:read_lips",
+        "--transcripts",
+        str(clips["root"] / "transcripts.txt"),
+        "--fvd-clip-len",
+        "8",
+        "--quiet",
+        *extra,
+    ]
+    return subprocess.run(
+        [sys.executable, "-m", "diffheads.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+        cwd=clips["root"],
+    )
 
 
 def _result(proc: subprocess.CompletedProcess) -> dict:
@@ -169,8 +199,21 @@ def test_two_processes_give_the_results_of_one(clips):
     summary_two = json.loads((two_out / "metrics.json").read_text())
     metrics = summary_one["metrics"]
     # the set metrics built from gathered features and series are all there, and not trivially zero
-    for key in ("fid", "fvd", "lse_c", "av_offset", "wer", "mouth_open_r", "control_mouth_open_r", "m_lmd",
-                "control_m_lmd", "lip_sync_r", "psnr", "blinks_per_second", "ofm"):
+    for key in (
+        "fid",
+        "fvd",
+        "lse_c",
+        "av_offset",
+        "wer",
+        "mouth_open_r",
+        "control_mouth_open_r",
+        "m_lmd",
+        "control_m_lmd",
+        "lip_sync_r",
+        "psnr",
+        "blinks_per_second",
+        "ofm",
+    ):
         assert key in metrics, key
     assert metrics["fid"]["value"] > 0 and metrics["fvd"]["value"] > 0 and metrics["fvd"]["n_real_clips"] == 3
     assert metrics["fid"]["n_real_frames"] == 45 and metrics["lse_c"]["n_videos"] == 3

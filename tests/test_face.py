@@ -131,7 +131,9 @@ def test_prepare_aligns_a_moving_real_face(tmp_path):
     raw = tmp_path / "raw" / "spk1"
     raw.mkdir(parents=True)
     motions = moving_face_video(raw / "take1.mp4", seconds=3.0, fps=30.0)
-    report = prepare_dataset(tmp_path / "raw", tmp_path / "data", split=SplitRule(test_fraction=0.0), workers=1, progress=False)
+    report = prepare_dataset(
+        tmp_path / "raw", tmp_path / "data", split=SplitRule(test_fraction=0.0), workers=1, progress=False
+    )
     assert report["prepared"] == 1 and report["skipped"] == []
     frames, fps = read_video(tmp_path / "data" / "video" / "spk1" / "take1.mp4")
     assert fps == 25 and frames.shape == (75, 128, 128, 3)  # 3 s at 30 fps -> 75 frames at 25 fps

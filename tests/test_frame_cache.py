@@ -15,10 +15,11 @@ from torch.utils.data import DataLoader
 from diffheads.config import DataConfig, FrameCache, IdentityFrameMode, ModelConfig
 from diffheads.data import frame_cache
 from diffheads.data.dataset import SplitClips, TalkingFaceDataset, to_model_frames
-from diffheads.data.frame_cache import cache_dataset, cache_path, ensure_cached, read_frames, resize_frames
+from diffheads.data.frame_cache import cache_path, ensure_cached, read_frames, resize_frames
 from diffheads.data.layout import DataLayout
 from diffheads.errors import DiffheadsError
 from diffheads.io.video import read_video, write_video
+from diffheads.prepare.cache import cache_dataset
 from diffheads.synth.dataset import make_synthetic_dataset
 
 N_FRAMES = 25  # 1 s at 25 fps

@@ -16,8 +16,8 @@ import torch
 
 from diffheads.diffusion.samplers import randn
 from diffheads.distributed import scheduler_layout
-from diffheads.generate_set import clip_seed, plan_batches
 from diffheads.io.video import read_video
+from diffheads.sample.test_set import clip_seed, plan_batches
 from runcli import run_cli
 from tiny import tiny_checkpoint
 
@@ -26,8 +26,9 @@ N_CLIPS = 6
 
 def diffheads(*args: str, timeout: float = 300) -> dict:
     """Run the `diffheads` command line in a fresh process (Lightning's launcher re-runs that command line)."""
-    proc = subprocess.run([sys.executable, "-m", "diffheads.cli", *args], capture_output=True, text=True,
-                          timeout=timeout, env=_env())
+    proc = subprocess.run(
+        [sys.executable, "-m", "diffheads.cli", *args], capture_output=True, text=True, timeout=timeout, env=_env()
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return json.loads(proc.stdout)
 
@@ -41,8 +42,21 @@ def test_set(tmp_path_factory) -> dict[str, Path]:
     """Six 1-second test clips of two held-out identities, their embeddings, and an untrained tiny model."""
     root = tmp_path_factory.mktemp("gen")
     data = root / "data"
-    run_cli("synth", str(data), "--train-identities", "1", "--test-identities", "2", "--clips-per-identity", "3",
-            "--seconds", "1.0", "--size", "16", "--quiet")
+    run_cli(
+        "synth",
+        str(data),
+        "--train-identities",
+        "1",
+        "--test-identities",
+        "2",
+        "--clips-per-identity",
+        "3",
+        "--seconds",
+        "1.0",
+        "--size",
+        "16",
+        "--quiet",
+    )
     run_cli("embed", str(data), "--quiet")
     model = tiny_checkpoint(root / "model.ckpt", "sample.steps=3")
     common = ["--checkpoint", str(model), "--data", str(data), "--batch-size", "2", "--quiet"]
@@ -82,8 +96,13 @@ def test_two_processes_write_each_clip_once_with_the_frames_of_one(test_set) -> 
 def test_torchrun_launch_matches_one_process(test_set) -> None:
     out = test_set["root"] / "torchrun"
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "2", "--master-port", "29517"]
-    proc = subprocess.run([*torchrun, "-m", "diffheads.cli", "generate", *test_set["common"], "--out", str(out)],
-                          capture_output=True, text=True, timeout=300, env=_env())
+    proc = subprocess.run(
+        [*torchrun, "-m", "diffheads.cli", "generate", *test_set["common"], "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=_env(),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert json.loads(proc.stdout)["processes"] == 2  # the layout came from torchrun's environment; one JSON line set
     assert_same_videos(test_set["one"], out)
@@ -93,11 +112,25 @@ def test_torchrun_launch_matches_one_process(test_set) -> None:
 def test_srun_launch_matches_one_process(test_set) -> None:
     """Two processes started as srun starts them (SLURM's variables, no --devices): the layout comes from SLURM."""
     out = test_set["root"] / "srun"
-    slurm = {"SLURM_NTASKS": "2", "SLURM_NTASKS_PER_NODE": "2", "SLURM_NNODES": "1", "SLURM_NODEID": "0", "SLURM_JOB_NAME": "generate",
-             "SLURM_JOB_ID": "4242", "SLURM_NODELIST": "localhost"}
-    procs = [subprocess.Popen([sys.executable, "-m", "diffheads.cli", "generate", *test_set["common"], "--out", str(out)],
-                              env={**_env(), **slurm, "SLURM_PROCID": str(r), "SLURM_LOCALID": str(r)},
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for r in range(2)]
+    slurm = {
+        "SLURM_NTASKS": "2",
+        "SLURM_NTASKS_PER_NODE": "2",
+        "SLURM_NNODES": "1",
+        "SLURM_NODEID": "0",
+        "SLURM_JOB_NAME": "generate",
+        "SLURM_JOB_ID": "4242",
+        "SLURM_NODELIST": "localhost",
+    }
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "diffheads.cli", "generate", *test_set["common"], "--out", str(out)],
+            env={**_env(), **slurm, "SLURM_PROCID": str(r), "SLURM_LOCALID": str(r)},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for r in range(2)
+    ]
     results = [p.communicate(timeout=300) for p in procs]
     assert [p.returncode for p in procs] == [0, 0], results[0][1][-2000:] + results[1][1][-2000:]
     assert json.loads(results[0][0])["processes"] == 2 and results[1][0] == ""  # only task 0 prints the result
@@ -109,8 +142,9 @@ def test_killed_generation_resumes_with_only_the_missing_clips(test_set) -> None
     out = test_set["root"] / "killed"
     slow = [*test_set["common"], "--out", str(out), "--devices", "2", "--batch-size", "1", "--steps", "12"]
     cmd = [sys.executable, "-m", "diffheads.cli", "generate", *slow]
-    proc = subprocess.Popen(cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
+    proc = subprocess.Popen(
+        cmd, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     deadline = time.monotonic() + 240
     while len(videos(out)) < 2 and time.monotonic() < deadline and proc.poll() is None:
         time.sleep(0.05)

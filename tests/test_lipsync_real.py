@@ -119,8 +119,15 @@ def test_normalised_lmd_divides_by_the_inter_ocular_distance():
 
 
 def test_generated_pixels_map_to_the_real_clip_resolution():
-    pair = LoadedPair("x", np.zeros((2, 32, 48, 3), np.uint8), np.zeros((2, 32, 48, 3), np.uint8), None, None, None,
-                      real_size=(64, 144))
+    pair = LoadedPair(
+        "x",
+        np.zeros((2, 32, 48, 3), np.uint8),
+        np.zeros((2, 32, 48, 3), np.uint8),
+        None,
+        None,
+        None,
+        real_size=(64, 144),
+    )
     np.testing.assert_allclose(_to_real_pixels(pair), [3.0, 2.0])  # x: 144 / 48, y: 64 / 32
 
 
@@ -140,8 +147,14 @@ def grid(tmp_path_factory) -> dict[str, Path]:
     (root / "raw" / "s1").mkdir(parents=True)
     for name in GRID_CLIPS:
         shutil.copy(GRID / f"{name}.mp4", root / "raw" / "s1")
-    report = prepare_dataset(root / "raw", root / "data", PrepareConfig(align=AlignConfig(size=64)),
-                             split=SplitRule(test_fraction=0.0), workers=1, progress=False)
+    report = prepare_dataset(
+        root / "raw",
+        root / "data",
+        PrepareConfig(align=AlignConfig(size=64)),
+        split=SplitRule(test_fraction=0.0),
+        workers=1,
+        progress=False,
+    )
     assert report["prepared"] == len(GRID_CLIPS)
     shutil.copytree(root / "data" / "video", root / "gen")
     return {"root": root, "data": root / "data", "gen": root / "gen"}
@@ -153,12 +166,30 @@ def _centred(series: list[np.ndarray]) -> np.ndarray:
 
 def test_real_clips_against_themselves(grid):
     out = grid["root"] / "out"
-    res = run_cli("evaluate", "--generated", str(grid["gen"]), "--real", str(grid["data"]), "--out", str(out),
-                  "--metrics", "mouth_open,lmd", "--quiet")
+    res = run_cli(
+        "evaluate",
+        "--generated",
+        str(grid["gen"]),
+        "--real",
+        str(grid["data"]),
+        "--out",
+        str(out),
+        "--metrics",
+        "mouth_open,lmd",
+        "--quiet",
+    )
     metrics = res["metrics"]
-    assert set(metrics) == {"mouth_open_r", "control_mouth_open_r", "m_lmd", "f_lmd", "control_m_lmd",
-                            "control_f_lmd", "lmd_detection_rate", "mouth_open_r_whole_clip",
-                            "control_mouth_open_r_whole_clip"}
+    assert set(metrics) == {
+        "mouth_open_r",
+        "control_mouth_open_r",
+        "m_lmd",
+        "f_lmd",
+        "control_m_lmd",
+        "control_f_lmd",
+        "lmd_detection_rate",
+        "mouth_open_r_whole_clip",
+        "control_mouth_open_r_whole_clip",
+    }
     assert res["skipped"] == {}
     # identical frames: the same opening series and the same Face Mesh landmarks
     assert metrics["mouth_open_r"]["value"] == pytest.approx(1.0, abs=1e-9)

@@ -23,8 +23,21 @@ from test_training_reliability import TINY, _losses, _train_process
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("packed")
     data = root / "data"
-    run_cli("synth", str(data), "--train-identities", "2", "--test-identities", "1", "--clips-per-identity", "2",
-            "--seconds", "1.2", "--size", "16", "--quiet")
+    run_cli(
+        "synth",
+        str(data),
+        "--train-identities",
+        "2",
+        "--test-identities",
+        "1",
+        "--clips-per-identity",
+        "2",
+        "--seconds",
+        "1.2",
+        "--size",
+        "16",
+        "--quiet",
+    )
     run_cli("embed", str(data), "--quiet")
     summary = run_cli("pack", str(data), str(root / "packed"), "--size", "16", "--quiet")
     assert summary["clips"] == {"train": 4, "test": 2} and summary["landmarks"] is True
@@ -34,8 +47,10 @@ def data(tmp_path_factory):
 def _datasets(data) -> tuple[TalkingFaceDataset, TalkingFaceDataset]:
     files = load_config("configs/demo.yaml", [f"data.root={data['data']}", *TINY])
     packed = load_config("configs/demo.yaml", [f"data.root={data['packed']}", "data.format=packed", *TINY])
-    return (TalkingFaceDataset(files.data, files.model, "train", lip_loss=True),
-            TalkingFaceDataset(packed.data, packed.model, "train", lip_loss=True))
+    return (
+        TalkingFaceDataset(files.data, files.model, "train", lip_loss=True),
+        TalkingFaceDataset(packed.data, packed.model, "train", lip_loss=True),
+    )
 
 
 def test_packed_frames_are_the_decoded_video_frames(data):
@@ -64,8 +79,10 @@ def test_packed_examples_equal_per_clip_examples_for_the_same_seed(data):
 def test_packed_data_through_litdatas_download_cache_gives_the_same_examples(data, tmp_path):
     """local:/folder goes through litdata's downloader and chunk cache, as s3:// or gs:// data does."""
     files, _ = _datasets(data)
-    cfg = load_config("configs/demo.yaml", [f"data.root=local:{data['packed']}", "data.format=packed",
-                                            f"data.packed_cache={tmp_path / 'cache'}", *TINY])
+    cfg = load_config(
+        "configs/demo.yaml",
+        [f"data.root=local:{data['packed']}", "data.format=packed", f"data.packed_cache={tmp_path / 'cache'}", *TINY],
+    )
     remote = TalkingFaceDataset(cfg.data, cfg.model, "train", lip_loss=True)
     for key in list(ExampleSampler(len(files), seed=5))[:6]:
         a, b = files[key], remote[key]
@@ -105,8 +122,9 @@ def test_packed_format_errors_are_one_line(data, tmp_path):
     cfg = load_config("configs/demo.yaml", [f"data.root={data['data']}", "data.format=packed", *TINY])
     with pytest.raises(DiffheadsError, match="diffheads pack"):  # a DATA folder is not a pack
         TalkingFaceDataset(cfg.data, cfg.model, "train")
-    cfg = load_config("configs/demo.yaml", [f"data.root={data['packed']}", "data.format=packed", *TINY,
-                                            "model.image_size=32"])
+    cfg = load_config(
+        "configs/demo.yaml", [f"data.root={data['packed']}", "data.format=packed", *TINY, "model.image_size=32"]
+    )
     with pytest.raises(DiffheadsError, match="--size 32"):
         TalkingFaceDataset(cfg.data, cfg.model, "train")
     with pytest.raises(AssertionError):  # packing over an existing pack needs --overwrite

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 
 from diffheads.cli import main
-from runcli import run_cli
 from diffheads.config import DataConfig, ModelConfig
 from diffheads.data.dataset import TalkingFaceDataset
 from diffheads.io.audio import load_audio, write_wav
 from diffheads.io.video import iter_frames_at, read_video, write_video
 from diffheads.prepare.split import CREMA_TEST_ACTORS, SplitRule
 from facevideo import astronaut, moving_face_video
+from runcli import run_cli
 
 
 @pytest.mark.parametrize("fps,n", [(25, 20), (30, 36), (50, 40), (15, 12), (29.97, 30)])
@@ -55,7 +55,9 @@ def test_split_rules():
         SplitRule.preset("vox")
 
 
-def _still_face_video(path: Path, frames: int, fps: float = 25.0, audio: np.ndarray | None = None, pair: bool = False) -> None:
+def _still_face_video(
+    path: Path, frames: int, fps: float = 25.0, audio: np.ndarray | None = None, pair: bool = False
+) -> None:
     face = cv2.resize(astronaut(), (192, 192), interpolation=cv2.INTER_AREA)
     if pair:
         face = np.concatenate([face, face], axis=1)
@@ -127,7 +129,9 @@ def test_prepare_good_and_broken_files_then_resume(raw_folder, tmp_path):
     assert {s["clip"]: s["reason"] for s in again["skipped"]} == reasons
     assert before == {p: p.stat().st_mtime_ns for p in out.rglob("*.mp4")}
     # --retry-skipped looks at the broken ones again (and finds them still broken)
-    retried = run_cli("prepare", str(raw_folder), str(out), "--workers", "1", "--retry-skipped", "--no-embed", "--quiet")
+    retried = run_cli(
+        "prepare", str(raw_folder), str(out), "--workers", "1", "--retry-skipped", "--no-embed", "--quiet"
+    )
     assert retried["prepared_now"] == 0 and len(retried["skipped"]) == 7
 
 

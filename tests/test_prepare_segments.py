@@ -14,14 +14,14 @@ import cv2
 import numpy as np
 import pytest
 
-from diffheads.audio.embed import load_embedding
 from diffheads.cli import main
-from diffheads.face.landmarks import STABLE_POINTS
-from diffheads.io.audio import load_audio
-from diffheads.io.video import read_video, write_video
+from diffheads.data.embeddings import load_embedding
 from diffheads.data.layout import DataLayout
 from diffheads.face.align import AlignConfig
+from diffheads.face.landmarks import STABLE_POINTS
 from diffheads.face.mean_face import load_mean_face
+from diffheads.io.audio import load_audio
+from diffheads.io.video import read_video, write_video
 from diffheads.prepare.clip import PrepareConfig, prepare_clip
 from diffheads.prepare.run import _side
 from diffheads.prepare.segments import Span, find_cuts, plan_segments
@@ -56,7 +56,9 @@ def _part(clip: tuple[np.ndarray, np.ndarray], start: int, end: int) -> tuple[np
 def _noise(frames: int, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
     """Random pixels (no face) at GRID's size, with quiet hiss."""
     rng = np.random.default_rng(seed)
-    return rng.integers(0, 256, (frames, 288, 360, 3), dtype=np.uint8), (0.02 * rng.standard_normal(frames * SPF)).astype(np.float32)
+    return rng.integers(0, 256, (frames, 288, 360, 3), dtype=np.uint8), (
+        0.02 * rng.standard_normal(frames * SPF)
+    ).astype(np.float32)
 
 
 def _footage(raw: Path, *parts: tuple[np.ndarray, np.ndarray]) -> Path:
@@ -68,7 +70,19 @@ def _footage(raw: Path, *parts: tuple[np.ndarray, np.ndarray]) -> Path:
 
 
 def _prepare(raw: Path, out: Path, *extra: str) -> dict:
-    return run_cli("prepare", str(raw), str(out), "--size", str(SIZE), "--workers", "1", "--test-speakers", "spk", "--quiet", *extra)
+    return run_cli(
+        "prepare",
+        str(raw),
+        str(out),
+        "--size",
+        str(SIZE),
+        "--workers",
+        "1",
+        "--test-speakers",
+        "spk",
+        "--quiet",
+        *extra,
+    )
 
 
 def _check_segment(out: Path, cid: str, frames: int, source_audio: np.ndarray, start: int) -> np.ndarray:
@@ -108,7 +122,9 @@ def test_faceless_stretch_and_cut_split_a_clip_into_segments(grid, tmp_path):
     assert first["start_s"] == 0 and second["end_s"] == 3.2 and second["start_s"] == pytest.approx(second["start"] / 25)
     (gap,) = [d for d in record["dropped"] if d["reason"] == "no face"]
     assert gap["start"] == first["end"] and gap["end"] == second["start"]
-    assert sum(d["end"] - d["start"] for d in record["dropped"]) == 80 - (first["end"] - first["start"]) - (second["end"] - second["start"])
+    assert sum(d["end"] - d["start"] for d in record["dropped"]) == 80 - (first["end"] - first["start"]) - (
+        second["end"] - second["start"]
+    )
 
     # all segments of the clip on the side of its speaker; the whole clip's id is not written
     assert (out / "file_list_test.txt").read_text() == "./spk/take_s000.mp4\n./spk/take_s001.mp4\n"
@@ -127,7 +143,14 @@ def test_faceless_stretch_and_cut_split_a_clip_into_segments(grid, tmp_path):
     assert json.loads((out / "segments" / "spk" / "take.json").read_text()) == record
 
     # a rerun finds the clip done from its segments and writes nothing
-    outputs = ("video/**/*.mp4", "audio/**/*.wav", "lmks/**/*.npy", "align/**/*.npy", "emb/**/*.pth", "segments/**/*.json")
+    outputs = (
+        "video/**/*.mp4",
+        "audio/**/*.wav",
+        "lmks/**/*.npy",
+        "align/**/*.npy",
+        "emb/**/*.pth",
+        "segments/**/*.json",
+    )
     before = {p: p.stat().st_mtime_ns for pattern in outputs for p in out.glob(pattern)}
     assert len(before) == 11
     again = _prepare(raw, out)
@@ -155,7 +178,10 @@ def test_hard_cut_between_two_faces_splits_and_each_side_is_aligned_alone(grid, 
     report = _prepare(raw, out)
     (record,) = report["segmented"]
     assert record["cuts"] == [40] and record["dropped"] == []
-    assert [(s["id"], s["start"], s["end"]) for s in record["segments"]] == [("spk/take_s000", 0, 40), ("spk/take_s001", 40, 80)]
+    assert [(s["id"], s["start"], s["end"]) for s in record["segments"]] == [
+        ("spk/take_s000", 0, 40),
+        ("spk/take_s001", 40, 80),
+    ]
     source_audio = load_audio(path)
     for seg in record["segments"]:
         _check_segment(out, seg["id"], 40, source_audio, seg["start"])
@@ -253,7 +279,9 @@ def test_find_cuts_ignores_flashes_and_finds_lasting_changes():
     rng = np.random.default_rng(0)
     a, b = rng.integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
     jitter = rng.integers(-2, 3, (40, 32, 32, 3))
-    thumbs = np.clip(np.concatenate([np.repeat(a[None], 20, 0), np.repeat(b[None], 20, 0)]) + jitter, 0, 255).astype(np.uint8)
+    thumbs = np.clip(np.concatenate([np.repeat(a[None], 20, 0), np.repeat(b[None], 20, 0)]) + jitter, 0, 255).astype(
+        np.uint8
+    )
     assert find_cuts(thumbs, 3, 12.0, 6.0) == [20]
     thumbs[8:10] = b  # two frames of the other picture inside the first shot
     assert find_cuts(thumbs, 3, 12.0, 6.0) == [20]

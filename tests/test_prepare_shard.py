@@ -83,7 +83,14 @@ def test_shards_merged_equal_one_run(runs):
     mine, theirs = _files(sharded), _files(whole)
     assert sorted(mine) == sorted(theirs)
     kinds = {name.rsplit(".", 1)[-1] for name in mine}
-    assert kinds == {"txt", "mp4", "wav", "npy", "json", "pth"}  # lists, clips, segment record, embeddings, encoder.json
+    assert kinds == {
+        "txt",
+        "mp4",
+        "wav",
+        "npy",
+        "json",
+        "pth",
+    }  # lists, clips, segment record, embeddings, encoder.json
     assert [name for name in mine if mine[name] != theirs[name]] == []  # byte for byte
 
     merged, one = runs["merged"], runs["whole"]
@@ -96,7 +103,9 @@ def test_shards_merged_equal_one_run(runs):
     assert merged["embeddings"] | {"out": "-"} == one["embeddings"] | {"out": "-"}  # each names its own folder
     assert merged["embeddings"]["clips"] == 4 and merged["embeddings"]["written"] == 4
     assert merged["shards"]["count"] == 2 and [s["shard"] for s in merged["shards"]["each"]] == ["0/2", "1/2"]
-    assert merged["workers"] == 2 and merged["prepare_seconds"] == max(runs[f"shard {i}"]["prepare_seconds"] for i in (0, 1))
+    assert merged["workers"] == 2 and merged["prepare_seconds"] == max(
+        runs[f"shard {i}"]["prepare_seconds"] for i in (0, 1)
+    )
     assert json.loads((sharded / "prepare_report.json").read_text()) == merged
 
 
@@ -114,8 +123,16 @@ def test_shards_cover_every_raw_clip_once(raw, runs):
     # a shard writes its clips' files and its record, never the lists, the report or encoder.json
     assert runs["after shard 1"] == ["align", "audio", "emb", "lmks", "shards", "spk1", "spk2", "video"]
     assert sorted(p.name for p in runs["sharded dir"].iterdir()) == [
-        "align", "audio", "emb", "file_list_test.txt", "file_list_train.txt", "lmks", "prepare_report.json",
-        "segments", "shards", "video",
+        "align",
+        "audio",
+        "emb",
+        "file_list_test.txt",
+        "file_list_train.txt",
+        "lmks",
+        "prepare_report.json",
+        "segments",
+        "shards",
+        "video",
     ]
 
 
@@ -214,7 +231,9 @@ def test_a_shard_refuses_settings_other_shards_used(raw, runs):
     record = runs["sharded dir"] / "shards" / "shard-0-of-2.json"
     before = record.read_text()
     with pytest.raises(DiffheadsError, match=r"differ in config.prepare.align.size \(96 vs 64\)"):
-        prepare_dataset(raw, runs["sharded dir"], PrepareConfig(align=AlignConfig(size=96)), shard=(0, 2), progress=False)
+        prepare_dataset(
+            raw, runs["sharded dir"], PrepareConfig(align=AlignConfig(size=96)), shard=(0, 2), progress=False
+        )
     assert record.read_text() == before
 
 
@@ -225,6 +244,8 @@ def test_rerun_shard_resumes_and_merge_again(raw, runs):
     again = run_cli("prepare", str(raw), str(sharded), "--shard", "0/2", *OPTIONS)
     assert again["prepared_now"] == 0 and again["already_done"] == 1 and again["embeddings"]["written"] == 0
     assert again["skipped"] == runs["shard 0"]["skipped"]  # carried from the record, not tried again
-    assert before == {p: p.stat().st_mtime_ns for p in sharded.rglob("*") if p.suffix in (".mp4", ".pth", ".npy", ".wav")}
+    assert before == {
+        p: p.stat().st_mtime_ns for p in sharded.rglob("*") if p.suffix in (".mp4", ".pth", ".npy", ".wav")
+    }
     merged = run_cli("prepare", str(raw), str(sharded), "--merge", "--quiet")
     assert merged["prepared_now"] == 2 and merged["already_done"] == 1 and merged["train_clips"] == 3

@@ -17,7 +17,7 @@ from diffheads.config import ModelConfig, load_config, to_dict
 from diffheads.io.audio import write_wav
 from diffheads.io.image import write_png
 from diffheads.models.unet import UNet
-from diffheads.reference_import import ReferenceOptions, import_reference
+from diffheads.reference.convert import ReferenceOptions, import_reference
 from facevideo import astronaut
 from runcli import run_cli
 from tiny import TINY_MODEL, TINY_TRAINING, tiny_checkpoint, train_tiny
@@ -36,9 +36,15 @@ def real_run(synthetic_run, tmp_path_factory) -> Path:
     data = root / "data"
     shutil.copytree(synthetic_run["data"], data)
     (data / "synth.json").unlink()
-    res = run_cli("train", "configs/demo.yaml", f"data.root={data}", f"trainer.out_dir={root / 'run'}",
-                  *[o for o in TINY_TRAINING if not o.startswith("trainer.max_steps")],
-                  "trainer.max_steps=2", "trainer.sample_every_n_steps=0")
+    res = run_cli(
+        "train",
+        "configs/demo.yaml",
+        f"data.root={data}",
+        f"trainer.out_dir={root / 'run'}",
+        *[o for o in TINY_TRAINING if not o.startswith("trainer.max_steps")],
+        "trainer.max_steps=2",
+        "trainer.sample_every_n_steps=0",
+    )
     return Path(res["model"])
 
 
@@ -83,9 +89,24 @@ def test_real_footage_is_recorded_as_such(real_run):
 
 def test_animate_warns_once_about_a_synthetic_model_even_when_quiet(synthetic_run, real_run, inputs, tmp_path, capsys):
     def animate(model: Path, name: str) -> list[str]:
-        code = main(["animate", "--checkpoint", str(model), "--image", str(inputs["face"]), "--audio",
-                     str(inputs["speech"]), "--output", str(tmp_path / f"{name}.mp4"), "--solver", "ddim",
-                     "--steps", "1", "--quiet"])
+        code = main(
+            [
+                "animate",
+                "--checkpoint",
+                str(model),
+                "--image",
+                str(inputs["face"]),
+                "--audio",
+                str(inputs["speech"]),
+                "--output",
+                str(tmp_path / f"{name}.mp4"),
+                "--solver",
+                "ddim",
+                "--steps",
+                "1",
+                "--quiet",
+            ]
+        )
         assert code == 0
         return [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
 
@@ -106,18 +127,34 @@ def test_an_older_model_file_is_described_from_its_config(tmp_path):
     cases = {synthetic: True, prepared: False, tmp_path / "deleted": None}
     for root, expected in cases.items():
         p = model_provenance(tiny_checkpoint(tmp_path / f"{root.name}.ckpt", f"data.root={root}"))
-        assert p == {"kind": "trained", "recorded": False, "data_root": str(root), "synthetic": expected,
-                     "train_clips": None, "train_seconds": None, "image_size": 16, "steps": None}
+        assert p == {
+            "kind": "trained",
+            "recorded": False,
+            "data_root": str(root),
+            "synthetic": expected,
+            "train_clips": None,
+            "train_seconds": None,
+            "image_size": 16,
+            "steps": None,
+        }
     assert describe_provenance(model_provenance(tmp_path / "synth.ckpt")) == "synthetic cartoon faces, 16 px"
 
 
 def test_an_older_torch_model_and_a_training_checkpoint_without_the_record(tmp_path):
     cfg = load_config(None, [*TINY_MODEL, "model.audio_dim=200", f"data.root={tmp_path / 'gone'}"])
     sd = UNet(cfg.model).state_dict()
-    torch.save({"format": FORMAT, "config": to_dict(cfg), "audio_encoder": {"name": "logmel", "dim": 200},
-                "state_dict": sd}, tmp_path / "v1.ckpt")
-    torch.save({"global_step": 7, "hyper_parameters": {"config": to_dict(cfg), "audio_encoder": {}},
-                "state_dict": {f"unet.{k}": v for k, v in sd.items()}}, tmp_path / "old_last.ckpt")
+    torch.save(
+        {"format": FORMAT, "config": to_dict(cfg), "audio_encoder": {"name": "logmel", "dim": 200}, "state_dict": sd},
+        tmp_path / "v1.ckpt",
+    )
+    torch.save(
+        {
+            "global_step": 7,
+            "hyper_parameters": {"config": to_dict(cfg), "audio_encoder": {}},
+            "state_dict": {f"unet.{k}": v for k, v in sd.items()},
+        },
+        tmp_path / "old_last.ckpt",
+    )
     v1, ckpt = model_provenance(tmp_path / "v1.ckpt"), model_provenance(tmp_path / "old_last.ckpt")
     assert (v1["steps"], v1["synthetic"], v1["image_size"]) == (None, None, 16)
     assert (ckpt["steps"], ckpt["recorded"]) == (7, False)
@@ -126,8 +163,18 @@ def test_an_older_torch_model_and_a_training_checkpoint_without_the_record(tmp_p
 
 
 def test_imported_reference_weights_say_so(tmp_path):
-    net = UNet(ModelConfig(image_size=16, model_channels=32, channel_mult=[1, 2], num_res_blocks=1,
-                           attention_resolutions=[8], num_head_channels=32, audio_dim=32, dropout=0.0))
+    net = UNet(
+        ModelConfig(
+            image_size=16,
+            model_channels=32,
+            channel_mult=[1, 2],
+            num_res_blocks=1,
+            attention_resolutions=[8],
+            num_head_channels=32,
+            audio_dim=32,
+            dropout=0.0,
+        )
+    )
     torch.save({"state_dict": {f"unet.{k}": v for k, v in net.state_dict().items()}}, tmp_path / "last.ckpt")
     options = ReferenceOptions(image_size=16, num_head_channels=32)
     import_reference(tmp_path / "last.ckpt", tmp_path / "ref.ckpt", options)
@@ -139,10 +186,21 @@ def test_imported_reference_weights_say_so(tmp_path):
 @pytest.mark.parametrize(
     ("record", "label"),
     [
-        ({"synthetic": True, "train_clips": 48, "train_seconds": 192.0, "image_size": 32, "steps": 1500},
-         "synthetic cartoon faces, 48 clips (3 min), 32 px, 1500 steps"),
-        ({"synthetic": False, "data_root": "/data/grid/s1", "train_clips": 540, "train_seconds": 1620.0,
-          "image_size": 64, "steps": 3000}, "real footage, 540 clips (27 min) of /data/grid/s1, 64 px, 3000 steps"),
+        (
+            {"synthetic": True, "train_clips": 48, "train_seconds": 192.0, "image_size": 32, "steps": 1500},
+            "synthetic cartoon faces, 48 clips (3 min), 32 px, 1500 steps",
+        ),
+        (
+            {
+                "synthetic": False,
+                "data_root": "/data/grid/s1",
+                "train_clips": 540,
+                "train_seconds": 1620.0,
+                "image_size": 64,
+                "steps": 3000,
+            },
+            "real footage, 540 clips (27 min) of /data/grid/s1, 64 px, 3000 steps",
+        ),
     ],
 )
 def test_labels(record, label):
@@ -151,8 +209,14 @@ def test_labels(record, label):
 
 def test_a_record_given_to_save_model_is_read_back_verbatim(tmp_path):
     cfg = load_config(None, [*TINY_MODEL, "model.audio_dim=200"])
-    record = {"data_root": "/x", "synthetic": False, "train_clips": 3, "train_seconds": None, "image_size": 16,
-              "steps": 10}
+    record = {
+        "data_root": "/x",
+        "synthetic": False,
+        "train_clips": 3,
+        "train_seconds": None,
+        "image_size": 16,
+        "steps": 10,
+    }
     save_model(tmp_path / "m.ckpt", UNet(cfg.model), cfg, {"name": "logmel", "dim": 200}, record)
     assert model_provenance(tmp_path / "m.ckpt") == {"kind": "trained", "recorded": True, **record}
     assert load_model(tmp_path / "m.ckpt").cfg.model.image_size == 16

@@ -10,11 +10,19 @@ import pytest
 import torch
 
 from diffheads.cli import main
-from diffheads.reference_check import check_golden, load_golden
+from diffheads.reference.golden import check_golden, load_golden
 
 GOLDEN = Path(__file__).parent / "data" / "golden_small.pt"
-NETWORK_PART = ("config", "state_dict", "inputs", "output", "intermediates", "param_count",
-                "timestep_features", "timestep_features_t")
+NETWORK_PART = (
+    "config",
+    "state_dict",
+    "inputs",
+    "output",
+    "intermediates",
+    "param_count",
+    "timestep_features",
+    "timestep_features_t",
+)
 
 
 @pytest.fixture(scope="module")
@@ -31,8 +39,16 @@ def test_every_golden_value_is_reproduced(golden):
     checks = check_golden(golden)
     names = {c.name for c in checks}
     assert len(checks) >= 50
-    assert {"network output", "param_count", "p_mean", "p_logvar", "vlb loss", "lip loss",
-            "respaced timesteps (100)", "alpha_bar (float64)"} <= names
+    assert {
+        "network output",
+        "param_count",
+        "p_mean",
+        "p_logvar",
+        "vlb loss",
+        "lip loss",
+        "respaced timesteps (100)",
+        "alpha_bar (float64)",
+    } <= names
     assert [c.name for c in checks if not c.ok] == []
     worst = max(c.max_abs_error for c in checks if c.name == "network output")
     assert worst < 2e-5  # the reference itself moves by 2.4e-6 between thread counts

@@ -14,11 +14,19 @@ from diffheads.conditioning import Conditioning
 from diffheads.config import ModelConfig
 from diffheads.errors import DiffheadsError
 from diffheads.models.unet import UNet
-from diffheads.reference_import import ReferenceOptions, import_reference, infer_model_config
+from diffheads.reference.convert import ReferenceOptions, import_reference, infer_model_config
 from runcli import run_cli
 
-SMALL = ModelConfig(image_size=16, model_channels=32, channel_mult=[1, 2], num_res_blocks=1, attention_resolutions=[8],
-                    num_head_channels=32, audio_dim=32, dropout=0.0)
+SMALL = ModelConfig(
+    image_size=16,
+    model_channels=32,
+    channel_mult=[1, 2],
+    num_res_blocks=1,
+    attention_resolutions=[8],
+    num_head_channels=32,
+    audio_dim=32,
+    dropout=0.0,
+)
 SMALL_OPTIONS = ReferenceOptions(image_size=16, num_head_channels=32)
 
 
@@ -30,11 +38,17 @@ def _shapes(reference_dir: Path, name: str) -> dict[str, tuple[int, ...]]:
     return shapes
 
 
-@pytest.mark.parametrize("tsv, grayscale", [("unet_keys_training_config.tsv", True),
-                                            ("unet_keys_crema_release.tsv", False)])
+@pytest.mark.parametrize(
+    "tsv, grayscale", [("unet_keys_training_config.tsv", True), ("unet_keys_crema_release.tsv", False)]
+)
 def test_config_inferred_from_the_reference_shapes(reference_dir, tsv, grayscale):
     cfg = infer_model_config(_shapes(reference_dir, tsv))
-    assert (cfg.model_channels, cfg.channel_mult, cfg.num_res_blocks, cfg.attention_resolutions) == (256, [1, 2, 3], 2, [32])
+    assert (cfg.model_channels, cfg.channel_mult, cfg.num_res_blocks, cfg.attention_resolutions) == (
+        256,
+        [1, 2, 3],
+        2,
+        [32],
+    )
     assert (cfg.out_channels, cfg.audio_dim, cfg.n_audio_motion_embs, cfg.grayscale_motion) == (6, 256, 2, grayscale)
     # the inferred network has exactly the listed keys and shapes (built on the meta device: no memory)
     with torch.device("meta"):
@@ -42,17 +56,38 @@ def test_config_inferred_from_the_reference_shapes(reference_dir, tsv, grayscale
     assert ours == _shapes(reference_dir, tsv)
 
 
-@pytest.mark.parametrize("cfg", [
-    SMALL,
-    ModelConfig(image_size=32, model_channels=16, channel_mult=[1, 1, 2], num_res_blocks=2, attention_resolutions=[16, 8],
-                num_head_channels=16, grayscale_motion=False, audio_dim=12, norm_groups=8, dropout=0.0),
-], ids=["golden-small", "three-levels-rgb-motion"])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        SMALL,
+        ModelConfig(
+            image_size=32,
+            model_channels=16,
+            channel_mult=[1, 1, 2],
+            num_res_blocks=2,
+            attention_resolutions=[16, 8],
+            num_head_channels=16,
+            grayscale_motion=False,
+            audio_dim=12,
+            norm_groups=8,
+            dropout=0.0,
+        ),
+    ],
+    ids=["golden-small", "three-levels-rgb-motion"],
+)
 def test_config_inference_round_trip(cfg):
     with torch.device("meta"):
         shapes = {k: tuple(v.shape) for k, v in UNet(cfg).state_dict().items()}
     options = ReferenceOptions(image_size=cfg.image_size, num_head_channels=cfg.num_head_channels)
     got = infer_model_config(shapes, options)
-    for name in ("model_channels", "channel_mult", "num_res_blocks", "attention_resolutions", "grayscale_motion", "audio_dim"):
+    for name in (
+        "model_channels",
+        "channel_mult",
+        "num_res_blocks",
+        "attention_resolutions",
+        "grayscale_motion",
+        "audio_dim",
+    ):
         assert getattr(got, name) == getattr(cfg, name), name
 
 
@@ -69,8 +104,13 @@ class _Traceable(torch.nn.Module):
 
 def _inputs(seed: int = 0) -> tuple[torch.Tensor, ...]:
     g = torch.Generator().manual_seed(seed)
-    return (torch.randn(2, 3, 16, 16, generator=g), torch.tensor([3, 917]), torch.randn(2, 3, 16, 16, generator=g),
-            torch.randn(2, 2, 16, 16, generator=g), torch.randn(2, 5, 32, generator=g))
+    return (
+        torch.randn(2, 3, 16, 16, generator=g),
+        torch.tensor([3, 917]),
+        torch.randn(2, 3, 16, 16, generator=g),
+        torch.randn(2, 2, 16, 16, generator=g),
+        torch.randn(2, 5, 32, generator=g),
+    )
 
 
 def _net(seed: int = 1) -> UNet:
@@ -89,8 +129,18 @@ def test_torchscript_round_trip_gives_identical_outputs(tmp_path):
     with pytest.raises(DiffheadsError, match="TorchScript, which runs its stored program.*--trust-checkpoint"):
         import_reference(tmp_path / "crema_script.pt", tmp_path / "model.safetensors", SMALL_OPTIONS)
     assert not (tmp_path / "model.safetensors").exists()
-    out = run_cli("import-reference", str(tmp_path / "crema_script.pt"), str(tmp_path / "model.safetensors"),
-                  "--trust-checkpoint", "--image-size", "16", "--num-head-channels", "32", "--sda", "audio_encoder.pt")
+    out = run_cli(
+        "import-reference",
+        str(tmp_path / "crema_script.pt"),
+        str(tmp_path / "model.safetensors"),
+        "--trust-checkpoint",
+        "--image-size",
+        "16",
+        "--num-head-channels",
+        "32",
+        "--sda",
+        "audio_encoder.pt",
+    )
     assert out["model"]["model_channels"] == 32 and out["audio_encoder"]["dim"] == 32
     model = load_model(tmp_path / "model.safetensors")
     assert model.audio_encoder["name"] == "sda" and model.audio_encoder["path"].endswith("audio_encoder.pt")
@@ -104,10 +154,14 @@ def test_torchscript_round_trip_gives_identical_outputs(tmp_path):
 def test_lightning_checkpoint_with_the_network_twice(tmp_path):
     net = _net(seed=2)
     sd = net.state_dict()
-    ckpt = {"epoch": 7, "global_step": 1234, "state_dict": {
-        **{f"unet.{k}": v for k, v in sd.items()},
-        **{f"diffusion.nn_backbone.{k}": v for k, v in sd.items()},
-    }}
+    ckpt = {
+        "epoch": 7,
+        "global_step": 1234,
+        "state_dict": {
+            **{f"unet.{k}": v for k, v in sd.items()},
+            **{f"diffusion.nn_backbone.{k}": v for k, v in sd.items()},
+        },
+    }
     torch.save(ckpt, tmp_path / "last.ckpt")
     import_reference(tmp_path / "last.ckpt", tmp_path / "model.safetensors", SMALL_OPTIONS)  # weights-only: no trust
     loaded = load_model(tmp_path / "model.safetensors").unet.state_dict()
@@ -143,14 +197,38 @@ def test_imported_model_animates_with_its_sda_encoder(tmp_path):
     scripted = torch.jit.trace(_Traceable(_net(seed=3)), _inputs())
     scripted.save(str(tmp_path / "crema_script.pt"))
     torch.jit.script(_TinySDA().eval()).save(str(tmp_path / "audio_encoder.pt"))
-    run_cli("import-reference", str(tmp_path / "crema_script.pt"), str(tmp_path / "crema.safetensors"),
-            "--trust-checkpoint", "--image-size", "16", "--num-head-channels", "32", "--sda", str(tmp_path / "audio_encoder.pt"))
+    run_cli(
+        "import-reference",
+        str(tmp_path / "crema_script.pt"),
+        str(tmp_path / "crema.safetensors"),
+        "--trust-checkpoint",
+        "--image-size",
+        "16",
+        "--num-head-channels",
+        "32",
+        "--sda",
+        str(tmp_path / "audio_encoder.pt"),
+    )
     t = np.arange(int(0.4 * 16000)) / 16000
     write_wav(tmp_path / "speech.wav", 0.3 * np.sin(2 * np.pi * 180 * t) * (0.5 + 0.5 * np.sin(2 * np.pi * 3 * t)))
     write_png(tmp_path / "face.png", np.full((16, 16, 3), 120, np.uint8))
-    run_cli("animate", "--checkpoint", str(tmp_path / "crema.safetensors"), "--image", str(tmp_path / "face.png"),
-            "--audio", str(tmp_path / "speech.wav"), "--output", str(tmp_path / "out.mp4"), "--no-align",
-            "--solver", "ddim", "--steps", "2", "--quiet")
+    run_cli(
+        "animate",
+        "--checkpoint",
+        str(tmp_path / "crema.safetensors"),
+        "--image",
+        str(tmp_path / "face.png"),
+        "--audio",
+        str(tmp_path / "speech.wav"),
+        "--output",
+        str(tmp_path / "out.mp4"),
+        "--no-align",
+        "--solver",
+        "ddim",
+        "--steps",
+        "2",
+        "--quiet",
+    )
     assert count_frames(tmp_path / "out.mp4") == 10
 
 
@@ -164,6 +242,22 @@ def test_imported_model_without_sda_says_how_to_fix(tmp_path, capsys):
     import_reference(tmp_path / "last.ckpt", tmp_path / "m.safetensors", SMALL_OPTIONS)
     write_wav(tmp_path / "speech.wav", 0.3 * np.sin(np.arange(6400) / 10))
     write_png(tmp_path / "face.png", np.full((16, 16, 3), 120, np.uint8))
-    assert main(["animate", "--checkpoint", str(tmp_path / "m.safetensors"), "--image", str(tmp_path / "face.png"),
-                 "--audio", str(tmp_path / "speech.wav"), "--output", str(tmp_path / "o.mp4"), "--no-align", "--quiet"]) == 2
+    assert (
+        main(
+            [
+                "animate",
+                "--checkpoint",
+                str(tmp_path / "m.safetensors"),
+                "--image",
+                str(tmp_path / "face.png"),
+                "--audio",
+                str(tmp_path / "speech.wav"),
+                "--output",
+                str(tmp_path / "o.mp4"),
+                "--no-align",
+                "--quiet",
+            ]
+        )
+        == 2
+    )
     assert "--sda audio_encoder.pt" in capsys.readouterr().err and not (tmp_path / "o.mp4").exists()

@@ -27,8 +27,8 @@ from diffheads.config import AudioCondition, IdCondition
 from diffheads.errors import DiffheadsError
 from diffheads.models.blocks import set_attention
 from diffheads.models.unet import UNet, count_parameters
-from diffheads.reference_check import check_golden, reference_model_config
-from diffheads.reference_import import ReferenceOptions, import_reference, infer_model_config
+from diffheads.reference.convert import ReferenceOptions, import_reference, infer_model_config
+from diffheads.reference.golden import check_golden, reference_model_config
 
 REFERENCE_IDS = ("frame", "pre_gn", "post_gn")
 REFERENCE_AUDIO = ("pre_gn", "post_gn", "double_pre_gn", "attention")
@@ -37,23 +37,65 @@ GROUPS = 32  # every GroupNorm of the reference has 32 groups
 
 # the reference constructor's keyword arguments (their names), tiny: 16 px, C = 32, levels 16 px (32 ch) and 8 px (64 ch),
 # attention at 8 px with 2 heads of 32
-TINY = dict(image_size=16, in_channels=3, model_channels=32, out_channels=6, num_res_blocks=1, attention_resolutions=[8],
-            dropout=0.0, channel_mult=[1, 2], num_heads=4, num_head_channels=32, resblock_updown=True, precision=32,
-            n_motion_frames=2, grayscale_motion=True, n_audio_motion_embs=2)
+TINY = dict(
+    image_size=16,
+    in_channels=3,
+    model_channels=32,
+    out_channels=6,
+    num_res_blocks=1,
+    attention_resolutions=[8],
+    dropout=0.0,
+    channel_mult=[1, 2],
+    num_heads=4,
+    num_head_channels=32,
+    resblock_updown=True,
+    precision=32,
+    n_motion_frames=2,
+    grayscale_motion=True,
+    n_audio_motion_embs=2,
+)
 # three levels, two res blocks, 4 heads of 16 (num_head_channels -1), attention at two levels, colour motion
-WIDE = dict(TINY, image_size=16, channel_mult=[1, 1, 2], num_res_blocks=2, attention_resolutions=[8, 4],
-            num_head_channels=-1, num_heads=4, grayscale_motion=False)
+WIDE = dict(
+    TINY,
+    image_size=16,
+    channel_mult=[1, 1, 2],
+    num_res_blocks=2,
+    attention_resolutions=[8, 4],
+    num_head_channels=-1,
+    num_heads=4,
+    grayscale_motion=False,
+)
 ONE_HEAD = dict(TINY, num_head_channels=-1, num_heads=1)  # with one head the audio attention is plain cross-attention
-PAPER = dict(image_size=128, in_channels=3, model_channels=256, out_channels=6, num_res_blocks=2,
-             attention_resolutions=[32], dropout=0.1, channel_mult=[1, 2, 3], num_heads=4, num_head_channels=64,
-             resblock_updown=True, precision=32, n_motion_frames=2, grayscale_motion=True, n_audio_motion_embs=2)
+PAPER = dict(
+    image_size=128,
+    in_channels=3,
+    model_channels=256,
+    out_channels=6,
+    num_res_blocks=2,
+    attention_resolutions=[32],
+    dropout=0.1,
+    channel_mult=[1, 2, 3],
+    num_heads=4,
+    num_head_channels=64,
+    resblock_updown=True,
+    precision=32,
+    n_motion_frames=2,
+    grayscale_motion=True,
+    n_audio_motion_embs=2,
+)
 PAPER_COUNTS = {  # parameters at the paper's size (grayscale motion), as docs/model.md lists them
-    ("frame", "pre_gn"): 192_648_198, ("frame", "post_gn"): 204_193_798,
-    ("frame", "double_pre_gn"): 215_739_398, ("frame", "attention"): 198_955_014,
-    ("pre_gn", "pre_gn"): 258_298_886, ("pre_gn", "post_gn"): 269_844_486,
-    ("pre_gn", "double_pre_gn"): 281_390_086, ("pre_gn", "attention"): 264_605_702,
-    ("post_gn", "pre_gn"): 269_844_486, ("post_gn", "post_gn"): 281_390_086,
-    ("post_gn", "double_pre_gn"): 292_935_686, ("post_gn", "attention"): 276_151_302,
+    ("frame", "pre_gn"): 192_648_198,
+    ("frame", "post_gn"): 204_193_798,
+    ("frame", "double_pre_gn"): 215_739_398,
+    ("frame", "attention"): 198_955_014,
+    ("pre_gn", "pre_gn"): 258_298_886,
+    ("pre_gn", "post_gn"): 269_844_486,
+    ("pre_gn", "double_pre_gn"): 281_390_086,
+    ("pre_gn", "attention"): 264_605_702,
+    ("post_gn", "pre_gn"): 269_844_486,
+    ("post_gn", "post_gn"): 281_390_086,
+    ("post_gn", "double_pre_gn"): 292_935_686,
+    ("post_gn", "attention"): 276_151_302,
 }
 
 
@@ -128,19 +170,37 @@ def _layer_keys(prefix: str, layer: tuple, cfg: dict | None) -> list[tuple[str, 
         return [(prefix + "weight", [b, a, 3, 3]), (prefix + "bias", [b])]
     if kind == "attn":
         _, ch, _ = layer
-        return [(prefix + "norm.weight", [ch]), (prefix + "norm.bias", [ch]), (prefix + "qkv.weight", [3 * ch, ch, 1]),
-                (prefix + "qkv.bias", [3 * ch]), (prefix + "proj_out.weight", [ch, ch, 1]), (prefix + "proj_out.bias", [ch])]
+        return [
+            (prefix + "norm.weight", [ch]),
+            (prefix + "norm.bias", [ch]),
+            (prefix + "qkv.weight", [3 * ch, ch, 1]),
+            (prefix + "qkv.bias", [3 * ch]),
+            (prefix + "proj_out.weight", [ch, ch, 1]),
+            (prefix + "proj_out.bias", [ch]),
+        ]
     if kind == "audio_attn":  # CondAttentionBlock: audio_emb_proj, norm_x, norm_emb, q, kv, proj_out
         _, ch, side = layer
-        return [(prefix + "audio_emb_proj.weight", [side * side, e]), (prefix + "audio_emb_proj.bias", [side * side]),
-                (prefix + "norm_x.weight", [ch]), (prefix + "norm_x.bias", [ch]),
-                (prefix + "norm_emb.weight", [ch]), (prefix + "norm_emb.bias", [ch]),
-                (prefix + "q.weight", [ch, ch, 1]), (prefix + "q.bias", [ch]),
-                (prefix + "kv.weight", [2 * ch, ch, 1]), (prefix + "kv.bias", [2 * ch]),
-                (prefix + "proj_out.weight", [ch, ch, 1]), (prefix + "proj_out.bias", [ch])]
+        return [
+            (prefix + "audio_emb_proj.weight", [side * side, e]),
+            (prefix + "audio_emb_proj.bias", [side * side]),
+            (prefix + "norm_x.weight", [ch]),
+            (prefix + "norm_x.bias", [ch]),
+            (prefix + "norm_emb.weight", [ch]),
+            (prefix + "norm_emb.bias", [ch]),
+            (prefix + "q.weight", [ch, ch, 1]),
+            (prefix + "q.bias", [ch]),
+            (prefix + "kv.weight", [2 * ch, ch, 1]),
+            (prefix + "kv.bias", [2 * ch]),
+            (prefix + "proj_out.weight", [ch, ch, 1]),
+            (prefix + "proj_out.bias", [ch]),
+        ]
     _, a, b, _ = layer  # res: in_layers, t_emb_layers, x_emb_layers, audio_emb_layers, out_layers, skip_connection
-    rows = [(prefix + "in_layers.0.weight", [a]), (prefix + "in_layers.0.bias", [a]),
-            (prefix + "in_layers.2.weight", [b, a, 3, 3]), (prefix + "in_layers.2.bias", [b])]
+    rows = [
+        (prefix + "in_layers.0.weight", [a]),
+        (prefix + "in_layers.0.bias", [a]),
+        (prefix + "in_layers.2.weight", [b, a, 3, 3]),
+        (prefix + "in_layers.2.bias", [b]),
+    ]
     if cfg is not None:
         rows += [(prefix + "t_emb_layers.1.weight", [2 * b, e]), (prefix + "t_emb_layers.1.bias", [2 * b])]
         if cfg["id_condition_type"] == "post_gn":
@@ -148,16 +208,24 @@ def _layer_keys(prefix: str, layer: tuple, cfg: dict | None) -> list[tuple[str, 
         width = {"post_gn": b, "double_pre_gn": 2 * b}.get(cfg["audio_condition_type"])
         if width:
             rows += [(prefix + "audio_emb_layers.1.weight", [width, e]), (prefix + "audio_emb_layers.1.bias", [width])]
-    rows += [(prefix + "out_layers.0.weight", [b]), (prefix + "out_layers.0.bias", [b]),
-             (prefix + "out_layers.3.weight", [b, b, 3, 3]), (prefix + "out_layers.3.bias", [b])]
+    rows += [
+        (prefix + "out_layers.0.weight", [b]),
+        (prefix + "out_layers.0.bias", [b]),
+        (prefix + "out_layers.3.weight", [b, b, 3, 3]),
+        (prefix + "out_layers.3.bias", [b]),
+    ]
     if a != b:
         rows += [(prefix + "skip_connection.weight", [b, a, 1, 1]), (prefix + "skip_connection.bias", [b])]
     return rows
 
 
 def _blocks_keys(prefix: str, blocks: list[list[tuple]], cfg: dict | None) -> list[tuple[str, list[int]]]:
-    return [row for i, block in enumerate(blocks) for j, layer in enumerate(block)
-            for row in _layer_keys(f"{prefix}{i}.{j}.", layer, cfg)]
+    return [
+        row
+        for i, block in enumerate(blocks)
+        for j, layer in enumerate(block)
+        for row in _layer_keys(f"{prefix}{i}.{j}.", layer, cfg)
+    ]
 
 
 def reference_keys(cfg: dict) -> list[tuple[str, list[int]]]:
@@ -167,23 +235,42 @@ def reference_keys(cfg: dict) -> list[tuple[str, list[int]]]:
     if cfg["id_condition_type"] != "frame":  # registered first in UNet.__init__
         enc = reference_layout(cfg, conditioned=False)
         rows += _blocks_keys("identity_encoder.input_blocks.", enc["input_blocks"], None)
-        rows += [row for j, layer in enumerate(enc["middle_block"])
-                 for row in _layer_keys(f"identity_encoder.middle_block.{j}.", layer, None)]
+        rows += [
+            row
+            for j, layer in enumerate(enc["middle_block"])
+            for row in _layer_keys(f"identity_encoder.middle_block.{j}.", layer, None)
+        ]
         w = enc["width"]
-        rows += [("identity_encoder.out.0.weight", [w]), ("identity_encoder.out.0.bias", [w]),
-                 ("identity_encoder.out.3.weight", [e, w, 1, 1]), ("identity_encoder.out.3.bias", [e])]
+        rows += [
+            ("identity_encoder.out.0.weight", [w]),
+            ("identity_encoder.out.0.bias", [w]),
+            ("identity_encoder.out.3.weight", [e, w, 1, 1]),
+            ("identity_encoder.out.3.bias", [e]),
+        ]
     window = 2 * cfg["n_audio_motion_embs"] + 1
-    rows += [("time_embed.fc.0.weight", [e, c]), ("time_embed.fc.0.bias", [e]),
-             ("time_embed.fc.2.weight", [e, e]), ("time_embed.fc.2.bias", [e]),
-             ("audio_embed.0.weight", [e, c * window]), ("audio_embed.0.bias", [e]),
-             ("audio_embed.2.weight", [e, e]), ("audio_embed.2.bias", [e])]
+    rows += [
+        ("time_embed.fc.0.weight", [e, c]),
+        ("time_embed.fc.0.bias", [e]),
+        ("time_embed.fc.2.weight", [e, e]),
+        ("time_embed.fc.2.bias", [e]),
+        ("audio_embed.0.weight", [e, c * window]),
+        ("audio_embed.0.bias", [e]),
+        ("audio_embed.2.weight", [e, e]),
+        ("audio_embed.2.bias", [e]),
+    ]
     net = reference_layout(cfg, conditioned=True)
     rows += _blocks_keys("input_blocks.", net["input_blocks"], cfg)
-    rows += [row for j, layer in enumerate(net["middle_block"]) for row in _layer_keys(f"middle_block.{j}.", layer, cfg)]
+    rows += [
+        row for j, layer in enumerate(net["middle_block"]) for row in _layer_keys(f"middle_block.{j}.", layer, cfg)
+    ]
     rows += _blocks_keys("output_blocks.", net["output_blocks"], cfg)
     w = net["width"]
-    rows += [("out.0.weight", [w]), ("out.0.bias", [w]), ("out.2.weight", [cfg["out_channels"], w, 3, 3]),
-             ("out.2.bias", [cfg["out_channels"]])]
+    rows += [
+        ("out.0.weight", [w]),
+        ("out.0.bias", [w]),
+        ("out.2.weight", [cfg["out_channels"], w, 3, 3]),
+        ("out.2.bias", [cfg["out_channels"]]),
+    ]
     return rows
 
 
@@ -291,8 +378,10 @@ def reference_forward(sd: dict, cfg: dict, inputs: dict, capture: dict | None = 
     freqs = torch.exp(-math.log(1e4) * torch.arange(c // 2) / (2 * c))  # divisor 2C, cosines first
     args = t.float()[:, None] * freqs[None]
     feats = torch.cat([torch.cos(args), torch.sin(args)], dim=-1)
-    mlp = lambda p, v: F.linear(F.silu(F.linear(v, sd[p + "0.weight"], sd[p + "0.bias"])),  # noqa: E731
-                                sd[p + "2.weight"], sd[p + "2.bias"])
+
+    def mlp(p, v):
+        return F.linear(F.silu(F.linear(v, sd[p + "0.weight"], sd[p + "0.bias"])), sd[p + "2.weight"], sd[p + "2.bias"])
+
     t_emb = mlp("time_embed.fc.", feats)
     audio = inputs["audio_emb"]
     a_emb = mlp("audio_embed.", audio.reshape(audio.shape[0], -1))
@@ -336,8 +425,9 @@ def reference_inputs(cfg: dict, seed: int = 99, batch: int = 2) -> dict[str, tor
 
 
 def ours(cfg: dict, inputs: dict) -> Conditioning:
-    return Conditioning(identity_frame=inputs["x_cond"], motion_frames=inputs["motion_frames"],
-                        audio_window=inputs["audio_emb"])
+    return Conditioning(
+        identity_frame=inputs["x_cond"], motion_frames=inputs["motion_frames"], audio_window=inputs["audio_emb"]
+    )
 
 
 def key_rows(model: torch.nn.Module) -> list[tuple[str, list[int]]]:
@@ -349,8 +439,12 @@ def key_rows(model: torch.nn.Module) -> list[tuple[str, list[int]]]:
 
 def test_hand_written_layout_is_the_measured_one(reference_dir):
     """The default variant at the paper's size: the hand-derived rows equal the measured key list (324 rows)."""
-    measured = [(k, json.loads(s)) for k, s in
-                (line.split("\t") for line in (reference_dir / "unet_keys_training_config.tsv").read_text().splitlines())]
+    measured = [
+        (k, json.loads(s))
+        for k, s in (
+            line.split("\t") for line in (reference_dir / "unet_keys_training_config.tsv").read_text().splitlines()
+        )
+    ]
     assert reference_keys(variant(PAPER, "frame", "double_pre_gn")) == measured
 
 
@@ -432,7 +526,9 @@ def test_forward_backward_all_finite(identity, audio):
     out.square().mean().backward()
     for name, p in model.named_parameters():
         assert p.grad is not None and torch.isfinite(p.grad).all(), name
-        if any(s in name for s in ("identity_encoder", "x_emb_layers", "audio_emb_layers", "audio_emb_proj", "audio_embed")):
+        if any(
+            s in name for s in ("identity_encoder", "x_emb_layers", "audio_emb_layers", "audio_emb_proj", "audio_embed")
+        ):
             assert p.grad.abs().sum() > 0, name
 
 
@@ -463,7 +559,12 @@ def test_import_infers_the_variant(identity, audio):
     options = ReferenceOptions(image_size=128 if audio == "attention" else 16, num_head_channels=16)
     cfg = infer_model_config(shapes, options)
     assert (cfg.id_condition_type.value, cfg.audio_condition_type.value) == (identity, audio)
-    assert (cfg.image_size, cfg.channel_mult, cfg.num_res_blocks, cfg.attention_resolutions) == (16, [1, 1, 2], 2, [8, 4])
+    assert (cfg.image_size, cfg.channel_mult, cfg.num_res_blocks, cfg.attention_resolutions) == (
+        16,
+        [1, 1, 2],
+        2,
+        [8, 4],
+    )
     assert cfg.grayscale_motion is False
     with torch.device("meta"):
         assert {k: tuple(v.shape) for k, v in UNet(cfg).state_dict().items()} == shapes
@@ -473,10 +574,16 @@ def test_import_lightning_checkpoint_of_a_variant(tmp_path):
     """A training-branch checkpoint (network twice) of identity post_gn + audio attention becomes a working model file."""
     rcfg = variant(TINY, "post_gn", "attention")
     state = random_state(reference_keys(rcfg), seed=11)
-    ckpt = {"state_dict": {**{f"unet.{k}": v for k, v in state.items()},
-                           **{f"diffusion.nn_backbone.{k}": v for k, v in state.items()}}}
+    ckpt = {
+        "state_dict": {
+            **{f"unet.{k}": v for k, v in state.items()},
+            **{f"diffusion.nn_backbone.{k}": v for k, v in state.items()},
+        }
+    }
     torch.save(ckpt, tmp_path / "last.ckpt")
-    report = import_reference(tmp_path / "last.ckpt", tmp_path / "m.safetensors", ReferenceOptions(num_head_channels=32))
+    report = import_reference(
+        tmp_path / "last.ckpt", tmp_path / "m.safetensors", ReferenceOptions(num_head_channels=32)
+    )
     assert (report["model"]["id_condition_type"], report["model"]["audio_condition_type"]) == ("post_gn", "attention")
     assert report["model"]["image_size"] == 16  # told by the audio projection, not the option's 128
     model = load_model(tmp_path / "m.safetensors").unet.eval()
@@ -503,8 +610,14 @@ def tiny_golden(identity: str, audio: str) -> dict:
     captured: dict = {}
     with torch.no_grad():
         output = reference_forward(state, rcfg, inputs, captured)
-    return {"config": rcfg, "state_dict": state, "inputs": inputs, "output": output, "intermediates": captured,
-            "param_count": sum(math.prod(s) for _, s in rows)}
+    return {
+        "config": rcfg,
+        "state_dict": state,
+        "inputs": inputs,
+        "output": output,
+        "intermediates": captured,
+        "param_count": sum(math.prod(s) for _, s in rows),
+    }
 
 
 def test_golden_round_trip_of_a_variant(tmp_path, capsys):
@@ -537,8 +650,9 @@ def test_golden_check_of_more_variants(identity, audio):
 def test_golden_config_in_reference_terms():
     base = {k: v for k, v in TINY.items() if k not in ("audio_condition_type",)}
     assert reference_model_config(base).audio_condition_type is AudioCondition.PRE_GN  # the constructor's default
-    partial = {k: TINY[k] for k in ("model_channels", "out_channels", "num_res_blocks", "attention_resolutions",
-                                    "in_channels")}
+    partial = {
+        k: TINY[k] for k in ("model_channels", "out_channels", "num_res_blocks", "attention_resolutions", "in_channels")
+    }
     assert reference_model_config({**partial, "img_resize": 16}).image_size == 16
     with pytest.raises(DiffheadsError, match="lacks image_size"):
         reference_model_config(partial)
@@ -553,8 +667,13 @@ def test_resampling_without_residual_blocks_keeps_the_layout():
     rcfg = variant(dict(TINY, resblock_updown=False), "post_gn", "attention")
     with_updown = {k for k, _ in reference_keys(variant(TINY, "post_gn", "attention"))}
     model = UNet(reference_model_config(rcfg)).eval()
-    assert set(model.state_dict()) == {k for k in with_updown if not any(
-        k.startswith(p) for p in ("input_blocks.2.", "identity_encoder.input_blocks.2.", "output_blocks.1.2."))}
+    assert set(model.state_dict()) == {
+        k
+        for k in with_updown
+        if not any(
+            k.startswith(p) for p in ("input_blocks.2.", "identity_encoder.input_blocks.2.", "output_blocks.1.2.")
+        )
+    }
     inputs = reference_inputs(rcfg)
     with torch.no_grad():
         assert torch.isfinite(model(inputs["x"], inputs["timesteps"], ours(rcfg, inputs))).all()

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from diffheads.config import DiffusionConfig, ModelConfig, Prediction, SampleConfig, Solver
-from diffheads.data.motion import motion_transform
 from diffheads.diffusion.gaussian import GaussianDiffusion
+from diffheads.diffusion.motion import motion_transform
 from diffheads.diffusion.samplers import sample_ancestral, sample_ddim
 from diffheads.diffusion.video import anchor_colour, sample_video
 
@@ -131,8 +131,12 @@ def test_anchor_colour_moves_the_face_box_skin_onto_the_identity_frame():
     torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
     skin_pixels = torch.ones(8, 8, dtype=torch.bool)
     skin_pixels[4:6, 3:5] = False
-    torch.testing.assert_close(got[..., 2:6, 2:6][..., skin_pixels[2:6, 2:6]],
-                               identity[..., 2:6, 2:6][..., skin_pixels[2:6, 2:6]], atol=1e-6, rtol=0)
+    torch.testing.assert_close(
+        got[..., 2:6, 2:6][..., skin_pixels[2:6, 2:6]],
+        identity[..., 2:6, 2:6][..., skin_pixels[2:6, 2:6]],
+        atol=1e-6,
+        rtol=0,
+    )
 
 
 def test_colour_anchor_in_the_video_loop_returns_and_feeds_back_anchored_frames():
@@ -145,8 +149,7 @@ def test_colour_anchor_in_the_video_loop_returns_and_feeds_back_anchored_frames(
     identity[:, 1] = torch.tensor([-0.4, 0.6]).view(2, 1, 1)  # the model's frames are grey (all channels t / 100)
     sample = SampleConfig(solver=Solver.DDIM, steps=steps, colour_anchor=True)
     model = FrameIndexModel(k)
-    clips = sample_video(model, process, identity, embs, mcfg, sample, torch.Generator().manual_seed(0),
-                         progress=False)
+    clips = sample_video(model, process, identity, embs, mcfg, sample, torch.Generator().manual_seed(0), progress=False)
     # each frame is flat, so anchoring makes it its own identity frame's colour exactly
     for clip, ident, n in zip(clips, identity, lengths):
         assert len(clip) == n
@@ -154,8 +157,7 @@ def test_colour_anchor_in_the_video_loop_returns_and_feeds_back_anchored_frames(
             torch.testing.assert_close(frame, ident, atol=1e-6, rtol=0)
     # frame 2 conditions on the anchored frames 0 and 1, not on the grey ones the model made
     cond = model.seen[2 * steps]
-    torch.testing.assert_close(cond.motion_frames[:, 3:], motion_transform(identity, False, False), atol=1e-6,
-                               rtol=0)
+    torch.testing.assert_close(cond.motion_frames[:, 3:], motion_transform(identity, False, False), atol=1e-6, rtol=0)
 
 
 @pytest.mark.parametrize("flags,want", [([], None), (["--no-colour-anchor"], False), (["--colour-anchor"], True)])

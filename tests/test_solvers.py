@@ -154,8 +154,10 @@ def test_dpm_solver_pp_is_ddim_while_every_step_is_first_order():
     """Three positions: the first step and the step into t = 0 are both first order."""
     process, x_T, denoise = full_process().respace(3), start_noise(16), toy_denoiser()
     torch.testing.assert_close(
-        sample_dpmpp_2m(denoise, x_T, process, None, False), sample_ddim(denoise, x_T, process, None, False),
-        atol=1e-12, rtol=0,
+        sample_dpmpp_2m(denoise, x_T, process, None, False),
+        sample_ddim(denoise, x_T, process, None, False),
+        atol=1e-12,
+        rtol=0,
     )
 
 
@@ -183,13 +185,20 @@ def test_dpm_solver_pp_matches_diffusers(steps):
     process = full_process().respace(steps)
     betas = full_process().schedule.beta.numpy()
     scheduler = DPMSolverMultistepScheduler(
-        trained_betas=betas, algorithm_type="dpmsolver++", solver_order=2, solver_type="midpoint",
-        prediction_type="sample", lower_order_final=True, euler_at_final=True,
+        trained_betas=betas,
+        algorithm_type="dpmsolver++",
+        solver_order=2,
+        solver_type="midpoint",
+        prediction_type="sample",
+        lower_order_final=True,
+        euler_at_final=True,
     )
     x_T = start_noise(16)
     torch.testing.assert_close(
-        sample_dpmpp_2m(toy_denoiser(), x_T, process, None, False), run_diffusers(scheduler, process, x_T),
-        atol=2e-6, rtol=0,  # diffusers' DPM-Solver step rounds the sample to float32
+        sample_dpmpp_2m(toy_denoiser(), x_T, process, None, False),
+        run_diffusers(scheduler, process, x_T),
+        atol=2e-6,
+        rtol=0,  # diffusers' DPM-Solver step rounds the sample to float32
     )
 
 
@@ -197,8 +206,12 @@ def test_dpm_solver_pp_matches_diffusers(steps):
 def test_unipc_matches_diffusers(steps):
     process = full_process().respace(steps)
     scheduler = UniPCMultistepScheduler(
-        trained_betas=full_process().schedule.beta.numpy(), solver_order=2, solver_type="bh2", predict_x0=True,
-        prediction_type="sample", lower_order_final=True,
+        trained_betas=full_process().schedule.beta.numpy(),
+        solver_order=2,
+        solver_type="bh2",
+        predict_x0=True,
+        prediction_type="sample",
+        lower_order_final=True,
     )
     # the scheduler built from our betas has our alpha_bar (to float32)
     torch.testing.assert_close(
@@ -206,8 +219,10 @@ def test_unipc_matches_diffusers(steps):
     )
     x_T = start_noise(16)
     torch.testing.assert_close(
-        sample_unipc(toy_denoiser(), x_T, process, None, False), run_diffusers(scheduler, process, x_T),
-        atol=1e-8, rtol=0,
+        sample_unipc(toy_denoiser(), x_T, process, None, False),
+        run_diffusers(scheduler, process, x_T),
+        atol=1e-8,
+        rtol=0,
     )
 
 
@@ -225,7 +240,7 @@ def test_one_call_per_step_at_the_original_times(solver):
     assert want[0] == 999 and want[-1] == 0
     for t, w in zip(calls, want):
         assert t.dtype == torch.int64 and t.shape == (4,)
-        assert 0 <= int(t.min()) and int(t.max()) <= 999
+        assert int(t.min()) >= 0 and int(t.max()) <= 999
         assert t.tolist() == [w] * 4
 
 
@@ -233,8 +248,14 @@ def tiny_unet_denoiser(seed: int = 0):  # noqa: ANN201
     """A tiny conditional UNet with its zero-initialised layers made random, conditioning bound in."""
     torch.manual_seed(seed)
     cfg = ModelConfig(
-        image_size=16, model_channels=32, channel_mult=[1, 2], num_res_blocks=1, attention_resolutions=[8],
-        num_head_channels=32, audio_dim=12, dropout=0.1,
+        image_size=16,
+        model_channels=32,
+        channel_mult=[1, 2],
+        num_res_blocks=1,
+        attention_resolutions=[8],
+        num_head_channels=32,
+        audio_dim=12,
+        dropout=0.1,
     )
     model = UNet(cfg).eval()
     with torch.no_grad():

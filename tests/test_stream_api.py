@@ -12,18 +12,20 @@ import numpy as np
 import pytest
 import torch
 
-from diffheads.audio.encoders import LogMelEncoder, frames_in_audio
+from diffheads.audio.encoders import LogMelEncoder
+from diffheads.audio.frames import frames_in_audio
 from diffheads.checkpoint import load_model, save_model
 from diffheads.cli import main
 from diffheads.config import SampleConfig, Solver
 from diffheads.diffusion.video import FrameStepper
 from diffheads.errors import DiffheadsError
 from diffheads.face.portrait import Portrait
-from diffheads.generate import animate, identity_of, load_identity_frame, load_speech, write_animation
 from diffheads.io.audio import write_wav
 from diffheads.io.image import write_png
 from diffheads.io.video import VideoWriter, count_frames
-from diffheads.stream import SpeechStream
+from diffheads.sample.animate import animate, write_animation
+from diffheads.sample.inputs import identity_of, load_identity_frame, load_speech
+from diffheads.sample.stream import SpeechStream
 from diffheads.synth.speech import sample_voice, synth_speech
 from runcli import run_cli
 from tiny import tiny_checkpoint
@@ -188,13 +190,25 @@ def test_portrait_frames_are_pasted_back_as_animate_does(model, root, monkeypatc
     audio = _speech(root / "short.wav", 0.3, seed=2)
     rng = np.random.default_rng(7)
     to_crop = np.array([[0.5, 0.0, -2.0], [0.0, 0.5, -1.0], [0.0, 0.0, 1.0]])
-    portrait = Portrait(frames=(rng.random((3, 40, 36, 3)) * 255).astype(np.uint8),
-                        to_crop=np.stack([to_crop] * 3), identity_crop=(rng.random((16, 16, 3)) * 255).astype(np.uint8))
+    portrait = Portrait(
+        frames=(rng.random((3, 40, 36, 3)) * 255).astype(np.uint8),
+        to_crop=np.stack([to_crop] * 3),
+        identity_crop=(rng.random((16, 16, 3)) * 255).astype(np.uint8),
+    )
     record = _Record(monkeypatch)
     wav = load_speech(audio)
     emb = LogMelEncoder().encode(wav, frames_in_audio(len(wav)))
-    write_animation(model, identity_of(portrait, 16), emb, wav, root / "pasted.mp4", SAMPLE, seed=5, portrait=portrait,
-                    progress=False)
+    write_animation(
+        model,
+        identity_of(portrait, 16),
+        emb,
+        wav,
+        root / "pasted.mp4",
+        SAMPLE,
+        seed=5,
+        portrait=portrait,
+        progress=False,
+    )
     reference = record.take()
     stream = SpeechStream(model, portrait, SAMPLE, seed=5)
     assert stream.frame_size == (40, 36)
@@ -206,8 +220,21 @@ def test_whole_recording_encoders_are_refused(model, face, root, name, capsys):
     path = save_model(root / f"{name}.ckpt", model.unet, model.cfg, {"name": name, "path": "/no/weights", "dim": 200})
     with pytest.raises(DiffheadsError, match=f"{name} audio encoder needs the whole recording.*log-mel"):
         SpeechStream(load_model(path), _identity(face))
-    code = main(["stream", "--checkpoint", str(path), "--image", str(face), "--no-align", "--audio", "-",
-                 "--output", str(root / f"{name}.mp4"), "--quiet"])
+    code = main(
+        [
+            "stream",
+            "--checkpoint",
+            str(path),
+            "--image",
+            str(face),
+            "--no-align",
+            "--audio",
+            "-",
+            "--output",
+            str(root / f"{name}.mp4"),
+            "--quiet",
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "cannot stream" in err[0] and not (root / f"{name}.mp4").exists()
 
@@ -219,15 +246,36 @@ def _tracks(path: Path) -> tuple[float, float]:
         return float(v.duration * v.time_base), float(a.duration * a.time_base)
 
 
-KEYS = {"output", "frames", "seconds", "latency_median_ms", "latency_p95_ms", "first_frame_latency_ms",
-        "realtime_factor", "lookahead_ms", "matches_whole_recording"}
+KEYS = {
+    "output",
+    "frames",
+    "seconds",
+    "latency_median_ms",
+    "latency_p95_ms",
+    "first_frame_latency_ms",
+    "realtime_factor",
+    "lookahead_ms",
+    "matches_whole_recording",
+}
 
 
 def test_cli_streams_a_file_in_real_time_and_stdin(checkpoint, face, root, monkeypatch):
     audio = _speech(root / "cli.wav", 0.64, seed=8)
     out = root / "cli" / "file.mp4"
-    flags = ["--checkpoint", str(checkpoint), "--image", str(face), "--no-align", "--steps", "2", "--solver",
-             "ancestral", "--seed", "5", "--quiet"]
+    flags = [
+        "--checkpoint",
+        str(checkpoint),
+        "--image",
+        str(face),
+        "--no-align",
+        "--steps",
+        "2",
+        "--solver",
+        "ancestral",
+        "--seed",
+        "5",
+        "--quiet",
+    ]
     began = time.monotonic()
     report = run_cli("stream", *flags, "--audio", str(audio), "--output", str(out), "--realtime")
     assert time.monotonic() - began >= 0.64  # paced as spoken
@@ -252,8 +300,21 @@ def test_cli_streams_a_file_in_real_time_and_stdin(checkpoint, face, root, monke
 def test_cli_stdin_errors_are_one_line(checkpoint, face, root, monkeypatch, capsys):
     for data, message in ((b"", "no audio arrived"), (b"\x01\x02\x03", "middle of a 16-bit sample")):
         monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data)))
-        code = main(["stream", "--checkpoint", str(checkpoint), "--image", str(face), "--no-align", "--audio", "-",
-                     "--output", str(root / "bad" / "x.mp4"), "--quiet"])
+        code = main(
+            [
+                "stream",
+                "--checkpoint",
+                str(checkpoint),
+                "--image",
+                str(face),
+                "--no-align",
+                "--audio",
+                "-",
+                "--output",
+                str(root / "bad" / "x.mp4"),
+                "--quiet",
+            ]
+        )
         err = capsys.readouterr().err.strip().splitlines()
         assert code == 2 and len(err) == 1 and message in err[0]
         assert not (root / "bad").exists() or list((root / "bad").iterdir()) == []

@@ -18,11 +18,14 @@ from diffheads.diffusion.gaussian import GaussianDiffusion
 from diffheads.diffusion.video import sample_video
 from diffheads.errors import DiffheadsError
 from diffheads.face.paste import paste_back
-from diffheads.generate import animate, load_portrait, sample_clips, to_uint8
 from diffheads.io.audio import load_audio, write_wav
 from diffheads.io.image import write_png
 from diffheads.io.video import VideoWriter, read_video, write_video
+from diffheads.sample.animate import animate
+from diffheads.sample.inputs import load_portrait
+from diffheads.sample.runtime import sample_clips, to_uint8
 from tiny import tiny_checkpoint
+
 
 def _gradient_clip(n: int, height: int, width: int) -> np.ndarray:
     """Compressible frames that all differ: a colour ramp and a square moving one pixel per frame."""
@@ -85,15 +88,17 @@ def test_video_writer_failure_leaves_no_file(tmp_path, failure):
     folder.mkdir()
     frames = _gradient_clip(10, 32, 32) if failure != "no_frames" else []
     error = RuntimeError if failure == "exception" else DiffheadsError
-    with pytest.raises(error):
-        with VideoWriter(folder / "clip.mp4", 25, 32, 32, audio=np.full(6400, 0.1, np.float32)) as writer:
-            for k, frame in enumerate(frames):
-                writer.write(frame)
-                assert len(list(folder.iterdir())) == 1  # the temporary file, being written
-                if k == 5 and failure == "exception":
-                    raise RuntimeError("interrupted")
-                if k == 5 and failure == "bad_frame":
-                    writer.write(frame[:16])
+    with (
+        pytest.raises(error),
+        VideoWriter(folder / "clip.mp4", 25, 32, 32, audio=np.full(6400, 0.1, np.float32)) as writer,
+    ):
+        for k, frame in enumerate(frames):
+            writer.write(frame)
+            assert len(list(folder.iterdir())) == 1  # the temporary file, being written
+            if k == 5 and failure == "exception":
+                raise RuntimeError("interrupted")
+            if k == 5 and failure == "bad_frame":
+                writer.write(frame[:16])
     assert list(folder.iterdir()) == []
 
 
@@ -101,10 +106,9 @@ def test_failed_rewrite_keeps_the_old_file(tmp_path):
     path = tmp_path / "clip.mp4"
     write_video(path, _gradient_clip(5, 32, 32))
     before = path.read_bytes()
-    with pytest.raises(KeyboardInterrupt):
-        with VideoWriter(path, 25, 32, 32) as writer:
-            writer.write(_gradient_clip(1, 32, 32)[0])
-            raise KeyboardInterrupt
+    with pytest.raises(KeyboardInterrupt), VideoWriter(path, 25, 32, 32) as writer:
+        writer.write(_gradient_clip(1, 32, 32)[0])
+        raise KeyboardInterrupt
     assert path.read_bytes() == before and [p.name for p in tmp_path.iterdir()] == ["clip.mp4"]
 
 
@@ -142,8 +146,9 @@ def test_streamed_frames_equal_the_collected_ones():
     """Same seed: the frames handed to on_frame without collecting are bit-identical to the returned clips."""
     lengths = [9, 5, 7]
     process, identity, embs, mcfg, sample = _loop_args(lengths)
-    collected = sample_video(_MotionEcho(), process, identity, embs, mcfg, sample,
-                             torch.Generator().manual_seed(3), progress=False)
+    collected = sample_video(
+        _MotionEcho(), process, identity, embs, mcfg, sample, torch.Generator().manual_seed(3), progress=False
+    )
     streamed: dict[int, list[torch.Tensor]] = {i: [] for i in range(len(lengths))}
 
     def keep(t: int, frames: torch.Tensor) -> None:
@@ -152,8 +157,18 @@ def test_streamed_frames_equal_the_collected_ones():
         for row, i in enumerate(active):
             streamed[i].append(frames[row].clone())
 
-    out = sample_video(_MotionEcho(), process, identity, embs, mcfg, sample, torch.Generator().manual_seed(3),
-                       progress=False, on_frame=keep, keep_frames=False)
+    out = sample_video(
+        _MotionEcho(),
+        process,
+        identity,
+        embs,
+        mcfg,
+        sample,
+        torch.Generator().manual_seed(3),
+        progress=False,
+        on_frame=keep,
+        keep_frames=False,
+    )
     assert out == []
     for i, n in enumerate(lengths):
         assert len(streamed[i]) == n
@@ -163,8 +178,17 @@ def test_streamed_frames_equal_the_collected_ones():
 def test_streaming_hands_each_frame_over_before_the_next_is_sampled():
     log: list[str] = []
     process, identity, embs, mcfg, sample = _loop_args([6])
-    sample_video(_MotionEcho(log), process, identity, embs, mcfg, sample, progress=False,
-                 on_frame=lambda t, f: log.append(f"frame {t}"), keep_frames=False)
+    sample_video(
+        _MotionEcho(log),
+        process,
+        identity,
+        embs,
+        mcfg,
+        sample,
+        progress=False,
+        on_frame=lambda t, f: log.append(f"frame {t}"),
+        keep_frames=False,
+    )
     # 2 solver steps per frame, each frame delivered right after its own steps
     assert log == [e for t in range(6) for e in ("model", "model", f"frame {t}")]
 
@@ -182,9 +206,19 @@ def test_streaming_allocates_nothing_that_grows_with_the_clip():
     frame_bytes = 3 * size * size * 4
 
     def run(keep_frames: bool) -> int:
-        return _largest_allocation(lambda: sample_video(
-            _MotionEcho(), process, identity, embs, mcfg, sample, progress=False,
-            on_frame=lambda t, f: None, keep_frames=keep_frames))
+        return _largest_allocation(
+            lambda: sample_video(
+                _MotionEcho(),
+                process,
+                identity,
+                embs,
+                mcfg,
+                sample,
+                progress=False,
+                on_frame=lambda t, f: None,
+                keep_frames=keep_frames,
+            )
+        )
 
     # the collecting loop holds the whole clip in one tensor: the measurement can see it
     assert run(True) >= n_frames * frame_bytes
@@ -193,8 +227,9 @@ def test_streaming_allocates_nothing_that_grows_with_the_clip():
 
 @pytest.fixture(scope="module")
 def checkpoint(tmp_path_factory) -> Path:
-    return tiny_checkpoint(tmp_path_factory.mktemp("streaming") / "model.ckpt", "model.dropout=0.0", "sample.solver=ddim",
-                           "sample.steps=2")
+    return tiny_checkpoint(
+        tmp_path_factory.mktemp("streaming") / "model.ckpt", "model.dropout=0.0", "sample.solver=ddim", "sample.steps=2"
+    )
 
 
 def test_animate_streams_a_long_recording(checkpoint, tmp_path, monkeypatch):
@@ -217,8 +252,14 @@ def test_animate_streams_a_long_recording(checkpoint, tmp_path, monkeypatch):
     monkeypatch.setattr(VideoWriter, "write", spy)
     model = load_model(checkpoint)
     sample = SampleConfig(solver=Solver.DDIM, steps=2, stabilize_every=10)
-    out = animate(model, tmp_path / "speech.wav", tmp_path / "talk.mp4", image=tmp_path / "face.png",
-                  sample=sample, progress=False)
+    out = animate(
+        model,
+        tmp_path / "speech.wav",
+        tmp_path / "talk.mp4",
+        image=tmp_path / "face.png",
+        sample=sample,
+        progress=False,
+    )
     frames, fps = read_video(out)
     n = round(seconds * 25)
     assert frames.shape == (n, 512, 512, 3) and fps == 25.0 and len(written) == n

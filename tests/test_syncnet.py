@@ -29,16 +29,33 @@ from fake_weights import random_syncnet
 # Parameter and buffer shapes of joonson/syncnet_python SyncNetModel.py class S, written out from its source:
 # index = position in the nn.Sequential (ReLUs and pools take indices; the audio stream's no-op
 # MaxPool2d(1, 1) sits at 3).
-_CONV_AUD = {0: (64, 1, 3, 3), 4: (192, 64, 3, 3), 8: (384, 192, 3, 3), 11: (256, 384, 3, 3),
-             14: (256, 256, 3, 3), 18: (512, 256, 5, 4)}
-_CONV_LIP = {0: (96, 3, 5, 7, 7), 4: (256, 96, 1, 5, 5), 8: (256, 256, 1, 3, 3), 11: (256, 256, 1, 3, 3),
-             14: (256, 256, 1, 3, 3), 18: (512, 256, 1, 6, 6)}
+_CONV_AUD = {
+    0: (64, 1, 3, 3),
+    4: (192, 64, 3, 3),
+    8: (384, 192, 3, 3),
+    11: (256, 384, 3, 3),
+    14: (256, 256, 3, 3),
+    18: (512, 256, 5, 4),
+}
+_CONV_LIP = {
+    0: (96, 3, 5, 7, 7),
+    4: (256, 96, 1, 5, 5),
+    8: (256, 256, 1, 3, 3),
+    11: (256, 256, 1, 3, 3),
+    14: (256, 256, 1, 3, 3),
+    18: (512, 256, 1, 6, 6),
+}
 
 
 def _bn(prefix: str, n: int) -> list[tuple[str, tuple[int, ...]]]:
     """BatchNorm entries of a state dict."""
-    return [(f"{prefix}.weight", (n,)), (f"{prefix}.bias", (n,)), (f"{prefix}.running_mean", (n,)),
-            (f"{prefix}.running_var", (n,)), (f"{prefix}.num_batches_tracked", ())]
+    return [
+        (f"{prefix}.weight", (n,)),
+        (f"{prefix}.bias", (n,)),
+        (f"{prefix}.running_mean", (n,)),
+        (f"{prefix}.running_var", (n,)),
+        (f"{prefix}.num_batches_tracked", ()),
+    ]
 
 
 def _cnn(name: str, convs: dict[int, tuple[int, ...]]) -> list[tuple[str, tuple[int, ...]]]:
@@ -52,8 +69,11 @@ def _cnn(name: str, convs: dict[int, tuple[int, ...]]) -> list[tuple[str, tuple[
 
 def _fc(name: str) -> list[tuple[str, tuple[int, ...]]]:
     """Linear 512->512, BN1d, ReLU, Linear 512->1024."""
-    return ([(f"{name}.0.weight", (512, 512)), (f"{name}.0.bias", (512,))] + _bn(f"{name}.1", 512)
-            + [(f"{name}.3.weight", (1024, 512)), (f"{name}.3.bias", (1024,))])
+    return (
+        [(f"{name}.0.weight", (512, 512)), (f"{name}.0.bias", (512,))]
+        + _bn(f"{name}.1", 512)
+        + [(f"{name}.3.weight", (1024, 512)), (f"{name}.3.bias", (1024,))]
+    )
 
 
 # Registration order in S.__init__: netcnnaud, netfcaud, netfclip, netcnnlip.
@@ -217,6 +237,7 @@ def test_mfcc_frame_count(n: int) -> None:
 
 def test_mfcc_matches_python_speech_features() -> None:
     import python_speech_features as psf  # the reference implementation, a test dependency
+
     rng = np.random.default_rng(3)
     for x in (_chirp(16000), np.round(rng.standard_normal(5003) * 3000).astype(np.int16), np.zeros(900)):
         np.testing.assert_allclose(mfcc(x), psf.mfcc(x, 16000), rtol=1e-6, atol=1e-9)
@@ -406,8 +427,12 @@ def test_wrong_file_errors(tmp_path: Path, random_model: SyncNet) -> None:
     torch.save(state, wrong_shape)
     not_a_dict = tmp_path / "list.model"
     torch.save([torch.zeros(2)], not_a_dict)
-    for path, detail in ((wrong_keys, "missing"), (garbage, "cannot read"), (wrong_shape, "wrong shape"),
-                         (not_a_dict, "dict")):
+    for path, detail in (
+        (wrong_keys, "missing"),
+        (garbage, "cannot read"),
+        (wrong_shape, "wrong shape"),
+        (not_a_dict, "dict"),
+    ):
         with pytest.raises(DiffheadsError) as info:
             load_syncnet(path)
         message = str(info.value)

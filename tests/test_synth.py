@@ -198,8 +198,9 @@ def _skin_lab(root: Path, rel: str) -> np.ndarray:
 
 def test_held_out_clips_are_the_dataset_faces_saying_new_speech_of_any_length(tmp_path):
     dataset, same, long = tmp_path / "set", tmp_path / "same", tmp_path / "long"
-    make_synthetic_dataset(dataset, n_train_identities=1, n_test_identities=1, clips_per_identity=1, seconds=1.0,
-                           progress=False)
+    make_synthetic_dataset(
+        dataset, n_train_identities=1, n_test_identities=1, clips_per_identity=1, seconds=1.0, progress=False
+    )
     # a clip the dataset has, asked for with its length, is the dataset's clip
     make_held_out_clips(same, [(1, 0)], seconds=1.0, progress=False)
     for name in ("lmks/id001/clip00.npy", "audio/id001/clip00.wav", "truth/id001/clip00.npz"):
@@ -221,8 +222,10 @@ def test_held_out_clips_are_the_dataset_faces_saying_new_speech_of_any_length(tm
     same_face = drift.colour_difference(_skin_lab(long, "id001/clip07")[None], _skin_lab(dataset, "id001/clip00"))[0]
     other_face = drift.colour_difference(_skin_lab(long, "id000/clip07")[None], _skin_lab(dataset, "id001/clip00"))[0]
     assert same_face < 1.5 and other_face > 5
-    eyes = [drift.inter_ocular(np.load(root / "lmks" / "id001" / f"{c}.npy")[0])
-            for root, c in ((long, "clip07"), (dataset, "clip00"))]
+    eyes = [
+        drift.inter_ocular(np.load(root / "lmks" / "id001" / f"{c}.npy")[0])
+        for root, c in ((long, "clip07"), (dataset, "clip00"))
+    ]
     assert eyes[0] == pytest.approx(eyes[1], rel=1e-4)
     new_audio = sf.read(str(long / "audio/id001/clip07.wav"))[0][:16000]
     assert not np.allclose(new_audio, sf.read(str(dataset / "audio/id001/clip00.wav"))[0][:16000])

@@ -45,8 +45,21 @@ TINY = [
 @pytest.fixture(scope="module")
 def data(tmp_path_factory) -> Path:
     root = tmp_path_factory.mktemp("rel") / "data"
-    run_cli("synth", str(root), "--train-identities", "2", "--test-identities", "1", "--clips-per-identity", "2",
-            "--seconds", "1.2", "--size", "16", "--quiet")
+    run_cli(
+        "synth",
+        str(root),
+        "--train-identities",
+        "2",
+        "--test-identities",
+        "1",
+        "--clips-per-identity",
+        "2",
+        "--seconds",
+        "1.2",
+        "--size",
+        "16",
+        "--quiet",
+    )
     run_cli("embed", str(root), "--quiet")
     return root
 
@@ -82,8 +95,11 @@ def uninterrupted(data, tmp_path_factory) -> Path:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("kill, resumes_from", [(("--kill-in-save", 4), 3), (("--kill-in-step", 7), 6)],
-                         ids=["during-checkpoint-write", "during-step"])
+@pytest.mark.parametrize(
+    "kill, resumes_from",
+    [(("--kill-in-save", 4), 3), (("--kill-in-step", 7), 6)],
+    ids=["during-checkpoint-write", "during-step"],
+)
 def test_sigkill_then_resume_continues_the_same_loss_curve(data, uninterrupted, tmp_path, kill, resumes_from):
     run = tmp_path / "run"
     assert _train_process(data, run, kill=kill) == -signal.SIGKILL
@@ -104,8 +120,10 @@ def test_sigkill_then_resume_continues_the_same_loss_curve(data, uninterrupted, 
 
 
 def test_resume_auto_starts_fresh_without_a_checkpoint(data, tmp_path):
-    cfg = load_config("configs/demo.yaml", [f"data.root={data}", f"trainer.out_dir={tmp_path / 'r'}", *TINY,
-                                            "trainer.max_steps=2", "trainer.resume=auto"])
+    cfg = load_config(
+        "configs/demo.yaml",
+        [f"data.root={data}", f"trainer.out_dir={tmp_path / 'r'}", *TINY, "trainer.max_steps=2", "trainer.resume=auto"],
+    )
     assert train(cfg).steps == 2
 
 
@@ -145,8 +163,10 @@ def test_nan_loss_can_skip_the_step(data, tmp_path, monkeypatch):
 
     monkeypatch.setattr(module_mod.DiffusionModule, "optimizer_step", record)
     run = tmp_path / "skip"
-    cfg = load_config("configs/demo.yaml", [f"data.root={data}", f"trainer.out_dir={run}", *TINY,
-                                            "trainer.on_nonfinite=skip", "trainer.max_steps=4"])
+    cfg = load_config(
+        "configs/demo.yaml",
+        [f"data.root={data}", f"trainer.out_dir={run}", *TINY, "trainer.on_nonfinite=skip", "trainer.max_steps=4"],
+    )
     result = train(cfg)
     assert result.steps == 4
     assert seen == {0: False, 1: False, 2: True, 3: False}  # only the poisoned step left the weights alone
@@ -155,10 +175,21 @@ def test_nan_loss_can_skip_the_step(data, tmp_path, monkeypatch):
 
 
 def test_skip_gives_up_after_too_many_in_a_row(data, tmp_path, monkeypatch):
-    monkeypatch.setattr(module_mod.DiffusionModule, "compute_losses",
-                        lambda self, batch: {"loss": torch.tensor(float("inf"), requires_grad=True)})
-    cfg = load_config("configs/demo.yaml", [f"data.root={data}", f"trainer.out_dir={tmp_path / 'x'}", *TINY,
-                                            "trainer.on_nonfinite=skip", "trainer.max_nonfinite_skips=3"])
+    monkeypatch.setattr(
+        module_mod.DiffusionModule,
+        "compute_losses",
+        lambda self, batch: {"loss": torch.tensor(float("inf"), requires_grad=True)},
+    )
+    cfg = load_config(
+        "configs/demo.yaml",
+        [
+            f"data.root={data}",
+            f"trainer.out_dir={tmp_path / 'x'}",
+            *TINY,
+            "trainer.on_nonfinite=skip",
+            "trainer.max_nonfinite_skips=3",
+        ],
+    )
     with pytest.raises(DiffheadsError, match="3 steps in a row were skipped"):
         train(cfg)
 

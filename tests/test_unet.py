@@ -89,13 +89,19 @@ def test_attention_resolution_convention():
 
 def test_small_reference_config():
     model = meta_unet(
-        model_channels=64, channel_mult=[1, 2, 2], num_res_blocks=1, image_size=64, attention_resolutions=[16],
+        model_channels=64,
+        channel_mult=[1, 2, 2],
+        num_res_blocks=1,
+        image_size=64,
+        attention_resolutions=[16],
         num_head_channels=32,
     )
     assert count_parameters(model) == 6_469_830
     assert len(model.state_dict()) == 232
     text = "".join(f"{k}\t{json.dumps(s)}\n" for k, s in key_rows(model))
-    assert hashlib.sha256(text.encode()).hexdigest() == "6076daad70c68b884253c90a897f8eb1f597a6cde50963cadf6a56e6d0eaebb0"
+    assert (
+        hashlib.sha256(text.encode()).hexdigest() == "6076daad70c68b884253c90a897f8eb1f597a6cde50963cadf6a56e6d0eaebb0"
+    )
 
 
 # 2. timestep features ----------------------------------------------------------------------------------
@@ -170,8 +176,14 @@ def test_golden_forward(golden):
 # 4. every conditioning variant, forward and backward ---------------------------------------------------
 
 TINY = dict(
-    image_size=16, model_channels=32, channel_mult=[1, 2], num_res_blocks=1, attention_resolutions=[8],
-    num_head_channels=32, audio_dim=12, dropout=0.1,
+    image_size=16,
+    model_channels=32,
+    channel_mult=[1, 2],
+    num_res_blocks=1,
+    attention_resolutions=[8],
+    num_head_channels=32,
+    audio_dim=12,
+    dropout=0.1,
 )
 
 
@@ -211,8 +223,9 @@ ID_KEYS = {
 @pytest.mark.parametrize("audio_condition", list(AudioCondition))
 def test_variant_forward_backward(audio_condition, id_condition, grayscale):
     torch.manual_seed(0)
-    cfg = ModelConfig(**TINY, grayscale_motion=grayscale, id_condition_type=id_condition,
-                      audio_condition_type=audio_condition)
+    cfg = ModelConfig(
+        **TINY, grayscale_motion=grayscale, id_condition_type=id_condition, audio_condition_type=audio_condition
+    )
     model = UNet(cfg)
     keys = list(model.state_dict())
     for fragment, present in {**AUDIO_KEYS[audio_condition], **ID_KEYS[id_condition]}.items():
@@ -234,8 +247,19 @@ def test_variant_forward_backward(audio_condition, id_condition, grayscale):
         assert p.grad is not None, name
         assert torch.isfinite(p.grad).all(), name
     for name, p in model.named_parameters():
-        if any(s in name for s in ("audio_embed", "audio_emb_layers", "audio_attn.kv", "id_encoder", "id_emb_layers",
-                                   "identity_encoder", "x_emb_layers", "audio_emb_proj")):
+        if any(
+            s in name
+            for s in (
+                "audio_embed",
+                "audio_emb_layers",
+                "audio_attn.kv",
+                "id_encoder",
+                "id_emb_layers",
+                "identity_encoder",
+                "x_emb_layers",
+                "audio_emb_proj",
+            )
+        ):
             assert p.grad.abs().sum() > 0, name
 
     model.eval()
@@ -290,7 +314,7 @@ def legacy_attention(block: AttentionBlock, x: torch.Tensor) -> torch.Tensor:
     normed = F.group_norm(flat, 32, block.norm.weight, block.norm.bias, block.norm.eps)
     qkv = F.conv1d(normed, block.qkv.weight, block.qkv.bias)
     q, k, v = qkv.reshape(b * heads, 3 * d, -1).split(d, dim=1)
-    s = d ** -0.25
+    s = d**-0.25
     w = torch.softmax(torch.einsum("nct,ncs->nts", q * s, k * s).float(), dim=-1).to(q.dtype)
     a = torch.einsum("nts,ncs->nct", w, v).reshape(b, c, -1)
     return (flat + F.conv1d(a, block.proj_out.weight, block.proj_out.bias)).reshape(b, c, hh, ww)
@@ -336,8 +360,15 @@ def test_norm_groups_option():
     from diffheads.errors import DiffheadsError
     from diffheads.models.unet import UNet
 
-    cfg = ModelConfig(image_size=16, model_channels=32, channel_mult=[1, 2], num_res_blocks=1,
-                      attention_resolutions=[8], num_head_channels=32, norm_groups=8)
+    cfg = ModelConfig(
+        image_size=16,
+        model_channels=32,
+        channel_mult=[1, 2],
+        num_res_blocks=1,
+        attention_resolutions=[8],
+        num_head_channels=32,
+        norm_groups=8,
+    )
     norms = [m for m in UNet(cfg).modules() if isinstance(m, torch.nn.GroupNorm)]
     assert norms and all(m.num_groups == 8 for m in norms)
     with pytest.raises(DiffheadsError, match="multiple of model.norm_groups"):

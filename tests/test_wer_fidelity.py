@@ -67,8 +67,14 @@ def test_bad_specs(spec: str, match: str) -> None:
 def test_wer_by_hand() -> None:
     """'the cat sat' vs 'the bat sat down': 1 substitution + 1 insertion over 3 words = 2/3."""
     out = word_error_rate(["The cat, sat."], ["the  BAT sat down!"])
-    assert out == {"wer": pytest.approx(2 / 3), "substitutions": 1, "deletions": 0, "insertions": 1, "hits": 2,
-                   "n_words": 3}
+    assert out == {
+        "wer": pytest.approx(2 / 3),
+        "substitutions": 1,
+        "deletions": 0,
+        "insertions": 1,
+        "hits": 2,
+        "n_words": 3,
+    }
 
 
 def test_wer_is_pooled_over_the_corpus() -> None:

@@ -39,8 +39,21 @@ TINY_TRAINING = [
 def train_tiny(root: Path) -> dict[str, Path]:
     """A 16 px synthetic dataset under `root`, its log-mel embeddings and a model trained on it for 4 steps."""
     data, run = root / "data", root / "run"
-    out = run_cli("synth", str(data), "--train-identities", "2", "--test-identities", "1",
-                  "--clips-per-identity", "2", "--seconds", "1.2", "--size", "16", "--quiet")
+    out = run_cli(
+        "synth",
+        str(data),
+        "--train-identities",
+        "2",
+        "--test-identities",
+        "1",
+        "--clips-per-identity",
+        "2",
+        "--seconds",
+        "1.2",
+        "--size",
+        "16",
+        "--quiet",
+    )
     assert (data / "file_list_test.txt").is_file() and out
     emb = run_cli("embed", str(data), "--quiet")
     assert emb["written"] == 6 and emb["dim"] == 200

@@ -103,7 +103,9 @@ def _read_safetensors(path: Path, with_tensors: bool = True) -> dict[str, Any]:
             meta = f.metadata() or {}
         tensors = load_file(str(path)) if with_tensors else {}
     except (SafetensorError, OSError, ValueError) as exc:
-        raise DiffheadsError(f"checkpoint {path} is unreadable or truncated ({str(exc)[:120]}); export it again") from None
+        raise DiffheadsError(
+            f"checkpoint {path} is unreadable or truncated ({str(exc)[:120]}); export it again"
+        ) from None
     if meta.get("format") != FORMAT:
         raise DiffheadsError(
             f"{path} is a safetensors file without a diffheads config; reference weights need 'diffheads import-reference'"
@@ -145,7 +147,9 @@ def read_checkpoint(path: str | Path, trust: bool = False) -> dict[str, Any]:
     except pickle.UnpicklingError as exc:
         raise _refusal(path, exc) from None
     except (RuntimeError, EOFError, OSError, ValueError) as exc:
-        raise DiffheadsError(f"checkpoint {path} is unreadable or truncated ({type(exc).__name__}); copy or export it again") from None
+        raise DiffheadsError(
+            f"checkpoint {path} is unreadable or truncated ({type(exc).__name__}); copy or export it again"
+        ) from None
     if not isinstance(data, dict):
         raise DiffheadsError(f"{path} is not a diffheads checkpoint (top level is {type(data).__name__})")
     return data
@@ -187,8 +191,13 @@ def load_model(path: str | Path, device: str | torch.device = "cpu", trust: bool
         first = lines[1].strip() if len(lines) > 1 else str(exc)
         raise DiffheadsError(f"weights in {path} do not fit the stored config: {first[:200]}") from None
     distilled = data.get(DISTILLED)
-    return LoadedModel(unet.to(device).eval(), cfg, encoder, _provenance(data, path),
-                       dict(distilled) if isinstance(distilled, dict) else None)
+    return LoadedModel(
+        unet.to(device).eval(),
+        cfg,
+        encoder,
+        _provenance(data, path),
+        dict(distilled) if isinstance(distilled, dict) else None,
+    )
 
 
 def export_model(checkpoint: str | Path, out: str | Path, trust: bool = False) -> Path:

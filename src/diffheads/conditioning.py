@@ -22,7 +22,7 @@ class Conditioning:
     audio_window: torch.Tensor
     mouth_landmarks: torch.Tensor | None = None
 
-    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> "Conditioning":
+    def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Conditioning:
         """Move every tensor field (landmarks keep their dtype)."""
         move = (lambda x: x.to(device, dtype)) if dtype is not None else (lambda x: x.to(device))
         return Conditioning(
@@ -32,7 +32,7 @@ class Conditioning:
             mouth_landmarks=None if self.mouth_landmarks is None else self.mouth_landmarks.to(device),
         )
 
-    def repeat(self, n: int) -> "Conditioning":
+    def repeat(self, n: int) -> Conditioning:
         """Repeat along the batch axis (used by tests and classifier-free tricks)."""
         rep = lambda x: None if x is None else x.repeat_interleave(n, dim=0)  # noqa: E731
         return replace(

@@ -26,7 +26,9 @@ class IdCondition(str, enum.Enum):
     """
 
     FRAME = "frame"  # concatenated with the noisy frame along channels (default)
-    PRE_GN = "pre_gn"  # reference: `identity_encoder` (the UNet's encoder half, pooled) vector added to the time embedding
+    PRE_GN = (
+        "pre_gn"  # reference: `identity_encoder` (the UNet's encoder half, pooled) vector added to the time embedding
+    )
     POST_GN = "post_gn"  # reference: `identity_encoder` vector; per block h = h * Linear(SiLU(v)) after the norm
     PRE_GN_OURS = "pre_gn_ours"  # ours: small conv `id_encoder` vector added to the time embedding
     POST_GN_OURS = "post_gn_ours"  # ours: small conv `id_encoder` vector; per block h = h * (1 + s_id)
@@ -61,8 +63,12 @@ class Prediction(str, enum.Enum):
 class TimestepSpacing(str, enum.Enum):
     """Which of the n_timesteps a respaced (sampling) process keeps (diffusion/schedule.py)."""
 
-    REFERENCE = "reference"  # n evenly spaced from 0 to T-1, both included (the reference's rounding; every model so far)
-    TRAILING = "trailing"  # round(T k / n) - 1, k = 1..n: top T-1, the last step lands on the clean frame; n nests in 2n
+    REFERENCE = (
+        "reference"  # n evenly spaced from 0 to T-1, both included (the reference's rounding; every model so far)
+    )
+    TRAILING = (
+        "trailing"  # round(T k / n) - 1, k = 1..n: top T-1, the last step lands on the clean frame; n nests in 2n
+    )
 
 
 class IdentityFrameMode(str, enum.Enum):
@@ -125,7 +131,9 @@ class ModelConfig:
     id_condition_type: IdCondition = IdCondition.FRAME
     audio_condition_type: AudioCondition = AudioCondition.DOUBLE_PRE_GN
     time_frequencies: TimeFrequencies = TimeFrequencies.REFERENCE
-    norm_groups: int = 32  # GroupNorm groups; with 32 channels, 32 groups is a per-channel norm that drops colour offsets
+    norm_groups: int = (
+        32  # GroupNorm groups; with 32 channels, 32 groups is a per-channel norm that drops colour offsets
+    )
 
     @property
     def motion_channels(self) -> int:
@@ -170,7 +178,9 @@ class DataConfig:
     use_landmarks: bool = True  # read lmks/ for the lip loss when the loss is on
     examples_per_clip: int = 1  # training examples drawn per clip and epoch
     num_workers: int = 0
-    frame_cache: FrameCache = FrameCache.MEMORY  # memory, disk (memory-mapped files under DATA/cache) or decode; files only
+    frame_cache: FrameCache = (
+        FrameCache.MEMORY
+    )  # memory, disk (memory-mapped files under DATA/cache) or decode; files only
     packed_cache: str = ""  # format packed at a URL: local folder for downloaded chunks (empty: litdata's default)
 
 
@@ -222,7 +232,9 @@ class SampleConfig:
     steps: int = 100  # respaced steps per frame
     eta: float = 0.0  # DDIM noise scale
     stabilize_every: int = 0  # every N frames put the identity frame in the oldest motion slot; 0: never
-    colour_anchor: bool = False  # shift each frame's colour so its face box's median is the identity frame's (docs/long_video.md)
+    colour_anchor: bool = (
+        False  # shift each frame's colour so its face box's median is the identity frame's (docs/long_video.md)
+    )
     clip_denoised: bool = True  # clamp the x0 prediction to [-1, 1]
     batch_size: int = 8  # clips sampled together
     max_frames: int = 0  # cap on generated frames per clip; 0: no cap

@@ -127,7 +127,9 @@ def launch(cfg: LaunchConfig, device: str = "cpu", quiet: bool = False) -> Ranks
         cfg = replace(cfg, devices=started[0], num_nodes=started[1])  # the processes torchrun / srun started
     from lightning.fabric import Fabric
 
-    if quiet:  # Lightning's "Initializing distributed ..." banners (rank-zero messages go to whichever was imported last)
+    if (
+        quiet
+    ):  # Lightning's "Initializing distributed ..." banners (rank-zero messages go to whichever was imported last)
         for name in ("lightning.fabric", "lightning.pytorch"):
             logging.getLogger(name).setLevel(logging.WARNING)
     try:

@@ -25,15 +25,16 @@ from typing import Any
 import numpy as np
 
 from diffheads.app.live import LIVE_SECONDS, LiveSession
-from diffheads.audio.encoders import build_encoder, frames_in_audio
+from diffheads.audio.encoders import build_encoder
+from diffheads.audio.frames import frames_in_audio
 from diffheads.checkpoint import LoadedModel, describe_provenance, load_model, model_provenance
 from diffheads.config import SampleConfig, Solver
 from diffheads.errors import DiffheadsError
 from diffheads.face.portrait import FPS, Portrait
-from diffheads.generate import (
-    check_audio_width, identity_of, load_portrait, load_speech, synthetic_faces_note, write_animation,
-)
-from diffheads.stream import SpeechStream, streaming_encoder
+from diffheads.sample.animate import write_animation
+from diffheads.sample.inputs import identity_of, load_portrait, load_speech, synthetic_faces_note
+from diffheads.sample.runtime import check_audio_width
+from diffheads.sample.stream import SpeechStream, streaming_encoder
 
 OUTPUT_MODES = {"pasted back": "the face is pasted back into the full picture", "crop": "the aligned face crop only"}
 DEFAULT_SOLVER = Solver.DPMPP_2M
@@ -210,8 +211,13 @@ class Studio:
         self._jobs_lock = threading.Lock()
 
     @classmethod
-    def open(cls, choices: Sequence[ModelChoice], device: str, strict: bool = True,
-             on_skip: Callable[[str], None] | None = None) -> Studio | None:
+    def open(
+        cls,
+        choices: Sequence[ModelChoice],
+        device: str,
+        strict: bool = True,
+        on_skip: Callable[[str], None] | None = None,
+    ) -> Studio | None:
         """A studio with the first of `choices` that loads loaded, offering it and those after it.
 
         With `strict` the first must load (its error is raised); otherwise a model that fails to load
@@ -364,8 +370,15 @@ class Studio:
             if on_progress is not None:
                 on_progress(Progress(0, n_frames, 0.0))
             out = write_animation(
-                self.model, identity_of(portrait, self.size), emb, wav, output, sample, settings.seed,
-                portrait=portrait if settings.output_mode == "pasted back" else None, progress=False,
+                self.model,
+                identity_of(portrait, self.size),
+                emb,
+                wav,
+                output,
+                sample,
+                settings.seed,
+                portrait=portrait if settings.output_mode == "pasted back" else None,
+                progress=False,
                 on_written=written,
             )
             sampled = time.perf_counter()
@@ -379,8 +392,9 @@ class Studio:
             "sampling": sampled - encoded,
             "total": sampled - started,
         }
-        return Animation(out, n_frames, n_frames / FPS, settings, timing, describe_provenance(choice.provenance),
-                         choice.note)
+        return Animation(
+            out, n_frames, n_frames / FPS, settings, timing, describe_provenance(choice.provenance), choice.note
+        )
 
     def live_problem(self, model: str | Path | None = None) -> str | None:
         """Why the offered model at `model` (default: the loaded one) cannot run live, in one line, or None.
@@ -423,8 +437,13 @@ class Studio:
     def _sample_config(self, settings: Settings) -> SampleConfig:
         """The model's own sampling configuration with the page's choices, one whole clip, no compilation."""
         return dataclasses.replace(
-            self.model.cfg.sample, solver=Solver(settings.solver), steps=settings.steps,
-            stabilize_every=settings.stabilize_every, batch_size=1, max_frames=0, compile=False,
+            self.model.cfg.sample,
+            solver=Solver(settings.solver),
+            steps=settings.steps,
+            stabilize_every=settings.stabilize_every,
+            batch_size=1,
+            max_frames=0,
+            compile=False,
         )
 
 

@@ -32,10 +32,10 @@ from pathlib import Path
 import numpy as np
 import soxr
 
-from diffheads.audio.encoders import FPS, SAMPLE_RATE
+from diffheads.audio.frames import FPS, SAMPLE_RATE
 from diffheads.errors import DiffheadsError
 from diffheads.io.video import LiveAudioVideoWriter
-from diffheads.stream import SAMPLES_PER_FRAME, SpeechStream, StreamFrame
+from diffheads.sample.stream import SAMPLES_PER_FRAME, SpeechStream, StreamFrame
 
 LIVE_SECONDS = 120.0  # most audio one live session takes: bounds the work a visitor can queue on a slow device
 RATE_WINDOW_S = 2.0  # frames/s counts the frames made in this many latest seconds
@@ -45,8 +45,9 @@ def to_float_mono(samples: np.ndarray) -> np.ndarray:
     """A microphone chunk (samples,) or (samples, channels), int PCM or float in [-1, 1], as mono float32."""
     data = np.asarray(samples)
     if data.ndim not in (1, 2) or not (np.issubdtype(data.dtype, np.integer) or np.issubdtype(data.dtype, np.floating)):
-        raise DiffheadsError(f"a microphone chunk must be a 1-D or (samples, channels) array of numbers, "
-                             f"got {data.dtype} {data.shape}")
+        raise DiffheadsError(
+            f"a microphone chunk must be a 1-D or (samples, channels) array of numbers, got {data.dtype} {data.shape}"
+        )
     if np.issubdtype(data.dtype, np.integer):
         data = data / float(2 ** (8 * data.dtype.itemsize - 1))  # int16: / 32768, as PCM is read everywhere
     if data.ndim == 2:
@@ -69,8 +70,10 @@ class Resampler:
             self.rate = rate
             self._soxr = None if rate == SAMPLE_RATE else soxr.ResampleStream(rate, SAMPLE_RATE, 1, dtype="float32")
         elif rate != self.rate:
-            raise DiffheadsError(f"the microphone's sample rate changed from {self.rate} to {rate} Hz during the "
-                                 "recording; stop and record again")
+            raise DiffheadsError(
+                f"the microphone's sample rate changed from {self.rate} to {rate} Hz during the "
+                "recording; stop and record again"
+            )
         mono = to_float_mono(samples)
         return mono if self._soxr is None else self._soxr.resample_chunk(mono)
 
@@ -105,17 +108,23 @@ class LiveView:
         if self.done:
             median = "n/a" if self.median_latency_s is None else f"{self.median_latency_s * 1000:.0f} ms"
             work = "n/a" if self.work_fps is None else f"{self.work_fps:.1f}"
-            return (f"**Done: {self.frames} frames ({self.frames / FPS:.2f} s)** · median latency {median} · "
-                    f"{work} frames per second of work (25 keeps up) · the video with its audio is below.")
+            return (
+                f"**Done: {self.frames} frames ({self.frames / FPS:.2f} s)** · median latency {median} · "
+                f"{work} frames per second of work (25 keeps up) · the video with its audio is below."
+            )
         if self.frames == 0:
-            line = (f"Listening: {self.received_s:.1f} s of audio received; the first frame needs "
-                    f"{self.lookahead_s + SAMPLES_PER_FRAME / SAMPLE_RATE:.2f} s of it")
+            line = (
+                f"Listening: {self.received_s:.1f} s of audio received; the first frame needs "
+                f"{self.lookahead_s + SAMPLES_PER_FRAME / SAMPLE_RATE:.2f} s of it"
+            )
         else:
             latency = "n/a" if self.latency_s is None else f"{self.latency_s * 1000:.0f} ms"
             fps = "n/a" if self.fps is None else f"{self.fps:.1f}"
-            line = (f"**{self.frames} frames** · latency **{latency}** (last frame, from the arrival of the audio "
-                    f"that completed it; plus {self.lookahead_s * 1000:.1f} ms of look-ahead) · **{fps} frames/s** "
-                    f"(25 keeps up) · backlog {self.backlog_s:.1f} s of audio")
+            line = (
+                f"**{self.frames} frames** · latency **{latency}** (last frame, from the arrival of the audio "
+                f"that completed it; plus {self.lookahead_s * 1000:.1f} ms of look-ahead) · **{fps} frames/s** "
+                f"(25 keeps up) · backlog {self.backlog_s:.1f} s of audio"
+            )
         if self.limited:
             line += f" · reached the {self.max_seconds:g} s limit: stop the recording to get the video"
         return line + "."
@@ -220,12 +229,19 @@ class LiveSession:
             span = min(RATE_WINDOW_S, now - self._first_made) if self._first_made is not None else 0.0
             fps = len(self._made) / span if span >= RATE_WINDOW_S / 4 else None  # too early to tell before
             return LiveView(
-                frame=frame, frames=self._frames, latency_s=self._latency,
-                median_latency_s=float(np.median(self._latencies)) if self._latencies else None, fps=fps,
-                backlog_s=self._backlog / SAMPLE_RATE, received_s=self._received / SAMPLE_RATE,
+                frame=frame,
+                frames=self._frames,
+                latency_s=self._latency,
+                median_latency_s=float(np.median(self._latencies)) if self._latencies else None,
+                fps=fps,
+                backlog_s=self._backlog / SAMPLE_RATE,
+                received_s=self._received / SAMPLE_RATE,
                 lookahead_s=self.stream.lookahead / SAMPLE_RATE,
                 work_fps=self._frames / self._busy if self._frames and self._busy > 0 else None,
-                limited=self._limited, max_seconds=self.max_seconds, done=self._done.is_set(), video=self.video,
+                limited=self._limited,
+                max_seconds=self.max_seconds,
+                done=self._done.is_set(),
+                video=self.video,
                 error=self._error,
             )
 
@@ -301,8 +317,9 @@ class LiveSession:
     def _end(self) -> None:
         """The stream's last frames, then the mp4 (audio cut at the last frame's end)."""
         if self._received == 0:
-            raise DiffheadsError("no audio arrived from the microphone; check it is allowed and not muted, "
-                                 "then record again")
+            raise DiffheadsError(
+                "no audio arrived from the microphone; check it is allowed and not muted, then record again"
+            )
         with self._device:
             frames = self.stream.finish()
         for frame in frames:
@@ -311,4 +328,3 @@ class LiveSession:
         self._writer.__exit__(None, None, None)
         with self._cond:
             self.video = self.output
-

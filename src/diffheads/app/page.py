@@ -12,7 +12,15 @@ import gradio as gr
 import numpy as np
 
 from diffheads.app.engine import (
-    OUTPUT_MODES, Animation, Cancelled, ModelChoice, Progress, Settings, Studio, crop_preview, enlarged,
+    OUTPUT_MODES,
+    Animation,
+    Cancelled,
+    ModelChoice,
+    Progress,
+    Settings,
+    Studio,
+    crop_preview,
+    enlarged,
 )
 from diffheads.app.live import LiveSession, LiveView
 from diffheads.checkpoint import describe_provenance
@@ -25,15 +33,32 @@ SOLVER_HELP = (
     "ancestral is the paper's sampler (100+ steps, slow)"
 )
 ELEM = {  # element ids, for styling and for the browser tests
-    "photo": "face-photo", "video": "face-video", "crop": "aligned-crop", "face_message": "face-message",
-    "audio": "speech", "generate": "generate", "cancel": "cancel", "result": "result-video",
-    "download": "download", "status": "status", "report": "run-report", "model": "model-info", "steps": "steps",
-    "seed": "seed", "model_choice": "model-choice", "model_note": "model-note",
-    "live_note": "live-note", "live_mic": "live-mic", "live_frame": "live-frame", "live_readout": "live-readout",
+    "photo": "face-photo",
+    "video": "face-video",
+    "crop": "aligned-crop",
+    "face_message": "face-message",
+    "audio": "speech",
+    "generate": "generate",
+    "cancel": "cancel",
+    "result": "result-video",
+    "download": "download",
+    "status": "status",
+    "report": "run-report",
+    "model": "model-info",
+    "steps": "steps",
+    "seed": "seed",
+    "model_choice": "model-choice",
+    "model_note": "model-note",
+    "live_note": "live-note",
+    "live_mic": "live-mic",
+    "live_frame": "live-frame",
+    "live_readout": "live-readout",
     "live_video": "live-video",
 }
-CSS = ("#face-message p { font-size: 1.05em; } #status p { font-size: 1.05em; } "
-       "#model-note p { font-size: 1.05em; color: #b45309; } #live-note p { color: #b45309; }")
+CSS = (
+    "#face-message p { font-size: 1.05em; } #status p { font-size: 1.05em; } "
+    "#model-note p { font-size: 1.05em; color: #b45309; } #live-note p { color: #b45309; }"
+)
 MODEL_HELP = "the models under outputs/ and --checkpoint, with what each was trained on"
 LIVE_HELP = (
     "Give the face above, press Record and speak: the face speaks along, frame by frame, as your audio arrives. "
@@ -95,9 +120,17 @@ class Page:
         return (self._model_line(choice), _note(choice), *face)
 
     def generate(
-        self, portrait, audio: str | None, solver: str, steps: float, stabilize: float, seed: float, mode: str,  # noqa: ANN001
+        self,
+        portrait,
+        audio: str | None,
+        solver: str,
+        steps: float,
+        stabilize: float,
+        seed: float,
+        mode: str,  # noqa: ANN001
         model: str | None = None,
-        request: gr.Request = None, progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio's way to ask for a bar)
+        request: gr.Request = None,
+        progress: gr.Progress = gr.Progress(),  # noqa: B008 (Gradio's way to ask for a bar)
     ) -> tuple:
         if self.studio is None:
             raise gr.Error(f"No model loaded. {self.no_model_help}")
@@ -105,8 +138,9 @@ class Page:
             raise gr.Error("Give a photo or a video with one face first (and wait for its aligned crop to appear).")
         if audio is None:
             raise gr.Error("Give the speech: upload an audio file or record one with the microphone.")
-        settings = Settings(solver=solver, steps=int(steps), stabilize_every=int(stabilize), seed=int(seed),
-                            output_mode=mode)
+        settings = Settings(
+            solver=solver, steps=int(steps), stabilize_every=int(stabilize), seed=int(seed), output_mode=mode
+        )
         key = _key(request)
         _forget(self._last_video, key)
         target = self.workdir / f"diffheads-{uuid.uuid4().hex[:8]}.mp4"
@@ -116,8 +150,14 @@ class Page:
 
         try:
             result = self.studio.animate(
-                key, portrait, audio, target, settings, on_progress,
-                on_wait=lambda: progress(0.0, desc="waiting for the job before yours"), model=model,
+                key,
+                portrait,
+                audio,
+                target,
+                settings,
+                on_progress,
+                on_wait=lambda: progress(0.0, desc="waiting for the job before yours"),
+                model=model,
             )
         except Cancelled:
             return None, None, "Cancelled: nothing was written.", None
@@ -149,8 +189,16 @@ class Page:
         return None, LIVE_WAITING, None
 
     def live_chunk(
-        self, chunk: tuple[int, np.ndarray] | None, portrait: Portrait | None, solver: str, steps: float,
-        stabilize: float, seed: float, mode: str, model: str | None = None, request: gr.Request = None,
+        self,
+        chunk: tuple[int, np.ndarray] | None,
+        portrait: Portrait | None,
+        solver: str,
+        steps: float,
+        stabilize: float,
+        seed: float,
+        mode: str,
+        model: str | None = None,
+        request: gr.Request = None,
     ) -> tuple:
         """A microphone chunk (rate, samples) arrived: queue it; (the newest frame or skip, the readout).
 
@@ -170,8 +218,13 @@ class Page:
                 if session is None:
                     _forget(self._last_live, key)
                     target = self.workdir / f"diffheads-live-{uuid.uuid4().hex[:8]}.mp4"
-                    settings = Settings(solver=solver, steps=int(steps), stabilize_every=int(stabilize),
-                                        seed=int(seed), output_mode=mode)
+                    settings = Settings(
+                        solver=solver,
+                        steps=int(steps),
+                        stabilize_every=int(stabilize),
+                        seed=int(seed),
+                        output_mode=mode,
+                    )
                     session = self.studio.live(portrait, target, settings, model)
                     self._live[key] = session
                     self._last_live[key] = target
@@ -212,20 +265,29 @@ class Page:
     @staticmethod
     def _summary(result: Animation) -> str:
         t = result.timing_s
-        return (f"Done: {result.frames} frames ({result.seconds:.2f} s) in {t['total']:.1f} s "
-                f"(sampling {t['sampling']:.1f} s).")
+        return (
+            f"Done: {result.frames} frames ({result.seconds:.2f} s) in {t['total']:.1f} s "
+            f"(sampling {t['sampling']:.1f} s)."
+        )
 
     # ---- layout -------------------------------------------------------------------------------------
     def build(self) -> gr.Blocks:
         defaults = self.studio.default_settings() if self.studio is not None else Settings()
         # no usage statistics sent; Gradio's copies of uploads and results older than a day are deleted hourly
         with gr.Blocks(title="diffheads: talking faces", analytics_enabled=False, delete_cache=(3600, 86400)) as page:
-            gr.Markdown("# diffheads: make a face speak\nDiffused Heads (Stypulkowski et al., WACV 2024): "
-                        "one face picture + speech -> a video of that face speaking, frame by frame.")
+            gr.Markdown(
+                "# diffheads: make a face speak\nDiffused Heads (Stypulkowski et al., WACV 2024): "
+                "one face picture + speech -> a video of that face speaking, frame by frame."
+            )
             current = self.studio.current if self.studio is not None else None
             if current is not None:
-                model = gr.Dropdown([(c.label, str(c.path)) for c in self.studio.choices], value=str(current.path),
-                                    label="Model", info=MODEL_HELP, elem_id=ELEM["model_choice"])
+                model = gr.Dropdown(
+                    [(c.label, str(c.path)) for c in self.studio.choices],
+                    value=str(current.path),
+                    label="Model",
+                    info=MODEL_HELP,
+                    elem_id=ELEM["model_choice"],
+                )
             else:
                 model = gr.State(None)
             model_info = gr.Markdown(self._model_line(current), elem_id=ELEM["model"])
@@ -236,47 +298,100 @@ class Page:
                 with gr.Column():
                     with gr.Tabs():
                         with gr.Tab("Photo"):
-                            photo = gr.Image(label="Face photo", type="filepath", sources=["upload", "webcam", "clipboard"],
-                                             elem_id=ELEM["photo"], height=280)
+                            photo = gr.Image(
+                                label="Face photo",
+                                type="filepath",
+                                sources=["upload", "webcam", "clipboard"],
+                                elem_id=ELEM["photo"],
+                                height=280,
+                            )
                         with gr.Tab("Video"):
-                            video = gr.Video(label="Face video (its frames become the background)",
-                                             sources=["upload", "webcam"], elem_id=ELEM["video"], height=280)
+                            video = gr.Video(
+                                label="Face video (its frames become the background)",
+                                sources=["upload", "webcam"],
+                                elem_id=ELEM["video"],
+                                height=280,
+                            )
                     with gr.Row():
-                        crop = gr.Image(label="Aligned face", interactive=False, elem_id=ELEM["crop"], height=180,
-                                        format="png")
-                        face_message = gr.Markdown("Give a photo or a video with one face, facing the camera.",
-                                                   elem_id=ELEM["face_message"])
+                        crop = gr.Image(
+                            label="Aligned face", interactive=False, elem_id=ELEM["crop"], height=180, format="png"
+                        )
+                        face_message = gr.Markdown(
+                            "Give a photo or a video with one face, facing the camera.", elem_id=ELEM["face_message"]
+                        )
                     with gr.Tabs():
                         with gr.Tab("Speech file"):
-                            audio = gr.Audio(label="Speech (any format; resampled to 16 kHz mono)", type="filepath",
-                                             sources=["upload", "microphone"], elem_id=ELEM["audio"])
+                            audio = gr.Audio(
+                                label="Speech (any format; resampled to 16 kHz mono)",
+                                type="filepath",
+                                sources=["upload", "microphone"],
+                                elem_id=ELEM["audio"],
+                            )
                             with gr.Row():
-                                go = gr.Button("Generate", variant="primary", elem_id=ELEM["generate"],
-                                               interactive=self.studio is not None)
+                                go = gr.Button(
+                                    "Generate",
+                                    variant="primary",
+                                    elem_id=ELEM["generate"],
+                                    interactive=self.studio is not None,
+                                )
                                 stop = gr.Button("Cancel", variant="stop", elem_id=ELEM["cancel"])
                         with gr.Tab("Live"):
-                            live_note = gr.Markdown(self.live_note() if current is not None else "",
-                                                    elem_id=ELEM["live_note"])
-                            mic = gr.Audio(label="Microphone (live)", sources=["microphone"], streaming=True,
-                                           type="numpy", elem_id=ELEM["live_mic"])
-                            live_frame = gr.Image(label="Live", interactive=False, elem_id=ELEM["live_frame"],
-                                                  height=280, format="jpeg")
+                            live_note = gr.Markdown(
+                                self.live_note() if current is not None else "", elem_id=ELEM["live_note"]
+                            )
+                            mic = gr.Audio(
+                                label="Microphone (live)",
+                                sources=["microphone"],
+                                streaming=True,
+                                type="numpy",
+                                elem_id=ELEM["live_mic"],
+                            )
+                            live_frame = gr.Image(
+                                label="Live", interactive=False, elem_id=ELEM["live_frame"], height=280, format="jpeg"
+                            )
                             live_readout = gr.Markdown(LIVE_HELP, elem_id=ELEM["live_readout"])
-                            live_video = gr.Video(label="The live recording", interactive=False,
-                                                  elem_id=ELEM["live_video"], autoplay=False, height=280)
+                            live_video = gr.Video(
+                                label="The live recording",
+                                interactive=False,
+                                elem_id=ELEM["live_video"],
+                                autoplay=False,
+                                height=280,
+                            )
                     with gr.Accordion("Settings", open=True):
-                        solver = gr.Dropdown([s.value for s in Solver], value=defaults.solver, label="Sampler",
-                                             info=SOLVER_HELP)
-                        steps = gr.Slider(1, 200, value=defaults.steps, step=1, label="Steps per frame",
-                                          info="more steps: slower, finer detail", elem_id=ELEM["steps"])
-                        stabilize = gr.Slider(0, 100, value=defaults.stabilize_every, step=1,
-                                              label="Stabilisation interval (frames)",
-                                              info="every N frames the identity frame re-anchors the motion; "
-                                                   "0: off (long videos may drift)")
-                        seed = gr.Number(value=defaults.seed, precision=0, label="Seed",
-                                         info="same seed and settings: same video", elem_id=ELEM["seed"])
-                        mode = gr.Radio(list(OUTPUT_MODES), value=defaults.output_mode, label="Output",
-                                        info="; ".join(f"{k}: {v}" for k, v in OUTPUT_MODES.items()))
+                        solver = gr.Dropdown(
+                            [s.value for s in Solver], value=defaults.solver, label="Sampler", info=SOLVER_HELP
+                        )
+                        steps = gr.Slider(
+                            1,
+                            200,
+                            value=defaults.steps,
+                            step=1,
+                            label="Steps per frame",
+                            info="more steps: slower, finer detail",
+                            elem_id=ELEM["steps"],
+                        )
+                        stabilize = gr.Slider(
+                            0,
+                            100,
+                            value=defaults.stabilize_every,
+                            step=1,
+                            label="Stabilisation interval (frames)",
+                            info="every N frames the identity frame re-anchors the motion; "
+                            "0: off (long videos may drift)",
+                        )
+                        seed = gr.Number(
+                            value=defaults.seed,
+                            precision=0,
+                            label="Seed",
+                            info="same seed and settings: same video",
+                            elem_id=ELEM["seed"],
+                        )
+                        mode = gr.Radio(
+                            list(OUTPUT_MODES),
+                            value=defaults.output_mode,
+                            label="Output",
+                            info="; ".join(f"{k}: {v}" for k, v in OUTPUT_MODES.items()),
+                        )
                 with gr.Column():
                     result = gr.Video(label="Result", interactive=False, elem_id=ELEM["result"], autoplay=False)
                     download = gr.File(label="Download", interactive=False, elem_id=ELEM["download"])
@@ -287,21 +402,36 @@ class Page:
             photo.change(self.on_photo, [photo, model], face_outputs)
             video.change(self.on_video, [video, model], face_outputs)
             if current is not None:  # loading a model waits for the device like a job
-                model.change(self.on_model, [model, face_source], [model_info, model_note, *face_outputs],
-                             concurrency_limit=1, concurrency_id="device").then(
-                    self.live_note, [model], [live_note], concurrency_limit=1, concurrency_id="device")
-            job = go.click(self.generate, [portrait, audio, solver, steps, stabilize, seed, mode, model],
-                           [result, download, status, report], concurrency_limit=1, concurrency_id="device",
-                           show_progress_on=[result])
+                model.change(
+                    self.on_model,
+                    [model, face_source],
+                    [model_info, model_note, *face_outputs],
+                    concurrency_limit=1,
+                    concurrency_id="device",
+                ).then(self.live_note, [model], [live_note], concurrency_limit=1, concurrency_id="device")
+            job = go.click(
+                self.generate,
+                [portrait, audio, solver, steps, stabilize, seed, mode, model],
+                [result, download, status, report],
+                concurrency_limit=1,
+                concurrency_id="device",
+                show_progress_on=[result],
+            )
             stop.click(self.cancel, None, [status], cancels=[job], queue=False)
 
             # live: the stream event holds the device's queue slot while the visitor records (a second visitor
             # waits, as for Generate); each chunk only queues audio for the session's worker thread
             live_outputs = [live_frame, live_readout, live_video]
             mic.start_recording(self.live_start, None, live_outputs, concurrency_limit=None, show_progress="hidden")
-            mic.stream(self.live_chunk, [mic, portrait, solver, steps, stabilize, seed, mode, model],
-                       [live_frame, live_readout], stream_every=LIVE_CHUNK_S, concurrency_limit=1,
-                       concurrency_id="device", show_progress_on=[live_frame])
+            mic.stream(
+                self.live_chunk,
+                [mic, portrait, solver, steps, stabilize, seed, mode, model],
+                [live_frame, live_readout],
+                stream_every=LIVE_CHUNK_S,
+                concurrency_limit=1,
+                concurrency_id="device",
+                show_progress_on=[live_frame],
+            )
             mic.stop_recording(self.live_stop, None, live_outputs, concurrency_limit=None, show_progress="hidden")
             page.unload(self.live_leave)
         return page

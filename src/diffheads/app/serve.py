@@ -40,7 +40,9 @@ def check_port(host: str, port: int) -> None:
             s.bind((host, port))
         except OSError as e:
             if e.errno == errno.EADDRINUSE:
-                raise DiffheadsError(f"port {port} on {host} is in use; stop what uses it or choose another with --port") from None
+                raise DiffheadsError(
+                    f"port {port} on {host} is in use; stop what uses it or choose another with --port"
+                ) from None
             raise DiffheadsError(f"cannot listen on {host}:{port} ({e.strerror}); check --host and --port") from None
 
 
@@ -49,7 +51,9 @@ def serve(options: AppOptions) -> None:
     try:
         import gradio  # noqa: F401
     except ImportError:
-        raise DiffheadsError("the app needs the optional extra: pip install 'diffheads[app]' (make demo installs it)") from None
+        raise DiffheadsError(
+            "the app needs the optional extra: pip install 'diffheads[app]' (make demo installs it)"
+        ) from None
     from diffheads.app.engine import Studio, discover_models
     from diffheads.app.page import CSS, Page, new_workdir, theme
 
@@ -57,8 +61,12 @@ def serve(options: AppOptions) -> None:
     check_port(options.host, options.port)
     for reason in skipped:
         print(f"diffheads app: not listed: {reason}", file=sys.stderr)
-    studio = Studio.open(choices, options.device, strict=bool(options.checkpoint),
-                         on_skip=lambda reason: print(f"diffheads app: not listed: {reason}", file=sys.stderr))
+    studio = Studio.open(
+        choices,
+        options.device,
+        strict=bool(options.checkpoint),
+        on_skip=lambda reason: print(f"diffheads app: not listed: {reason}", file=sys.stderr),
+    )
     if studio is None:
         print(f"diffheads app: no model: {NO_MODEL_HELP}", file=sys.stderr)
     for c in studio.choices if studio is not None else []:
@@ -67,10 +75,23 @@ def serve(options: AppOptions) -> None:
         page = Page(studio, NO_MODEL_HELP, Path(workdir)).build()
         page.queue(max_size=64, default_concurrency_limit=1)
         name = studio.name if studio is not None else "no model"
-        print(f"diffheads app: serving {name} at http://{options.host}:{options.port} "
-              "(Ctrl+C to stop)", file=sys.stderr, flush=True)
+        print(
+            f"diffheads app: serving {name} at http://{options.host}:{options.port} (Ctrl+C to stop)",
+            file=sys.stderr,
+            flush=True,
+        )
         page.launch(
-            server_name=options.host, server_port=options.port, share=False, ssr_mode=False, inbrowser=False,
-            show_error=True, quiet=True, theme=theme(), css=CSS, footer_links=[], mcp_server=False, pwa=False,
+            server_name=options.host,
+            server_port=options.port,
+            share=False,
+            ssr_mode=False,
+            inbrowser=False,
+            show_error=True,
+            quiet=True,
+            theme=theme(),
+            css=CSS,
+            footer_links=[],
+            mcp_server=False,
+            pwa=False,
             max_file_size=MAX_UPLOAD,
         )

@@ -9,10 +9,8 @@ from typing import Any, ClassVar, Protocol
 import numpy as np
 import torch
 
+from diffheads.audio.frames import FPS, SAMPLE_RATE
 from diffheads.errors import DiffheadsError
-
-SAMPLE_RATE = 16000
-FPS = 25
 
 
 class AudioEncoder(Protocol):
@@ -28,11 +26,6 @@ class AudioEncoder(Protocol):
     def describe(self) -> dict[str, Any]:
         """Everything needed to rebuild the encoder, stored beside the embeddings."""
         ...
-
-
-def frames_in_audio(n_samples: int, sample_rate: int = SAMPLE_RATE, fps: float = FPS) -> int:
-    """Video frames for this much audio, rounding half a frame up (at least 1)."""
-    return max(1, int(n_samples * fps / sample_rate + 0.5))
 
 
 def hz_to_mel(f: np.ndarray | float) -> np.ndarray:
@@ -53,7 +46,7 @@ def mel_filterbank(n_mels: int, n_fft: int, sample_rate: int, f_min: float, f_ma
     rising = (freqs[None] - lower) / (center - lower)
     falling = (upper - freqs[None]) / (upper - center)
     fb = np.clip(np.minimum(rising, falling), 0.0, None)
-    fb *= (2.0 / (upper - lower))
+    fb *= 2.0 / (upper - lower)
     return torch.from_numpy(fb).float()
 
 
@@ -104,8 +97,9 @@ class LogMelEncoder:
         pieces = []
         for j0 in range(0, n_stft, self.CHUNK_FRAMES):
             j1 = min(n_stft, j0 + self.CHUNK_FRAMES)
-            pieces.append(self.mel_frames(padded[j0 * self.hop_length : (j1 - 1) * self.hop_length + self.n_fft],
-                                        window, fb))
+            pieces.append(
+                self.mel_frames(padded[j0 * self.hop_length : (j1 - 1) * self.hop_length + self.n_fft], window, fb)
+            )
         mel = torch.cat(pieces, dim=1)
         return self.compress(mel, mel.max())
 
@@ -119,9 +113,12 @@ class LogMelEncoder:
 
     def mel_frames(self, piece: torch.Tensor, window: torch.Tensor, fb: torch.Tensor) -> torch.Tensor:
         """(n_mels, n) log10 mel power, not yet compressed, of the n STFT frames of a piece of the padded signal."""
-        spec = torch.stft(
-            piece, self.n_fft, self.hop_length, self.win_length, window, center=False, return_complex=True
-        ).abs() ** 2
+        spec = (
+            torch.stft(
+                piece, self.n_fft, self.hop_length, self.win_length, window, center=False, return_complex=True
+            ).abs()
+            ** 2
+        )
         return torch.log10((fb @ spec).clamp(min=1e-10))
 
     @staticmethod
@@ -168,14 +165,6 @@ class LogMelEncoder:
         """Samples past the end of video frame t that row t needs (1320 = 82.5 ms by default), the most over t."""
         per_frame = self.sample_rate / self.fps
         return max(self.samples_for_row(t) - math.ceil((t + 1) * per_frame) for t in range(1, 2 * int(self.fps) + 1))
-
-
-def fit_rows(rows: torch.Tensor, n_frames: int) -> torch.Tensor:
-    """The first `n_frames` rows of a non-empty (n, dim) tensor, repeating the last row when there are too few."""
-    if rows.shape[0] >= n_frames:
-        return rows[:n_frames].contiguous()
-    pad = rows[-1:].expand(n_frames - rows.shape[0], rows.shape[1])
-    return torch.cat([rows, pad]).contiguous()
 
 
 ENCODER_NAMES = ("logmel", "whisper", "wav2vec2", "hubert", "sda")

@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from diffheads.audio.encoders import FPS, SAMPLE_RATE
+from diffheads.audio.frames import FPS, SAMPLE_RATE
 from diffheads.errors import DiffheadsError
 
 

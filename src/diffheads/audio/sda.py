@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from diffheads.audio.encoders import fit_rows
+from diffheads.audio.frames import fit_rows
 from diffheads.errors import DiffheadsError
 
 WINDOW = 3200

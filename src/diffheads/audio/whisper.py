@@ -16,7 +16,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from diffheads.audio.encoders import SAMPLE_RATE, fit_rows
+from diffheads.audio.frames import SAMPLE_RATE, fit_rows
 from diffheads.audio.hf_speech import read_hf_config
 from diffheads.errors import DiffheadsError
 

@@ -12,8 +12,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-from diffheads.audio.embed import load_embedding
 from diffheads.config import DataConfig, DataFormat, FrameCache, IdentityFrameMode, ModelConfig
+from diffheads.data.embeddings import load_embedding
 from diffheads.data.frame_cache import (
     decode_resized,
     ensure_cached,
@@ -24,8 +24,8 @@ from diffheads.data.frame_cache import (
     source_width,
 )
 from diffheads.data.layout import DataLayout
-from diffheads.data.motion import motion_transform, perturb_motion
 from diffheads.data.packed import PackedClips
+from diffheads.diffusion.motion import motion_transform, perturb_motion
 from diffheads.errors import DiffheadsError
 
 MOUTH = slice(48, 68)
@@ -118,8 +118,7 @@ def _load_landmarks(layout: DataLayout, cid: str, size: int, source_width: int) 
     path = layout.landmarks(cid)
     if not path.is_file():
         raise DiffheadsError(
-            f"clip {cid}: landmarks {path} missing but the lip loss is on; "
-            "add lmks/ or set diffusion.lip_loss_weight=0"
+            f"clip {cid}: landmarks {path} missing but the lip loss is on; add lmks/ or set diffusion.lip_loss_weight=0"
         )
     lm = np.load(path).astype(np.float32)[..., :2]
     return torch.from_numpy(lm) * (size / source_width)
@@ -216,8 +215,10 @@ class TalkingFaceDataset(Dataset):
             self.packed = PackedClips(data.root, split, model.image_size, data.packed_cache or None)
             self.ids = self.packed.ids
             if self.with_landmarks and not self.packed.has_landmarks:
-                raise DiffheadsError(f"{data.root} was packed without landmarks but the lip loss is on; "
-                                     "pack DATA with its lmks/, or set diffusion.lip_loss_weight=0")
+                raise DiffheadsError(
+                    f"{data.root} was packed without landmarks but the lip loss is on; "
+                    "pack DATA with its lmks/, or set diffusion.lip_loss_weight=0"
+                )
         else:
             self.layout = DataLayout.of(data.root, data.embeddings or None)
             self.ids = self.layout.clips(split)

@@ -15,15 +15,13 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import av
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
 from diffheads.data.layout import DataLayout
 from diffheads.errors import DiffheadsError
@@ -152,31 +150,3 @@ def read_frames(path: str | Path, indices: Sequence[int] | np.ndarray) -> torch.
     """Frames `indices` of a cached clip as float (len(indices), 3, S, S) in [-1, 1]; reads only those frames."""
     frames = open_cached(path)
     return frames_to_model(frames[np.asarray(indices, dtype=np.int64)])
-
-
-def cache_dataset(
-    root: str | Path,
-    size: int,
-    splits: Iterable[str] = ("train", "test"),
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Fill the frame cache for every clip listed in `splits` (e.g. once before a multi-GPU job); a report."""
-    layout = DataLayout.of(root)
-    ids = list(dict.fromkeys(cid for split in splits for cid in layout.clips(split)))
-    built = frames = size_bytes = 0
-    t0 = time.perf_counter()
-    for cid in tqdm(ids, desc=f"cache {size}px", unit="clip", disable=not progress):
-        path, new, n = _ensure(layout, cid, size)
-        built += new
-        frames += n
-        size_bytes += path.stat().st_size
-    return {
-        "cache_dir": str(layout.root / CACHE_DIR / f"{int(size)}px"),
-        "size": int(size),
-        "clips": len(ids),
-        "built": built,
-        "up_to_date": len(ids) - built,
-        "frames": frames,
-        "bytes": size_bytes,
-        "seconds": round(time.perf_counter() - t0, 3),
-    }

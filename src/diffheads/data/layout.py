@@ -26,7 +26,7 @@ class DataLayout:
     embeddings: Path
 
     @classmethod
-    def of(cls, root: str | Path, embeddings: str | Path | None = None) -> "DataLayout":
+    def of(cls, root: str | Path, embeddings: str | Path | None = None) -> DataLayout:
         """Layout rooted at DATA with embeddings in EMB (default DATA/emb)."""
         root = Path(root)
         return cls(root, Path(embeddings) if embeddings else root / "emb")

@@ -78,8 +78,10 @@ class PackedClips:
         splits = self.manifest["splits"]
         name = "train" if split == "val" else split
         if not splits.get(name):
-            raise DiffheadsError(f"{self.root} holds no {name} clips (it has: {', '.join(sorted(splits)) or 'none'}); "
-                                 "pack a DATA folder whose file list for that split is not empty")
+            raise DiffheadsError(
+                f"{self.root} holds no {name} clips (it has: {', '.join(sorted(splits)) or 'none'}); "
+                "pack a DATA folder whose file list for that split is not empty"
+            )
         if int(self.manifest["image_size"]) != int(image_size):
             raise DiffheadsError(
                 f"{self.root} was packed at {self.manifest['image_size']} px but model.image_size is {image_size}; "
@@ -109,7 +111,8 @@ class PackedClips:
         """Clip i: uint8 frames (T, S, S, 3), embeddings (n, D) and landmarks (T, 68, 2) or None."""
         item = self._dataset()[i]
         if item["cid"] != self.ids[i]:
-            raise DiffheadsError(f"{self.root}: item {i} is clip {item['cid']}, the manifest says {self.ids[i]}; "
-                                 "pack the data again")
+            raise DiffheadsError(
+                f"{self.root}: item {i} is clip {item['cid']}, the manifest says {self.ids[i]}; pack the data again"
+            )
         landmarks = torch.from_numpy(np.array(item["landmarks"])) if self.has_landmarks else None
         return item["frames"], torch.from_numpy(np.array(item["audio_emb"])), landmarks

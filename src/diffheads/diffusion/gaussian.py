@@ -55,7 +55,9 @@ def mouth_box_mask(mouth_landmarks: torch.Tensor, height: int, width: int, paddi
     return (in_y[:, :, None] & in_x[:, None, :]).unsqueeze(1)
 
 
-def lip_loss(target: torch.Tensor, prediction: torch.Tensor, mouth_landmarks: torch.Tensor, padding: int) -> torch.Tensor:
+def lip_loss(
+    target: torch.Tensor, prediction: torch.Tensor, mouth_landmarks: torch.Tensor, padding: int
+) -> torch.Tensor:
     """Mean over the batch of the per-sample MSE inside the mouth box (SPEC lip loss)."""
     mask = mouth_box_mask(mouth_landmarks, target.shape[-2], target.shape[-1], padding).to(target.dtype)
     sq = ((target - prediction) ** 2 * mask).sum(dim=(1, 2, 3))
@@ -71,25 +73,25 @@ class GaussianDiffusion:
         self.cfg = cfg
 
     @classmethod
-    def from_config(cls, cfg: DiffusionConfig) -> "GaussianDiffusion":
+    def from_config(cls, cfg: DiffusionConfig) -> GaussianDiffusion:
         """The full process of `cfg` (cosine schedule)."""
         schedule = cosine_schedule(cfg.n_timesteps, cfg.cosine_s, cfg.max_beta, float32=cfg.legacy_float32_schedule)
         return cls(schedule, cfg)
 
-    def respace(self, n_steps: int) -> "GaussianDiffusion":
+    def respace(self, n_steps: int) -> GaussianDiffusion:
         """The same process restricted to `n_steps` steps, chosen by `diffusion.timestep_spacing`."""
         return GaussianDiffusion(self.schedule.respace(n_steps, self.cfg.timestep_spacing), self.cfg)
 
-    def keep(self, timesteps: list[int]) -> "GaussianDiffusion":
+    def keep(self, timesteps: list[int]) -> GaussianDiffusion:
         """The same process restricted to the given (strictly increasing) timesteps; see Schedule.keep."""
         return GaussianDiffusion(self.schedule.keep(timesteps), self.cfg)
 
-    def to(self, device: torch.device | str) -> "GaussianDiffusion":
+    def to(self, device: torch.device | str) -> GaussianDiffusion:
         """This process with its schedule on `device`, so sampling and training loops make no host copies."""
         arrays = {f.name: getattr(self.schedule, f.name).to(device) for f in dataclasses.fields(self.schedule)}
         return GaussianDiffusion(dataclasses.replace(self.schedule, **arrays), self.cfg)
 
-    def with_steps(self, n_steps: int) -> "GaussianDiffusion":
+    def with_steps(self, n_steps: int) -> GaussianDiffusion:
         """This process respaced to `n_steps` (itself when that keeps every step)."""
         return self if n_steps >= self.n_steps else self.respace(n_steps)
 
@@ -119,7 +121,9 @@ class GaussianDiffusion:
             return model_out[:, :3], model_out[:, 3:6]
         return model_out[:, :3], None
 
-    def predict_eps_x0(self, pred: torch.Tensor, xt: torch.Tensor, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def predict_eps_x0(
+        self, pred: torch.Tensor, xt: torch.Tensor, idx: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """(eps, x0) implied by the mean half of the output under the configured prediction type."""
         s = self.schedule
         abar = _at(s.alpha_bar, idx, xt)

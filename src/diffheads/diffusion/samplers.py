@@ -35,8 +35,9 @@ Generators = torch.Generator | Sequence[torch.Generator] | None
 """Where noise comes from: one generator for the batch, or one per row (each clip its own noise, whatever its batch)."""
 
 
-def randn(shape: tuple[int, ...] | torch.Size, generator: Generators, device: torch.device,
-          dtype: torch.dtype = torch.float32) -> torch.Tensor:
+def randn(
+    shape: tuple[int, ...] | torch.Size, generator: Generators, device: torch.device, dtype: torch.dtype = torch.float32
+) -> torch.Tensor:
     """Standard normal noise of `shape`; with one generator per row, row i is drawn from generator[i] alone."""
     if generator is None or isinstance(generator, torch.Generator):
         return torch.randn(shape, generator=generator, device=device, dtype=dtype)
@@ -93,9 +94,7 @@ def sample_ddim(
     return x
 
 
-def _x0(
-    denoiser: Denoiser, x: torch.Tensor, process: GaussianDiffusion, i: int, clip_denoised: bool
-) -> torch.Tensor:
+def _x0(denoiser: Denoiser, x: torch.Tensor, process: GaussianDiffusion, i: int, clip_denoised: bool) -> torch.Tensor:
     """Data prediction x0(x_t) at position i from any parameterisation (variance half ignored), clipped on request."""
     idx = torch.full((x.shape[0],), i, dtype=torch.int64, device=x.device)
     return process.p_mean_variance(denoiser(x, process.model_timesteps(idx)), x, idx, clip_denoised)["x0"]

@@ -78,7 +78,7 @@ class Schedule:
         timesteps: torch.Tensor | None = None,
         alpha_bar: torch.Tensor | None = None,
         exact_alpha_bar: bool = False,
-    ) -> "Schedule":
+    ) -> Schedule:
         """Derive every array from betas in the betas' own dtype (float32 reproduces the reference).
 
         A respaced process also passes the kept alpha_bar: the reference's cumulative product of
@@ -116,7 +116,7 @@ class Schedule:
         if self.n_steps != len(self.timesteps) or not torch.equal(self.timesteps, torch.arange(self.n_steps)):
             raise ValueError("respace a full (unspaced) schedule")
 
-    def respace(self, n_steps: int, spacing: TimestepSpacing = TimestepSpacing.REFERENCE) -> "Schedule":
+    def respace(self, n_steps: int, spacing: TimestepSpacing = TimestepSpacing.REFERENCE) -> Schedule:
         """Keep `n_steps` steps; new beta_k = 1 - abar[kept_k] / abar[kept_(k-1)] (Improved DDPM, sec. 4).
 
         `reference` spacing keeps them evenly spaced with the reference's arithmetic; `trailing` is `keep` of
@@ -130,7 +130,7 @@ class Schedule:
         prev = torch.cat([torch.ones(1, dtype=abar.dtype), abar[:-1]])
         return Schedule.from_betas(1.0 - abar / prev, torch.tensor(kept, dtype=torch.int64), abar)
 
-    def keep(self, timesteps: list[int]) -> "Schedule":
+    def keep(self, timesteps: list[int]) -> Schedule:
         """The process restricted to `timesteps` (strictly increasing), alpha_bar exactly the full schedule's there.
 
         Position 0 steps to the clean frame (alpha_bar_prev = 1), position k to timesteps[k-1].

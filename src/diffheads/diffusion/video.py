@@ -12,8 +12,8 @@ from tqdm.auto import tqdm
 
 from diffheads.conditioning import Conditioning
 from diffheads.config import ModelConfig, SampleConfig
-from diffheads.data.motion import motion_transform
 from diffheads.diffusion.gaussian import GaussianDiffusion
+from diffheads.diffusion.motion import motion_transform
 from diffheads.diffusion.samplers import Generators, randn, sample_frame
 
 
@@ -56,7 +56,7 @@ class FrameStepper:
 
     A step conditions on the motion frames and an audio window, draws the noise, solves, then slides the motion
     frames. The stepper keeps the motion frames (and `generator` the noise state) between steps, so `sample_video`
-    and a caller fed audio piece by piece (diffheads.stream) make the same frames.
+    and a caller fed audio piece by piece (diffheads.sample.stream) make the same frames.
 
     Motion frames start as the identity frame; after each frame the newest generated frame (motion-transformed) is
     appended and the oldest dropped; every `stabilize_every` frames the oldest slot is reset to the identity frame.
@@ -99,9 +99,11 @@ class FrameStepper:
             audio_window=audio_window,
         )
         generator = self.generator
-        rows_generator = generator if generator is None or isinstance(generator, torch.Generator) else [
-            generator[i] for i in active.tolist()
-        ]
+        rows_generator = (
+            generator
+            if generator is None or isinstance(generator, torch.Generator)
+            else [generator[i] for i in active.tolist()]
+        )
         noise = randn(cond.identity_frame.shape, rows_generator, self.identity_frames.device)
         frame = sample_frame(
             lambda x, tt: self.model(x, tt, cond),

@@ -58,8 +58,14 @@ def find_pairs(generated_dir: str | Path, real_dir: str | Path | None) -> list[C
             return p if p.is_file() else None
 
         pairs = [
-            ClipPair(rel, path, existing(layout.video(rel)), existing(layout.audio(rel)),
-                     existing(layout.landmarks(rel)), existing(layout.truth(rel)))
+            ClipPair(
+                rel,
+                path,
+                existing(layout.video(rel)),
+                existing(layout.audio(rel)),
+                existing(layout.landmarks(rel)),
+                existing(layout.truth(rel)),
+            )
             for rel, path in generated.items()
         ]
     else:

@@ -37,8 +37,20 @@ COLUMNS = (
     ("F-MSE", "fmse"),
     ("lip-sync r (synthetic)", "lip_sync_r"),
 )
-PER_VIDEO_PLOTS = ("psnr", "ssim", "av_offset", "av_confidence", "blinks_per_second", "ofm", "fmse", "lip_sync_r",
-                   "mouth_open_r", "m_lmd", "f_lmd", "lmd_detection_rate")
+PER_VIDEO_PLOTS = (
+    "psnr",
+    "ssim",
+    "av_offset",
+    "av_confidence",
+    "blinks_per_second",
+    "ofm",
+    "fmse",
+    "lip_sync_r",
+    "mouth_open_r",
+    "m_lmd",
+    "f_lmd",
+    "lmd_detection_rate",
+)
 
 
 def _fmt(value: Any) -> str:
@@ -115,8 +127,12 @@ def report_markdown(summary: dict[str, Any], plots: list[Path]) -> str:
     return "\n".join(lines) + "\n"
 
 
-DRIFT_LABELS = {"colour_de2000": "colour (Delta E 00)", "shape_rms_iod": "shape (RMS / IOD)",
-                "sharpness_ratio": "sharpness (ratio)", "lip_sync_r": "lip sync r (windowed)"}
+DRIFT_LABELS = {
+    "colour_de2000": "colour (Delta E 00)",
+    "shape_rms_iod": "shape (RMS / IOD)",
+    "sharpness_ratio": "sharpness (ratio)",
+    "lip_sync_r": "lip sync r (windowed)",
+}
 COMPARISONS = {"against_identity": "identity frame", "against_real": "real frame"}
 
 
@@ -124,13 +140,21 @@ def drift_markdown(drift: dict[str, Any]) -> list[str]:
     """The drift table: each measure at 5/10/30/60 s (those some video reaches) and its slope per minute."""
     reached = [x for x, n in drift["videos_reaching"].items() if n]
     regions = ", ".join(f"{k} ({v} videos)" for k, v in drift["face_region"].items())
-    intro = (f"Against the identity frame ({', '.join(drift['identity'])}) and the real frame at the same time; "
-             f"face region: {regions}. `at X s`: the mean over the videos that reach X s of their value in the "
-             "second ending at X s; slope: least-squares line through each video's per-second curve, per minute, "
-             "averaged over videos. Definitions: docs/metrics.md, Drift.")
-    lines = ["", "## Drift", "", intro, "",
-             "| measure | against | " + " | ".join(f"at {x}" for x in reached) + " | slope / min |",
-             "|---|---|" + "---|" * (len(reached) + 1)]
+    intro = (
+        f"Against the identity frame ({', '.join(drift['identity'])}) and the real frame at the same time; "
+        f"face region: {regions}. `at X s`: the mean over the videos that reach X s of their value in the "
+        "second ending at X s; slope: least-squares line through each video's per-second curve, per minute, "
+        "averaged over videos. Definitions: docs/metrics.md, Drift."
+    )
+    lines = [
+        "",
+        "## Drift",
+        "",
+        intro,
+        "",
+        "| measure | against | " + " | ".join(f"at {x}" for x in reached) + " | slope / min |",
+        "|---|---|" + "---|" * (len(reached) + 1),
+    ]
     for comparison, against in COMPARISONS.items():
         for name, entry in drift.get(comparison, {}).items():
             cells = [_fmt(entry.get(f"at_{x}")) for x in reached] + [_fmt(entry.get("slope_per_min"))]
@@ -249,7 +273,9 @@ def plot_curves(plots_dir: Path, clip: str, curves: dict[str, Any]) -> list[Path
     return paths
 
 
-def write_outputs(out: Path, summary: dict[str, Any], rows: list[dict[str, Any]], clip: str, curves: dict[str, Any]) -> None:
+def write_outputs(
+    out: Path, summary: dict[str, Any], rows: list[dict[str, Any]], clip: str, curves: dict[str, Any]
+) -> None:
     """metrics.json, per_video.csv, plots/ and report.md (each written atomically)."""
     out.mkdir(parents=True, exist_ok=True)
     plots = [p for p in [plot_per_video(out / "plots" / "per_video.png", rows)] if p is not None]

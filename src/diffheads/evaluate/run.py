@@ -22,8 +22,20 @@ from diffheads.face.track import track_landmarks
 from diffheads.io.outdir import output_dir
 
 FPS = 25
-ALL_METRICS = ("psnr", "ssim", "fid", "fvd", "sync", "wer", "blinks", "smoothness", "lipsync", "mouth_open", "lmd",
-               "drift")
+ALL_METRICS = (
+    "psnr",
+    "ssim",
+    "fid",
+    "fvd",
+    "sync",
+    "wer",
+    "blinks",
+    "smoothness",
+    "lipsync",
+    "mouth_open",
+    "lmd",
+    "drift",
+)
 WEIGHT_METRICS = {"fid": "inception", "fvd": "i3d", "sync": "syncnet"}
 # per-clip series kept for the set-level measures: lip sync against the real clips, and drift's per-second curves
 SET_CURVES = ("mouth_open_real", "mouth_open_real_whole", "lmd_landmarks", "drift")
@@ -105,7 +117,9 @@ def build_scorers(cfg: EvaluateConfig) -> Scorers:
             out.skipped[metric] = str(err)
     if "wer" in wanted:
         if not (cfg.lip_reader and cfg.transcripts):
-            out.skipped["wer"] = "WER needs a lip reader (--lip-reader) and transcripts (--transcripts); see docs/metrics.md"
+            out.skipped["wer"] = (
+                "WER needs a lip reader (--lip-reader) and transcripts (--transcripts); see docs/metrics.md"
+            )
         else:
             from diffheads.metrics.wer import load_lip_reader, read_transcripts
 
@@ -153,10 +167,13 @@ def lmd_row(gen_lm: np.ndarray, real_lm: np.ndarray) -> dict[str, float | int]:
 
     iod = lmd.inter_ocular(real_lm)
     return {
-        "m_lmd": lmd.m_lmd(gen_lm, real_lm), "f_lmd": lmd.f_lmd(gen_lm, real_lm),
-        "m_lmd_iod": lmd.m_lmd(gen_lm, real_lm, iod), "f_lmd_iod": lmd.f_lmd(gen_lm, real_lm, iod),
+        "m_lmd": lmd.m_lmd(gen_lm, real_lm),
+        "f_lmd": lmd.f_lmd(gen_lm, real_lm),
+        "m_lmd_iod": lmd.m_lmd(gen_lm, real_lm, iod),
+        "f_lmd_iod": lmd.f_lmd(gen_lm, real_lm, iod),
         "lmd_frames": lmd.frames_compared(gen_lm, real_lm),
-        "lmd_detection_rate": lmd.detection_rate(gen_lm), "real_lmd_detection_rate": lmd.detection_rate(real_lm),
+        "lmd_detection_rate": lmd.detection_rate(gen_lm),
+        "real_lmd_detection_rate": lmd.detection_rate(real_lm),
     }
 
 
@@ -178,8 +195,9 @@ def video_metrics(pair: LoadedPair, cfg: EvaluateConfig, scorers: Scorers) -> tu
                 row[f"{name}ofm"] = smoothness.ofm(frames, legacy=cfg.legacy_smoothness)
                 row[f"{name}fmse"] = smoothness.fmse(frames, legacy=cfg.legacy_smoothness)
     # Face Mesh on the frames of both videos, so generated and real are measured the same way (one pass each)
-    needs_landmarks = ("blinks" in wanted or scorers.syncnet is not None or ("lmd" in wanted and real is not None)
-                       or "drift" in wanted)
+    needs_landmarks = (
+        "blinks" in wanted or scorers.syncnet is not None or ("lmd" in wanted and real is not None) or "drift" in wanted
+    )
     needs_mouth = "mouth_open" in wanted or "drift" in wanted
     needs_mouth_box = needs_mouth and pair.real_landmarks is None
     gen_lm = face_landmarks(gen) if needs_landmarks else None
@@ -257,7 +275,9 @@ def score_video(index: int, pair: ClipPair, cfg: EvaluateConfig, scorers: Scorer
     row, curves = video_metrics(load_pair(pair), cfg, scorers)
     reads = scorers.lip_reader is not None and pair.rel in scorers.transcripts
     return VideoResult(
-        index, row, {k: curves[k] for k in SET_CURVES if k in curves},
+        index,
+        row,
+        {k: curves[k] for k in SET_CURVES if k in curves},
         plot_curves=curves if pair.rel == plot_clip else None,
         fvd_features=scorers.fvd.take_features() if scorers.fvd is not None else None,
         lip_text=scorers.lip_reader(pair.generated) if reads else None,
@@ -310,12 +330,19 @@ def _mouth_open_pair(series: dict[str, tuple[np.ndarray, np.ndarray]], suffix: s
     gen, real = [series[c][0] for c in clips], [series[c][1] for c in clips]
     n_frames = sum(min(len(g), len(r)) for g, r in zip(gen, real))
     out: dict[str, Any] = {
-        f"mouth_open_r{suffix}": {"value": within_clip_r(gen, real), "n_videos": len(clips), "n_frames": n_frames,
-                                  "variant": variant},
+        f"mouth_open_r{suffix}": {
+            "value": within_clip_r(gen, real),
+            "n_videos": len(clips),
+            "n_frames": n_frames,
+            "variant": variant,
+        },
     }
-    control: dict[str, Any] = {"value": None, "n_videos": len(clips),
-                               "variant": f"mouth_open_r{suffix} with each generated clip against the next clip's real series "
-                                          "(sorted clip order, rotated by one; trimmed to the common length)"}
+    control: dict[str, Any] = {
+        "value": None,
+        "n_videos": len(clips),
+        "variant": f"mouth_open_r{suffix} with each generated clip against the next clip's real series "
+        "(sorted clip order, rotated by one; trimmed to the common length)",
+    }
     if len(clips) >= 2:
         other = other_clip(clips)
         control["value"] = within_clip_r(gen, [series[other[c]][1] for c in clips])
@@ -332,28 +359,45 @@ def lmd_metrics(rows: list[dict[str, Any]], landmarks: dict[str, tuple[np.ndarra
     clips = sorted(landmarks)
     gen_found = np.concatenate([detected(landmarks[c][0]) for c in clips])
     real_found = np.concatenate([detected(landmarks[c][1]) for c in clips])
-    rates = {"lmd_detection_rate": float(gen_found.mean()) if len(gen_found) else None,
-             "real_lmd_detection_rate": float(real_found.mean()) if len(real_found) else None}
+    rates = {
+        "lmd_detection_rate": float(gen_found.mean()) if len(gen_found) else None,
+        "real_lmd_detection_rate": float(real_found.mean()) if len(real_found) else None,
+    }
     other = other_clip(clips)
     controls = [lmd_row(landmarks[c][0], landmarks[other[c]][1]) for c in clips] if len(clips) >= 2 else []
-    units = {"units": "pixels of the real clip (its stored resolution)",
-             "normalised_units": "fraction of the real face's outer-eye-corner distance (points 36-45)"}
+    units = {
+        "units": "pixels of the real clip (its stored resolution)",
+        "normalised_units": "fraction of the real face's outer-eye-corner distance (points 36-45)",
+    }
     out: dict[str, Any] = {}
     for key, name, points in (("m_lmd", "M-LMD", "mouth points 48-67"), ("f_lmd", "F-LMD", "all 68 points")):
         frames = [r for r in rows if r.get(key) is not None and math.isfinite(r[key])]
-        out[key] = {"value": _mean(rows, key), "normalised": _mean(rows, f"{key}_iod"), **units,
-                    "n_videos": len(frames), "n_frames": int(sum(r["lmd_frames"] for r in frames)), **rates,
-                    "variant": LMD_VARIANT.format(name=name, points=points)}
-        control: dict[str, Any] = {"value": _mean(controls, key), "normalised": _mean(controls, f"{key}_iod"),
-                                   **units, "n_videos": len(controls),
-                                   "variant": f"{name} of each generated clip against the next clip's real landmarks "
-                                              "(sorted clip order, rotated by one; trimmed to the common length)"}
+        out[key] = {
+            "value": _mean(rows, key),
+            "normalised": _mean(rows, f"{key}_iod"),
+            **units,
+            "n_videos": len(frames),
+            "n_frames": int(sum(r["lmd_frames"] for r in frames)),
+            **rates,
+            "variant": LMD_VARIANT.format(name=name, points=points),
+        }
+        control: dict[str, Any] = {
+            "value": _mean(controls, key),
+            "normalised": _mean(controls, f"{key}_iod"),
+            **units,
+            "n_videos": len(controls),
+            "variant": f"{name} of each generated clip against the next clip's real landmarks "
+            "(sorted clip order, rotated by one; trimmed to the common length)",
+        }
         if len(clips) < 2:
             control["reason"] = "needs at least 2 clips"
         out[f"control_{key}"] = control
-    out["lmd_detection_rate"] = {"value": rates["lmd_detection_rate"], "real": rates["real_lmd_detection_rate"],
-                                 "n_frames": len(gen_found),
-                                 "variant": "fraction of frames where Face Mesh found a face (frames for LMD)"}
+    out["lmd_detection_rate"] = {
+        "value": rates["lmd_detection_rate"],
+        "real": rates["real_lmd_detection_rate"],
+        "n_frames": len(gen_found),
+        "variant": "fraction of frames where Face Mesh found a face (frames for LMD)",
+    }
     return out
 
 
@@ -382,7 +426,10 @@ def real_lipsync_metrics(
 
 
 def aggregate(
-    rows: list[dict[str, Any]], cfg: EvaluateConfig, scorers: Scorers, clip_curves: dict[str, dict[str, Any]] | None = None
+    rows: list[dict[str, Any]],
+    cfg: EvaluateConfig,
+    scorers: Scorers,
+    clip_curves: dict[str, dict[str, Any]] | None = None,
 ) -> dict[str, Any]:
     """metrics.json's `metrics` section: each value with its variant and what it was computed over."""
     metrics: dict[str, Any] = {}
@@ -391,8 +438,13 @@ def aggregate(
         # a metric that was computed but is undefined everywhere (no blink to time) is kept, as null
         if any(key in r for r in rows):
             n = sum(1 for r in rows if r.get(key) is not None)
-            metrics[name] = {"value": _mean(rows, key), "real": _mean(rows, f"real_{key}"), "n_videos": n,
-                             "variant": variant, **extra}
+            metrics[name] = {
+                "value": _mean(rows, key),
+                "real": _mean(rows, f"real_{key}"),
+                "n_videos": n,
+                "variant": variant,
+                **extra,
+            }
 
     per_video("psnr", "psnr", "torchmetrics PSNR, data range 255, mean over frames then videos")
     per_video("ssim", "ssim", "torchmetrics SSIM, Gaussian 11 / 1.5, mean over frames then videos")
@@ -409,10 +461,14 @@ def aggregate(
     if "blink_duration_frames" in metrics:
         entry = metrics["blink_duration_frames"]
         metrics["blink_duration_s"] = {
-            **entry, "value": None if entry["value"] is None else entry["value"] / FPS,
-            "real": None if entry["real"] is None else entry["real"] / FPS, "units": "seconds",
+            **entry,
+            "value": None if entry["value"] is None else entry["value"] / FPS,
+            "real": None if entry["real"] is None else entry["real"] / FPS,
+            "units": "seconds",
         }
-    per_video("lip_sync_r", "lip_sync_r", "synthetic data: Pearson r of measured vs true mouth opening (per-video mean)")
+    per_video(
+        "lip_sync_r", "lip_sync_r", "synthetic data: Pearson r of measured vs true mouth opening (per-video mean)"
+    )
     metrics.update(real_lipsync_metrics(rows, cfg, scorers, clip_curves or {}))
     drifts = [c["drift"] for c in (clip_curves or {}).values() if "drift" in c]
     if "drift" in cfg.metrics and drifts:
@@ -422,20 +478,27 @@ def aggregate(
     if scorers.fid is not None:
         try:
             result = scorers.fid.compute()
-            metrics["fid"] = {"value": result["fid"], "n_real_frames": result["n_real"],
-                              "n_generated_frames": result["n_generated"],
-                              "variant": "torchmetrics FID, torch-fidelity InceptionV3, 2048-d, unbiased covariance",
-                              "weights": scorers.weights.get("inception")}
+            metrics["fid"] = {
+                "value": result["fid"],
+                "n_real_frames": result["n_real"],
+                "n_generated_frames": result["n_generated"],
+                "variant": "torchmetrics FID, torch-fidelity InceptionV3, 2048-d, unbiased covariance",
+                "weights": scorers.weights.get("inception"),
+            }
         except DiffheadsError as err:
             scorers.skipped["fid"] = str(err)
     if scorers.fvd is not None:
         try:
             result = scorers.fvd.compute()
             covariance = "biased" if result["variant"] == "stylegan-v" else "unbiased"
-            metrics["fvd"] = {"value": result["fvd"], "variant": f"{result['variant']} ({covariance} covariance, I3D logits)",
-                              "clip_len": result["clip_len"],
-                              "n_real_clips": result["n_real_clips"], "n_generated_clips": result["n_generated_clips"],
-                              "weights": scorers.weights.get("i3d")}
+            metrics["fvd"] = {
+                "value": result["fvd"],
+                "variant": f"{result['variant']} ({covariance} covariance, I3D logits)",
+                "clip_len": result["clip_len"],
+                "n_real_clips": result["n_real_clips"],
+                "n_generated_clips": result["n_generated_clips"],
+                "weights": scorers.weights.get("i3d"),
+            }
         except DiffheadsError as err:
             scorers.skipped["fvd"] = str(err)
     if "sync" in cfg.metrics and scorers.syncnet is not None:
@@ -455,8 +518,12 @@ def score_wer(readings: dict[str, str], scorers: Scorers) -> dict[str, Any] | No
         scorers.skipped["wer"] = "no transcript matches a generated clip id; check the ids in --transcripts"
         return None
     result = word_error_rate(refs, hyps)
-    return {"value": result["wer"], "n_videos": len(refs), "variant": "jiwer WER, lower-case, punctuation removed",
-            **{k: v for k, v in result.items() if k != "wer"}}
+    return {
+        "value": result["wer"],
+        "n_videos": len(refs),
+        "variant": "jiwer WER, lower-case, punctuation removed",
+        **{k: v for k, v in result.items() if k != "wer"},
+    }
 
 
 def evaluate(
@@ -485,10 +552,16 @@ def evaluate(
             for metric, reason in scorers.skipped.items():
                 print(f"diffheads evaluate: {metric} skipped: {reason}", file=sys.stderr)
         # rank 0's bar counts every rank's videos: each round waits for all ranks
-        bar = tqdm(total=len(pairs), desc="evaluate", unit="video", disable=not (progress and ranks.is_zero),
-                   file=sys.stderr)
-        mine = score_in_rounds(list(enumerate(pairs)), lambda item: score_video(*item, cfg, scorers, plot_clip), ranks,
-                               bar.update, label=lambda item: item[1].rel)
+        bar = tqdm(
+            total=len(pairs), desc="evaluate", unit="video", disable=not (progress and ranks.is_zero), file=sys.stderr
+        )
+        mine = score_in_rounds(
+            list(enumerate(pairs)),
+            lambda item: score_video(*item, cfg, scorers, plot_clip),
+            ranks,
+            bar.update,
+            label=lambda item: item[1].rel,
+        )
         bar.close()
         # rank 0 keeps its own FID statistics in its scorer; the others send theirs
         fid = scorers.fid.statistics() if scorers.fid is not None and not ranks.is_zero else None
@@ -540,7 +613,7 @@ def summarise(
         "skipped": dict(scorers.skipped),
         "faces_found": sum(1 for r in rows if r.get("face_found")),
         "processes": processes,
-        "config": {k: v for k, v in vars(cfg).items()},
+        "config": dict(vars(cfg).items()),
     }
     write_outputs(Path(out_dir), summary, rows, plot_clip, plot_curves)
     return summary

@@ -71,7 +71,9 @@ def _solutions():  # noqa: ANN202 - MediaPipe's legacy solutions module
     try:
         from mediapipe.python import solutions
     except ImportError as err:  # pragma: no cover - a broken install
-        raise DiffheadsError(f"MediaPipe cannot be imported ({err}); reinstall with 'pip install mediapipe==0.10.21'") from None
+        raise DiffheadsError(
+            f"MediaPipe cannot be imported ({err}); reinstall with 'pip install mediapipe==0.10.21'"
+        ) from None
     return solutions
 
 
@@ -84,10 +86,12 @@ class _Graph:
         """Release the MediaPipe graph."""
         self._graph.close()
 
-    def __enter__(self) -> "_Graph":
+    def __enter__(self) -> _Graph:
         return self
 
-    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
         self.close()
 
 
@@ -138,7 +142,6 @@ class FaceMesh(_Graph):
             self._graph.reset()
 
 
-
 @dataclass
 class FaceCounter(_Graph):
     """Counts the faces in a frame with MediaPipe's full-range detector (it finds faces side by side that
@@ -162,4 +165,3 @@ class FaceCounter(_Graph):
         if not widths:
             return 0
         return sum(w >= self.min_relative_size * max(widths) for w in widths)
-

@@ -100,13 +100,17 @@ def load_mean_face(path: str | Path | None = None) -> MeanFace:
     else:
         path = Path(path)
         if not path.is_file():
-            raise DiffheadsError(f"mean face {path} not found; make one with scripts/make_mean_face.py or omit the option")
+            raise DiffheadsError(
+                f"mean face {path} not found; make one with scripts/make_mean_face.py or omit the option"
+            )
         text, where = path.read_text(), str(path)
     try:
         payload = json.loads(text)
         points = np.asarray(payload["points"], dtype=np.float64)
     except (ValueError, KeyError, TypeError) as err:
-        raise DiffheadsError(f"{where} is not a mean-face file ({err}); rebuild it with scripts/make_mean_face.py") from None
+        raise DiffheadsError(
+            f"{where} is not a mean-face file ({err}); rebuild it with scripts/make_mean_face.py"
+        ) from None
     if points.shape != (68, 2) or not np.isfinite(points).all():
         raise DiffheadsError(f"{where} must hold 68 (x, y) points, got shape {points.shape}")
     if np.linalg.norm(points[EYE_CORNERS[3]] - points[EYE_CORNERS[0]]) <= 0:

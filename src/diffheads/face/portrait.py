@@ -40,7 +40,9 @@ class Portrait:
 def _check_face_count(count: int, where: str) -> None:
     """One face, else a clear error."""
     if count == 0:
-        raise DiffheadsError(f"no face found in {where}; use a picture where one face is clearly visible, facing the camera")
+        raise DiffheadsError(
+            f"no face found in {where}; use a picture where one face is clearly visible, facing the camera"
+        )
     if count > 1:
         raise DiffheadsError(f"{count} faces found in {where}; crop the picture to the one face to animate")
 

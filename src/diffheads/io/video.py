@@ -48,7 +48,9 @@ def _decoded_frames(path: str | Path) -> Iterator[av.VideoFrame]:
     try:
         yield from container.decode(video=0)
     except av.FFmpegError as err:
-        raise DiffheadsError(f"video {path} is damaged ({getattr(err, 'strerror', None) or err}); re-encode or remove it") from None
+        raise DiffheadsError(
+            f"video {path} is damaged ({getattr(err, 'strerror', None) or err}); re-encode or remove it"
+        ) from None
     finally:
         container.close()
 
@@ -92,7 +94,9 @@ def iter_frames_at(path: str | Path, fps: float) -> Iterator[tuple[float, np.nda
                 yield prev_time, prev_image
                 k += 1
     except av.FFmpegError as err:
-        raise DiffheadsError(f"video {path} is damaged ({getattr(err, 'strerror', None) or err}); re-encode or remove it") from None
+        raise DiffheadsError(
+            f"video {path} is damaged ({getattr(err, 'strerror', None) or err}); re-encode or remove it"
+        ) from None
     finally:
         container.close()
 
@@ -257,8 +261,9 @@ class LiveAudioVideoWriter(VideoWriter):
     VideoWriter: the file appears only once complete.
     """
 
-    def __init__(self, path: str | Path, fps: float, width: int, height: int, sample_rate: int = 16000,
-                 crf: int = 18) -> None:
+    def __init__(
+        self, path: str | Path, fps: float, width: int, height: int, sample_rate: int = 16000, crf: int = 18
+    ) -> None:
         # one placeholder sample makes the VideoWriter open an audio stream; the live buffer replaces it on entry
         super().__init__(path, fps, width, height, np.zeros(1, np.float32), sample_rate, crf)
         self._buffer = np.zeros(sample_rate, np.float32)  # grows by doubling: appends stay cheap

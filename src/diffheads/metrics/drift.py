@@ -38,15 +38,15 @@ UNITS = {
 }
 VARIANTS = {
     "colour_de2000": "CIEDE2000 (skimage deltaE_ciede2000, kL=kC=kH=1) between the per-channel median CIELAB colour "
-                     "(skimage rgb2lab, D65) of the skin (Face Mesh hull shrunk to 0.9, without lips and eyes) "
-                     "of each frame and of the reference",
+    "(skimage rgb2lab, D65) of the skin (Face Mesh hull shrunk to 0.9, without lips and eyes) "
+    "of each frame and of the reference",
     "shape_rms_iod": "68 Face Mesh points fitted to the reference's by a similarity (Umeyama: scale, rotation, "
-                     "translation); RMS residual over the points / the reference's outer-eye-corner distance; "
-                     "frames without a face left out",
+    "translation); RMS residual over the points / the reference's outer-eye-corner distance; "
+    "frames without a face left out",
     "sharpness_ratio": "variance of the 4-neighbour Laplacian of the luma (BT.601) over the face (Face Mesh hull "
-                       "shrunk to 0.9, without the lips), divided by the reference's",
+    "shrunk to 0.9, without the lips), divided by the reference's",
     "lip_sync_r": f"Pearson r of the generated and real mouth opening (metrics.mouth, the real clip's mouth box) "
-                  f"in a {LIP_SYNC_WINDOW_S:g} s window (the whole clip when shorter) centred on each second",
+    f"in a {LIP_SYNC_WINDOW_S:g} s window (the whole clip when shorter) centred on each second",
 }
 
 
@@ -57,7 +57,10 @@ def _hull(points: np.ndarray) -> np.ndarray:
 
 
 def face_mask(
-    points: np.ndarray, height: int, width: int, exclude: tuple[tuple[int, ...], ...] = SKIN_EXCLUDES,
+    points: np.ndarray,
+    height: int,
+    width: int,
+    exclude: tuple[tuple[int, ...], ...] = SKIN_EXCLUDES,
     scale: float = FACE_REGION_SCALE,
 ) -> np.ndarray:
     """(H, W) bool face region of 68 pixel (x, y) landmarks, without the parts that move in every real video.
@@ -291,7 +294,8 @@ def video_drift(
             "sharpness_ratio": ratio,
         }
     out: dict[str, Any] = {
-        "frames": n, "fps": fps,
+        "frames": n,
+        "fps": fps,
         "identity": "real frame 0" if with_real else "generated frame 0",
         "face_region": "face mesh" if use_mesh else "centre box",
         "detection_rate": _detection_rate(generated_landmarks),
@@ -309,7 +313,9 @@ def video_columns(result: dict[str, Any]) -> dict[str, Any]:
     """A few per_video.csv columns: against the identity frame, the last second's value and the slope per minute."""
     times = result["times_s"]
     row: dict[str, Any] = {
-        "drift_seconds": len(times), "drift_identity": result["identity"], "drift_face_region": result["face_region"],
+        "drift_seconds": len(times),
+        "drift_identity": result["identity"],
+        "drift_face_region": result["face_region"],
         "drift_detection_rate": result["detection_rate"],
     }
     curves = dict(result["against_identity"])
@@ -351,7 +357,8 @@ def drift_metrics(
     """
     regions = [v["face_region"] for v in videos]
     out: dict[str, Any] = {
-        "n_videos": len(videos), "fps": fps,
+        "n_videos": len(videos),
+        "fps": fps,
         "seconds": "curve[k] is the mean over frames k <= t < k + 1 s (the last second of a clip may be partial)",
         "identity": sorted({v["identity"] for v in videos}),
         "face_region": {name: regions.count(name) for name in sorted(set(regions))},
@@ -367,8 +374,13 @@ def drift_metrics(
             if not have:
                 continue
             curve, count = mean_curve([v[comparison][name] for v in have])
-            entry: dict[str, Any] = {"units": UNITS[name], "variant": VARIANTS[name], "n_videos": len(have),
-                                     "curve": curve.tolist(), "curve_n_videos": count.tolist()}
+            entry: dict[str, Any] = {
+                "units": UNITS[name],
+                "variant": VARIANTS[name],
+                "n_videos": len(have),
+                "curve": curve.tolist(),
+                "curve_n_videos": count.tolist(),
+            }
             summaries = [summarise_curve(v[comparison][name], v["times_s"], v["frames"], fps) for v in have]
             for key in [f"at_{x}s" for x in SUMMARY_SECONDS] + ["slope_per_min"]:
                 values = [summary[key] for summary in summaries if key in summary]
@@ -380,6 +392,7 @@ def drift_metrics(
     if not out["against_real"]:
         out["against_real_reason"] = "needs real clips of the same names (--real)"
     elif "lip_sync_r" not in out["against_real"]:
-        out["lip_sync_reason"] = ("needs the real clip's mouth landmarks (DATA/lmks, or Face Mesh finding the real "
-                                  "face in 80% of the frames)")
+        out["lip_sync_reason"] = (
+            "needs the real clip's mouth landmarks (DATA/lmks, or Face Mesh finding the real face in 80% of the frames)"
+        )
     return out

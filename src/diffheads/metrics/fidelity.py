@@ -22,8 +22,7 @@ def _pair(generated: np.ndarray, real: np.ndarray) -> tuple[np.ndarray, np.ndarr
         # matching lengths (trimming, frame-rate conversion) is the caller's decision, not ours
         raise DiffheadsError(f"generated video has shape {generated.shape} but the real one has {real.shape}")
     if generated.ndim != 4 or generated.shape[-1] != 3 or len(generated) == 0:
-        raise DiffheadsError(f"videos must be non-empty (T, H, W, 3) RGB arrays, got shape {generated.shape}"
-        )
+        raise DiffheadsError(f"videos must be non-empty (T, H, W, 3) RGB arrays, got shape {generated.shape}")
     for name, video in (("generated", generated), ("real", real)):
         if video.dtype != np.uint8:
             raise DiffheadsError(f"the {name} video must be uint8 (0..255), got {video.dtype}")

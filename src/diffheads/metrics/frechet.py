@@ -50,7 +50,10 @@ def frechet_distance(mu1: np.ndarray, sigma1: np.ndarray, mu2: np.ndarray, sigma
     tr_root = _trace_sqrt_product(sigma1, sigma2)
     if not np.isfinite(tr_root):
         # Only the square root sees the offset; the traces stay those of the estimates (as pytorch-fid does).
-        warnings.warn(f"sqrtm of the covariance product is not finite; adding {SINGULAR_OFFSET}*I to both covariances")
+        warnings.warn(
+            f"sqrtm of the covariance product is not finite; adding {SINGULAR_OFFSET}*I to both covariances",
+            stacklevel=2,
+        )
         offset = SINGULAR_OFFSET * np.eye(d)
         tr_root = _trace_sqrt_product(sigma1 + offset, sigma2 + offset)
     return float(diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * tr_root)

@@ -6,9 +6,8 @@ Parameter names follow the reference (guided-diffusion family) so its weights lo
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F

@@ -13,12 +13,20 @@ import numpy as np
 from diffheads.data.layout import DataLayout
 from diffheads.errors import DiffheadsError
 from diffheads.face.align import AlignConfig, fill_missing, frame_transforms, transform_points, warp
-from diffheads.face.track import track_landmarks
 from diffheads.face.mean_face import MeanFace
+from diffheads.face.track import track_landmarks
 from diffheads.io.atomic import atomic_path, atomic_write_text
 from diffheads.io.audio import NoAudioError, load_audio, write_wav
 from diffheads.io.video import iter_frames_at, video_fps, write_video
-from diffheads.prepare.segments import Span, Thumbnails, find_cuts, plan_segments, segment_ids, segments_file, written_ids
+from diffheads.prepare.segments import (
+    Span,
+    Thumbnails,
+    find_cuts,
+    plan_segments,
+    segment_ids,
+    segments_file,
+    written_ids,
+)
 from diffheads.prepare.sources import RawClip
 
 FPS = 25
@@ -151,7 +159,9 @@ def prepare_clip(raw: RawClip, layout: DataLayout, mean_face: MeanFace, cfg: Pre
     if n == 0:
         raise ClipSkipped("unreadable", "no frames could be decoded")
     if n < cfg.min_frames:
-        raise ClipSkipped("too short", f"{n} frames at 25 fps, need {cfg.min_frames}; use a longer clip or lower --min-frames")
+        raise ClipSkipped(
+            "too short", f"{n} frames at 25 fps, need {cfg.min_frames}; use a longer clip or lower --min-frames"
+        )
     has_face = np.isfinite(landmarks).all(axis=(1, 2))
     missing = int((~has_face).sum())
     if faces_seen > 1:
@@ -164,7 +174,9 @@ def prepare_clip(raw: RawClip, layout: DataLayout, mean_face: MeanFace, cfg: Pre
         raise _nothing_kept(has_face, dropped, cfg)
     audio = _matched_length(audio, n, cfg)
 
-    transforms = [frame_transforms(landmarks[s.start : s.end], mean_face, cfg.align, times[s.start : s.end]) for s in spans]
+    transforms = [
+        frame_transforms(landmarks[s.start : s.end], mean_face, cfg.align, times[s.start : s.end]) for s in spans
+    ]
     crops = _warp_spans(raw, kept, n, spans, transforms, cfg.align.size)
     ids = segment_ids(raw.rel, len(spans))
     record = None
@@ -206,7 +218,9 @@ def _nothing_kept(has_face: np.ndarray, dropped: list[Span], cfg: PrepareConfig)
         )
     lost = int((~has_face[longest.start : longest.end]).sum())
     where = "" if len(longest) == len(has_face) else " of its longest stretch with a face"
-    return ClipSkipped("face lost", f"no face in {lost} of {len(longest)} frames{where}; trim the clip or raise --max-missing")
+    return ClipSkipped(
+        "face lost", f"no face in {lost} of {len(longest)} frames{where}; trim the clip or raise --max-missing"
+    )
 
 
 def _warp_spans(
@@ -233,8 +247,14 @@ def _warp_spans(
 
 
 def _write_outputs(
-    layout: DataLayout, cid: str, crop_landmarks: np.ndarray, transforms: np.ndarray, audio: np.ndarray,
-    crops: np.ndarray, crf: int, written: list[Path],
+    layout: DataLayout,
+    cid: str,
+    crop_landmarks: np.ndarray,
+    transforms: np.ndarray,
+    audio: np.ndarray,
+    crops: np.ndarray,
+    crf: int,
+    written: list[Path],
 ) -> None:
     """lmks, align, audio and video of one clip id, the video last; each file is added to `written` once it exists."""
     with atomic_path(layout.landmarks(cid)) as tmp:

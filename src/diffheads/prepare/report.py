@@ -61,8 +61,13 @@ def _write_file_lists(layout: DataLayout, prepared: dict[str, list[str]], rule: 
 
 
 def write_up(
-    raw_dir: str | Path, layout: DataLayout, clips_found: int, outcome: Outcome, split: SplitRule,
-    config: dict[str, Any], extra: dict[str, Any] | None = None,
+    raw_dir: str | Path,
+    layout: DataLayout,
+    clips_found: int,
+    outcome: Outcome,
+    split: SplitRule,
+    config: dict[str, Any],
+    extra: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Write the file lists (when a clip was prepared) and prepare_report.json (`extra` its last fields); return it."""
     prepared = outcome.prepared

@@ -13,15 +13,14 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from diffheads.audio.embed import embed_dataset
 from diffheads.audio.encoders import AudioEncoder
 from diffheads.data.layout import DataLayout
 from diffheads.errors import DiffheadsError
 from diffheads.face.mean_face import MeanFace, load_mean_face
 from diffheads.io.outdir import output_dir
 from diffheads.prepare.clip import ClipResult, PrepareConfig, is_prepared, prepare_or_skip
-from diffheads.prepare.report import REPORT, Outcome, _jsonable, previous_skips, save_report, write_up
-from diffheads.prepare.report import _side, summary  # noqa: F401 - imported from here by the CLI and tests
+from diffheads.prepare.embed import embed_dataset
+from diffheads.prepare.report import REPORT, Outcome, _jsonable, _side, previous_skips, save_report, summary, write_up  # noqa: F401 - imported from here by the CLI and tests
 from diffheads.prepare.segments import read_segments
 from diffheads.prepare.shards import check_shard, finish_shard, record_path, shard_clips, start_shard
 from diffheads.prepare.sources import RawClip, find_raw_clips
@@ -57,8 +56,13 @@ def _run_jobs(jobs: list, workers: int, progress: bool) -> list[ClipResult]:
 
 
 def _prepare_clips(
-    clips: list[RawClip], layout: DataLayout, face: MeanFace, cfg: PrepareConfig,
-    old_skips: dict[str, dict[str, Any]], workers: int | None, progress: bool,
+    clips: list[RawClip],
+    layout: DataLayout,
+    face: MeanFace,
+    cfg: PrepareConfig,
+    old_skips: dict[str, dict[str, Any]],
+    workers: int | None,
+    progress: bool,
 ) -> Outcome:
     """Prepare the clips not written yet (nor skipped before); what every one of them came to."""
     started = time.perf_counter()
@@ -106,7 +110,11 @@ def prepare_dataset(
     face = load_mean_face(mean_face)
     clips = find_raw_clips(raw_dir)
     _check_segment_names(clips)
-    config = {"prepare": _jsonable(asdict(cfg)), "split": _jsonable(asdict(split)), "mean_face": str(mean_face or "packaged")}
+    config = {
+        "prepare": _jsonable(asdict(cfg)),
+        "split": _jsonable(asdict(split)),
+        "mean_face": str(mean_face or "packaged"),
+    }
     # a path that cannot be written fails before any clip is decoded; a failed run leaves no empty folders
     with output_dir(out, "output folder"):
         layout = DataLayout.of(out)

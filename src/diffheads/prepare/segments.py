@@ -34,7 +34,12 @@ class Span:
 
     def describe(self) -> dict:
         """The span as report fields (frames and seconds; `end` is exclusive)."""
-        out = {"start": self.start, "end": self.end, "start_s": round(self.start / FPS, 2), "end_s": round(self.end / FPS, 2)}
+        out = {
+            "start": self.start,
+            "end": self.end,
+            "start_s": round(self.start / FPS, 2),
+            "end_s": round(self.end / FPS, 2),
+        }
         return out | ({"reason": self.reason} if self.reason else {})
 
 

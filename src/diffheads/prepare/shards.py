@@ -18,11 +18,12 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
-from diffheads.audio.embed import check_encoder_file, embed_clips, read_encoder_spec, write_encoder_spec
 from diffheads.audio.encoders import AudioEncoder
+from diffheads.data.embeddings import read_encoder_spec
 from diffheads.data.layout import DataLayout
 from diffheads.errors import DiffheadsError
 from diffheads.io.atomic import atomic_write_text
+from diffheads.prepare.embed import check_encoder_file, embed_clips, write_encoder_spec
 from diffheads.prepare.report import REPORT, Outcome, _jsonable, by_reason, save_report, write_up
 from diffheads.prepare.sources import RawClip, find_raw_clips
 from diffheads.prepare.split import SplitRule
@@ -94,7 +95,9 @@ def _records(layout: DataLayout, strict: bool) -> list[dict[str, Any]]:
             record["shard"] = "/".join(map(str, check_shard((record["index"], record["count"]))))
         except (ValueError, KeyError, TypeError, DiffheadsError):
             if strict:
-                raise DiffheadsError(f"shard record {path} cannot be read; delete it and run that shard again") from None
+                raise DiffheadsError(
+                    f"shard record {path} cannot be read; delete it and run that shard again"
+                ) from None
             continue
         records.append(record)
     return records
@@ -140,15 +143,26 @@ def _short(value: Any) -> str:
 
 
 def start_shard(
-    layout: DataLayout, shard: tuple[int, int], config: dict[str, Any], encoder: AudioEncoder | None,
+    layout: DataLayout,
+    shard: tuple[int, int],
+    config: dict[str, Any],
+    encoder: AudioEncoder | None,
     carried: list[dict[str, Any]],
 ) -> None:
     """Before any clip: check the settings against the other shards' records and earlier embeddings, then
     mark this shard as running (so a merge started too early refuses it); `carried` keeps earlier skips."""
     index, count = shard
     spec = _plain(encoder.describe()) if encoder is not None else None
-    record = {"shard": f"{index}/{count}", "index": index, "count": count, "rule": RULE, "state": "preparing",
-              "config": _plain(config), "encoder": spec, "skipped": carried}
+    record = {
+        "shard": f"{index}/{count}",
+        "index": index,
+        "count": count,
+        "rule": RULE,
+        "state": "preparing",
+        "config": _plain(config),
+        "encoder": spec,
+        "skipped": carried,
+    }
     others = [r for r in _records(layout, strict=False) if r["count"] == count and "config" in r]
     for other in others:  # this run first: the error names it as the one that differs
         earlier = " (an earlier run)" if other["index"] == index else ""
@@ -162,8 +176,14 @@ def start_shard(
 
 
 def finish_shard(
-    raw_dir: str | Path, layout: DataLayout, shard: tuple[int, int], clips: list[RawClip], outcome: Outcome,
-    config: dict[str, Any], encoder: AudioEncoder | None, progress: bool,
+    raw_dir: str | Path,
+    layout: DataLayout,
+    shard: tuple[int, int],
+    clips: list[RawClip],
+    outcome: Outcome,
+    config: dict[str, Any],
+    encoder: AudioEncoder | None,
+    progress: bool,
 ) -> dict[str, Any]:
     """Write the shard's record, embed its clips' audio (EMB/encoder.json is left to the merge); return the record."""
     index, count = shard
@@ -196,7 +216,9 @@ def finish_shard(
     _write_record(layout, shard, record)  # kept even if embedding fails: the next run resumes from it
     if encoder is not None:
         ids = [cid for rel in record["prepared"] for cid in record["prepared"][rel]]
-        record["embeddings"] = embed_clips(layout.root, ids, encoder=encoder, progress=progress, write_encoder_file=False)
+        record["embeddings"] = embed_clips(
+            layout.root, ids, encoder=encoder, progress=progress, write_encoder_file=False
+        )
         record["state"] = "done"
         _write_record(layout, shard, record)
     return record

@@ -36,9 +36,7 @@ def find_raw_clips(raw_dir: str | Path) -> list[RawClip]:
         raise DiffheadsError(f"raw video folder {raw_dir} not found; pass the folder that holds your videos")
     videos = sorted(p for p in raw_dir.rglob("*") if p.is_file() and p.suffix.lower() in VIDEO_SUFFIXES)
     if not videos:
-        raise DiffheadsError(
-            f"no videos under {raw_dir} (looked for {', '.join(VIDEO_SUFFIXES)}); check the folder"
-        )
+        raise DiffheadsError(f"no videos under {raw_dir} (looked for {', '.join(VIDEO_SUFFIXES)}); check the folder")
     clips, seen = [], {}
     for video in videos:
         rel = video.relative_to(raw_dir).with_suffix("").as_posix()

@@ -35,12 +35,14 @@ class SplitRule:
         try:
             re.compile(self.speaker_pattern)
         except re.error as err:
-            raise DiffheadsError(f"speaker pattern '{self.speaker_pattern}' is not a regular expression ({err})") from None
+            raise DiffheadsError(
+                f"speaker pattern '{self.speaker_pattern}' is not a regular expression ({err})"
+            ) from None
         if not 0.0 <= self.test_fraction < 1.0:
             raise DiffheadsError(f"test fraction must be in [0, 1), got {self.test_fraction}")
 
     @classmethod
-    def preset(cls, name: str) -> "SplitRule":
+    def preset(cls, name: str) -> SplitRule:
         """A named rule; 'crema' holds out the ten CREMA-D test actors."""
         if name not in PRESETS:
             raise DiffheadsError(f"unknown split preset '{name}'; available: {', '.join(PRESETS)}")
@@ -48,7 +50,7 @@ class SplitRule:
         return cls(speaker_pattern=pattern, test_speakers=speakers)
 
     @classmethod
-    def from_list(cls, path: str | Path) -> "SplitRule":
+    def from_list(cls, path: str | Path) -> SplitRule:
         """Test clips read from a file, one clip path per line (as in file_list_test.txt)."""
         path = Path(path)
         if not path.is_file():

@@ -118,7 +118,9 @@ def _validate(counts: dict[str, int], seconds: float, size: int, fps: float, sam
     """Reject arguments that cannot make a dataset, with what to pass instead."""
     for name, value in counts.items():
         if not math.isfinite(value) or int(value) != value or value < 1:
-            raise DiffheadsError(f"{name} must be a positive whole number, got {value}; pass {COUNT_FLAGS[name]} 1 or more")
+            raise DiffheadsError(
+                f"{name} must be a positive whole number, got {value}; pass {COUNT_FLAGS[name]} 1 or more"
+            )
     _validate_rendering(seconds, size, fps, sample_rate)
 
 
@@ -147,7 +149,13 @@ def identity_name(identity_index: int) -> str:
 
 
 def _render_clips(
-    root: Path, jobs: list[tuple[int, int]], seed: int, seconds: float, size: int, fps: float, sample_rate: int,
+    root: Path,
+    jobs: list[tuple[int, int]],
+    seed: int,
+    seconds: float,
+    size: int,
+    fps: float,
+    sample_rate: int,
     progress: bool,
 ) -> list[str]:
     """Render and write each (identity index, clip index) job; return their file-list lines, in order."""
@@ -168,8 +176,13 @@ def _write_lists(root: Path, lists: dict[str, list[str]]) -> None:
 
 def _rendering_info(seconds: float, size: int, fps: float, sample_rate: int) -> dict[str, Any]:
     """The synth.json fields that say how every clip was rendered."""
-    return {"seconds": float(seconds), "n_frames": round(seconds * fps), "size": int(size), "fps": float(fps),
-            "sample_rate": int(sample_rate)}
+    return {
+        "seconds": float(seconds),
+        "n_frames": round(seconds * fps),
+        "size": int(size),
+        "fps": float(fps),
+        "sample_rate": int(sample_rate),
+    }
 
 
 def make_synthetic_dataset(
@@ -222,10 +235,14 @@ def _validate_clips(clips: list[tuple[int, int]]) -> list[tuple[int, int]]:
         raise DiffheadsError("no clips to render; pass at least one (identity index, clip index) pair")
     pairs = []
     for pair in clips:
-        if not isinstance(pair, (tuple, list)) or len(pair) != 2 or any(
-            isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0 for v in pair
+        if (
+            not isinstance(pair, (tuple, list))
+            or len(pair) != 2
+            or any(isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 0 for v in pair)
         ):
-            raise DiffheadsError(f"each clip must be (identity index, clip index), two whole numbers >= 0, got {pair!r}")
+            raise DiffheadsError(
+                f"each clip must be (identity index, clip index), two whole numbers >= 0, got {pair!r}"
+            )
         pairs.append((int(pair[0]), int(pair[1])))
     repeated = sorted({p for p in pairs if pairs.count(p) > 1})
     if repeated:
@@ -265,4 +282,3 @@ def make_held_out_clips(
     }
     atomic_write_text(root / "synth.json", json.dumps(info, indent=2) + "\n")
     return info
-

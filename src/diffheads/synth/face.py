@@ -17,8 +17,14 @@ UPPER_SHARE = 0.15  # share of the opening taken by the upper lip rising; the ja
 SCLERA = np.array([0.93, 0.92, 0.89])
 PUPIL = np.array([0.03, 0.03, 0.04])
 HAIR_PALETTE = np.array(
-    [[0.08, 0.07, 0.06], [0.25, 0.15, 0.09], [0.45, 0.30, 0.18], [0.55, 0.22, 0.10], [0.85, 0.72, 0.45],
-     [0.62, 0.62, 0.62]]
+    [
+        [0.08, 0.07, 0.06],
+        [0.25, 0.15, 0.09],
+        [0.45, 0.30, 0.18],
+        [0.55, 0.22, 0.10],
+        [0.85, 0.72, 0.45],
+        [0.62, 0.62, 0.62],
+    ]
 )
 IRIS_PALETTE = np.array(
     [[0.35, 0.20, 0.10], [0.30, 0.50, 0.75], [0.35, 0.55, 0.35], [0.50, 0.55, 0.60], [0.50, 0.40, 0.20]]
@@ -185,11 +191,22 @@ def _geometry(ident: FaceIdentity, size: int, mouth_open, mouth_width, eye_open)
     lid_up, lid_down = ident.eye_lids[0] * eye_w * eye, ident.eye_lids[1] * eye_w * eye
     eye_y = -ident.eye_height * b
     return _Geometry(
-        a=a, b=b, chin=b + JAW_DROP * opening,
-        mouth_y=ident.mouth_height * b, mouth_half=mouth_half, inner_half=0.88 * mouth_half, opening=opening,
-        eye_x=ident.eye_spacing * a, eye_y=eye_y, eye_w=eye_w, lid_up=lid_up, lid_down=lid_down,
-        brow_y=eye_y - ident.eye_lids[0] * eye_w - ident.brow_gap * eye_w, brow_len=1.25 * eye_w,
-        nose_y=ident.nose_tip * b, nostril_x=ident.nostril_spacing * a,
+        a=a,
+        b=b,
+        chin=b + JAW_DROP * opening,
+        mouth_y=ident.mouth_height * b,
+        mouth_half=mouth_half,
+        inner_half=0.88 * mouth_half,
+        opening=opening,
+        eye_x=ident.eye_spacing * a,
+        eye_y=eye_y,
+        eye_w=eye_w,
+        lid_up=lid_up,
+        lid_down=lid_down,
+        brow_y=eye_y - ident.eye_lids[0] * eye_w - ident.brow_gap * eye_w,
+        brow_len=1.25 * eye_w,
+        nose_y=ident.nose_tip * b,
+        nostril_x=ident.nostril_spacing * a,
     )
 
 
@@ -250,6 +267,7 @@ def _draw(ident: FaceIdentity, g: _Geometry, u, v) -> np.ndarray:
 
 def _landmarks(ident: FaceIdentity, g: _Geometry, n: int) -> np.ndarray:
     """The 68 points (T, 68, 2) in face-frame pixel coordinates (u right, v down)."""
+
     def col(x):
         return np.asarray(x, np.float64).reshape(-1, 1) * np.ones((n, 1))
 

@@ -72,13 +72,17 @@ def _alpha_sigma(process: GaussianDiffusion, t: torch.Tensor, like: torch.Tensor
     return abar.sqrt(), (1.0 - abar).sqrt()
 
 
-def teacher_x0(teacher: Denoiser, process: GaussianDiffusion, z: torch.Tensor, t: torch.Tensor, clip: bool) -> torch.Tensor:
+def teacher_x0(
+    teacher: Denoiser, process: GaussianDiffusion, z: torch.Tensor, t: torch.Tensor, clip: bool
+) -> torch.Tensor:
     """The teacher's x0 prediction at z_t (any parameterisation), clipped to [-1, 1] when its sampler clips."""
     _, x0 = process.predict_eps_x0(process.split_output(teacher(z, process.model_timesteps(t)))[0].to(z.dtype), z, t)
     return x0.clamp(-1.0, 1.0) if clip else x0
 
 
-def ddim_step(process: GaussianDiffusion, x0: torch.Tensor, z: torch.Tensor, t: torch.Tensor, s: torch.Tensor) -> torch.Tensor:
+def ddim_step(
+    process: GaussianDiffusion, x0: torch.Tensor, z: torch.Tensor, t: torch.Tensor, s: torch.Tensor
+) -> torch.Tensor:
     """Deterministic DDIM from t to s: z_s = alpha_s x0 + sigma_s (z_t - alpha_t x0) / sigma_t (Song et al. 2021, eq. 12)."""
     a_t, s_t = _alpha_sigma(process, t, z)
     a_s, s_s = _alpha_sigma(process, s, z)
@@ -109,8 +113,9 @@ def distillation_target(
     return (z_end - ratio * z_t) / (a_end - ratio * a_t)
 
 
-def student_loss(process: GaussianDiffusion, student_out: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor,
-                 target: torch.Tensor) -> torch.Tensor:
+def student_loss(
+    process: GaussianDiffusion, student_out: torch.Tensor, z_t: torch.Tensor, t: torch.Tensor, target: torch.Tensor
+) -> torch.Tensor:
     """(1 + SNR_t) |x^_student - x~|^2, averaged: Salimans & Ho's "SNR+1" weighting, the MSE of v for a v model."""
     pred, _ = process.split_output(student_out)
     _, x0 = process.predict_eps_x0(pred, z_t, t)
@@ -156,8 +161,9 @@ class DistillationModule(DiffusionModule):
         z_t = self.diffusion.q_sample(x0, t, torch.randn_like(x0))
         cond = conditioning_of(batch)
         with torch.no_grad():
-            target = distillation_target(lambda x, tt: self.teacher(x, tt, cond).float(), self.diffusion, z_t,
-                                         t, t_mid, t_end, self.teacher_clip)
+            target = distillation_target(
+                lambda x, tt: self.teacher(x, tt, cond).float(), self.diffusion, z_t, t, t_mid, t_end, self.teacher_clip
+            )
         out = self.unet(z_t, self.diffusion.model_timesteps(t), cond)
         loss = student_loss(self.diffusion, out.float(), z_t, t, target)
         return {"mse": loss, "loss": loss}
@@ -244,8 +250,9 @@ def student_config(teacher: RunConfig, data: str | Path, overrides: Sequence[str
 
 def round_config(base: RunConfig, student_steps: int, out_dir: Path, steps_per_round: int) -> RunConfig:
     """`base` for the round that makes the `student_steps` student: its run folder, its length, its sampling steps."""
-    trainer = dataclasses.replace(base.trainer, out_dir=str(out_dir), max_steps=steps_per_round, max_epochs=-1,
-                                  resume="auto")
+    trainer = dataclasses.replace(
+        base.trainer, out_dir=str(out_dir), max_steps=steps_per_round, max_epochs=-1, resume="auto"
+    )
     return dataclasses.replace(base, trainer=trainer, sample=dataclasses.replace(base.sample, steps=student_steps))
 
 
@@ -293,8 +300,11 @@ def _check_settings(path: Path, settings: dict[str, Any]) -> None:
         except (OSError, ValueError):
             before = None
         if before != settings:
-            diff = "" if not isinstance(before, dict) else ", ".join(
-                f"{k} {before.get(k)!r} (now {v!r})" for k, v in settings.items() if before.get(k) != v)
+            diff = (
+                ""
+                if not isinstance(before, dict)
+                else ", ".join(f"{k} {before.get(k)!r} (now {v!r})" for k, v in settings.items() if before.get(k) != v)
+            )
             raise DiffheadsError(
                 f"{path.parent} holds a distillation with other settings ({diff or 'unreadable ' + path.name}); "
                 "rerun with the same ones to resume it, or choose another --out"
@@ -339,29 +349,57 @@ class _Round:
     record: dict[str, Any]  # the student's `distilled` record, less round_steps
 
 
-def _train_round(cfg: RunConfig, r: _Round, dataset: Any, val: Any, model_path: Path, trust_checkpoint: bool,
-                 progress: bool, say: Callable[[str], None]) -> tuple[RoundResult, torch.nn.Module, int]:
+def _train_round(
+    cfg: RunConfig,
+    r: _Round,
+    dataset: Any,
+    val: Any,
+    model_path: Path,
+    trust_checkpoint: bool,
+    progress: bool,
+    say: Callable[[str], None],
+) -> tuple[RoundResult, torch.nn.Module, int]:
     """Train (or resume) one round in cfg.trainer.out_dir and write its student: (result, student, global rank)."""
     run_dir = Path(cfg.trainer.out_dir)
     n = cfg.sample.steps
     resume = _resume_path(cfg, run_dir / "checkpoints", trust_checkpoint)
-    say(f"teacher DDIM {2 * n} steps -> student {n} steps, {cfg.trainer.max_steps} optimizer steps in {run_dir}"
-        + (f" (resuming {resume})" if resume else ""))
+    say(
+        f"teacher DDIM {2 * n} steps -> student {n} steps, {cfg.trainer.max_steps} optimizer steps in {run_dir}"
+        + (f" (resuming {resume})" if resume else "")
+    )
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     student, teacher = copy.deepcopy(r.teacher).train().requires_grad_(True), copy.deepcopy(r.teacher)
     if cfg.trainer.channels_last:
         student, teacher = (m.to(memory_format=torch.channels_last) for m in (student, teacher))
     module = DistillationModule(student, teacher, cfg, n, r.teacher_clip, r.encoder)
     with output_dir(run_dir, "round folder"):
-        trainer = fit_module(cfg, module, dataset, val, run_dir, resume, trust_checkpoint, progress,
-                             [RecordDistillation(r.trained_on, r.record)])
+        trainer = fit_module(
+            cfg,
+            module,
+            dataset,
+            val,
+            run_dir,
+            resume,
+            trust_checkpoint,
+            progress,
+            [RecordDistillation(r.trained_on, r.record)],
+        )
     sampling = module.sampling_network()
     if trainer.is_global_zero:
-        save_model(model_path, sampling, cfg, r.encoder, r.trained_on, {**r.record, "round_steps": int(trainer.global_step)})
+        save_model(
+            model_path, sampling, cfg, r.encoder, r.trained_on, {**r.record, "round_steps": int(trainer.global_step)}
+        )
     trainer.strategy.barrier("distill round written")  # DDP: the next round may read the file
     loss = trainer.callback_metrics.get("train/loss")
-    result = RoundResult(n, 2 * n, model_path, run_dir, int(trainer.global_step), float(loss) if loss is not None else None,
-                         "resumed" if resume else "trained")
+    result = RoundResult(
+        n,
+        2 * n,
+        model_path,
+        run_dir,
+        int(trainer.global_step),
+        float(loss) if loss is not None else None,
+        "resumed" if resume else "trained",
+    )
     return result, copy.deepcopy(sampling).cpu().eval().requires_grad_(False), trainer.global_rank
 
 
@@ -393,9 +431,14 @@ def distill(
     dataset, val, _ = training_data(base, lip_loss=False)
     p = first.provenance
     trained_on = {k: p[k] for k in TRAINED_ON_FIELDS if k in p} if p.get("recorded") else None
-    settings = {"teacher": str(Path(teacher).resolve()), "data": str(Path(data).resolve()),
-                "target_steps": target_steps, "teacher_steps": teacher_steps, "steps_per_round": steps_per_round,
-                "overrides": list(overrides)}
+    settings = {
+        "teacher": str(Path(teacher).resolve()),
+        "data": str(Path(data).resolve()),
+        "target_steps": target_steps,
+        "teacher_steps": teacher_steps,
+        "steps_per_round": steps_per_round,
+        "overrides": list(overrides),
+    }
     out_dir = Path(out)
     results: list[RoundResult] = []
     global_rank = 0
@@ -405,11 +448,18 @@ def distill(
         for k, n in enumerate(rounds, 1):
             model_path = out_dir / f"student_{n}.ckpt"
             cfg = round_config(base, n, out_dir / f"round_{n}", steps_per_round)
-            record = {"method": METHOD, "steps": n, "solver": Solver.DDIM.value,
-                      "timestep_spacing": TimestepSpacing.TRAILING.value,
-                      "timesteps": round_grid(base.diffusion.n_timesteps, n).student, "teacher_steps": 2 * n,
-                      "teacher": str(net_path), "first_teacher": settings["teacher"],
-                      "first_teacher_steps": teacher_steps, "data_root": settings["data"]}
+            record = {
+                "method": METHOD,
+                "steps": n,
+                "solver": Solver.DDIM.value,
+                "timestep_spacing": TimestepSpacing.TRAILING.value,
+                "timesteps": round_grid(base.diffusion.n_timesteps, n).student,
+                "teacher_steps": 2 * n,
+                "teacher": str(net_path),
+                "first_teacher": settings["teacher"],
+                "first_teacher_steps": teacher_steps,
+                "data_root": settings["data"],
+            }
             round_say = lambda line, k=k: say(f"round {k} of {len(rounds)}: {line}")  # noqa: E731
             if model_path.is_file():
                 done = load_model(model_path, "cpu", trust=trust_checkpoint)
@@ -419,8 +469,9 @@ def distill(
                 net, clip = done.unet, done.cfg.sample.clip_denoised
             else:
                 r = _Round(net, clip, net_path, encoder, trained_on, record)
-                result, net, global_rank = _train_round(cfg, r, dataset, val, model_path, trust_checkpoint, progress,
-                                                        round_say)
+                result, net, global_rank = _train_round(
+                    cfg, r, dataset, val, model_path, trust_checkpoint, progress, round_say
+                )
                 results.append(result)
                 clip = cfg.sample.clip_denoised
             net_path = model_path

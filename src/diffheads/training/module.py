@@ -77,7 +77,9 @@ class DiffusionModule(L.LightningModule):
             losses = self.compute_losses(batch)
         bs = batch["target"].shape[0]
         self._last_loss = losses["loss"].detach()
-        self.log_dict({f"train/{k}": v.detach() for k, v in losses.items()}, prog_bar=False, batch_size=bs, sync_dist=False)
+        self.log_dict(
+            {f"train/{k}": v.detach() for k, v in losses.items()}, prog_bar=False, batch_size=bs, sync_dist=False
+        )
         self.log("loss", losses["loss"].detach(), prog_bar=True, batch_size=bs, logger=False)
         return losses["loss"]
 
@@ -87,9 +89,11 @@ class DiffusionModule(L.LightningModule):
         Under fp16 mixed precision gradients are not checked: the GradScaler skips steps with Inf
         gradients itself, and scaled gradients overflow by design now and then.
         """
-        named = [] if self.trainer.precision.startswith("16") else [
-            (n, p.grad) for n, p in self.unet.named_parameters() if p.grad is not None
-        ]
+        named = (
+            []
+            if self.trainer.precision.startswith("16")
+            else [(n, p.grad) for n, p in self.unet.named_parameters() if p.grad is not None]
+        )
         flags = torch.stack([self._last_loss.isfinite(), *(g.isfinite().all() for _, g in named)]).tolist()
         return not flags[0], [n for (n, _), ok in zip(named, flags[1:]) if not ok]
 

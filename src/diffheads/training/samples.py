@@ -26,8 +26,8 @@ class SampleVideos(L.Callback):
         step = trainer.global_step
         if step == 0 or step % self.every or not trainer.is_global_zero:
             return
-        from diffheads.generate import to_uint8
         from diffheads.io.video import write_video
+        from diffheads.sample.runtime import to_uint8
 
         clip = self.data.clip(0)
         n = min(self.n_frames, clip.n)

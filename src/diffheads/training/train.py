@@ -16,10 +16,10 @@ from lightning.pytorch.callbacks import LearningRateMonitor, ModelCheckpoint, St
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from torch.utils.data import DataLoader
 
-from diffheads.audio.embed import read_encoder_spec
 from diffheads.checkpoint import TRAINED_ON, describe_training_data, read_checkpoint, save_model
 from diffheads.config import DataFormat, RunConfig, save_config
 from diffheads.data.dataset import TalkingFaceDataset
+from diffheads.data.embeddings import read_encoder_spec
 from diffheads.data.layout import DataLayout
 from diffheads.data.packed import read_manifest
 from diffheads.data.sampler import ExampleSampler
@@ -80,7 +80,9 @@ def _resume_path(cfg: RunConfig, ckpt_dir: Path, trust: bool) -> str | None:
     if not path.is_file():
         if resume == "auto":
             return None
-        raise DiffheadsError(f"cannot resume: {path} not found; train without trainer.resume (or use trainer.resume=auto)")
+        raise DiffheadsError(
+            f"cannot resume: {path} not found; train without trainer.resume (or use trainer.resume=auto)"
+        )
     read_checkpoint(path, trust=trust)  # refuses pickled code and truncated files with a clear message
     return str(path)
 
@@ -138,7 +140,9 @@ def build_trainer(
     )
 
 
-def training_data(cfg: RunConfig, lip_loss: bool | None = None) -> tuple[TalkingFaceDataset, TalkingFaceDataset | None, dict[str, Any]]:
+def training_data(
+    cfg: RunConfig, lip_loss: bool | None = None
+) -> tuple[TalkingFaceDataset, TalkingFaceDataset | None, dict[str, Any]]:
     """(training examples, held-out clips for sample videos or None, the `trained_on` record) of a run.
 
     `lip_loss` None: landmarks are read when the config's lip loss is on.
@@ -219,8 +223,9 @@ def _fit(
     if cfg.trainer.channels_last:
         unet = unet.to(memory_format=torch.channels_last)
     module = DiffusionModule(unet, cfg, encoder)
-    trainer = fit_module(cfg, module, data, val, out_dir, resume, trust_checkpoint, progress,
-                         [RecordTrainingData(trained_on)])
+    trainer = fit_module(
+        cfg, module, data, val, out_dir, resume, trust_checkpoint, progress, [RecordTrainingData(trained_on)]
+    )
     model_path = out_dir / "model.ckpt"
     if trainer.is_global_zero:
         record = {**trained_on, "steps": int(trainer.global_step)}

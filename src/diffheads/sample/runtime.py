@@ -1,4 +1,5 @@
-"""`diffheads generate` and `diffheads animate`: sample videos from a trained model."""
+"""The sampling runtime: the denoiser wrapper (precision, memory format, compilation), the setup of a
+sampling run, model loading and the batched clip sampler every command uses."""
 
 from __future__ import annotations
 
@@ -7,27 +8,17 @@ import os
 import shutil
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import numpy as np
 import torch
 
-from diffheads.audio.encoders import SAMPLE_RATE, build_encoder, frames_in_audio
 from diffheads.checkpoint import LoadedModel, load_model
 from diffheads.conditioning import Conditioning
 from diffheads.config import SampleConfig
-from diffheads.data.dataset import to_model_frames
 from diffheads.diffusion.gaussian import GaussianDiffusion
 from diffheads.diffusion.video import sample_video
 from diffheads.errors import DiffheadsError
-from diffheads.face.align import AlignConfig
-from diffheads.face.mean_face import load_mean_face
-from diffheads.face.paste import paste_back
-from diffheads.face.portrait import Portrait, align_photo, align_video
-from diffheads.io.audio import load_audio
-from diffheads.io.image import read_image
-from diffheads.io.outdir import output_dir
-from diffheads.io.video import VideoWriter, read_video
 
 
 def to_uint8(frames: torch.Tensor) -> np.ndarray:
@@ -39,18 +30,6 @@ def to_uint8(frames: torch.Tensor) -> np.ndarray:
 def sampling_process(model: LoadedModel, sample: SampleConfig) -> GaussianDiffusion:
     """The model's diffusion process respaced to `sample.steps`."""
     return GaussianDiffusion.from_config(model.cfg.diffusion).with_steps(sample.steps)
-
-
-SYNTHETIC_FACES_NOTE = (
-    "this model was trained only on synthetic cartoon faces, so a real face comes out blurred; for a real face run "
-    "`make demo-real` (a person-specific model of GRID speaker s1, outputs/demo-grid/model.ckpt) or train your own "
-    "with configs/person.yaml (docs/person.md)"
-)
-
-
-def synthetic_faces_note(provenance: dict[str, Any]) -> str | None:
-    """The one-line warning for a model that knows only synthetic faces (checkpoint.model_provenance), else None."""
-    return SYNTHETIC_FACES_NOTE if provenance.get("synthetic") is True else None
 
 
 PRECISIONS: dict[str, torch.dtype | None] = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
@@ -111,7 +90,11 @@ class _Denoiser(torch.nn.Module):
     """
 
     def __init__(
-        self, net: torch.nn.Module, device: torch.device, dtype: torch.dtype | None, channels_last: bool,
+        self,
+        net: torch.nn.Module,
+        device: torch.device,
+        dtype: torch.dtype | None,
+        channels_last: bool,
         cudagraphs: bool,
     ) -> None:
         super().__init__()
@@ -238,147 +221,3 @@ def check_audio_width(model: LoadedModel, width: int, where: str) -> None:
             f"embeddings in {where} have width {width} but the checkpoint expects audio_dim {expected}; "
             "embed the audio with the encoder the model was trained with"
         )
-
-
-def load_identity_frame(image: str | Path | None, video: str | Path | None, size: int) -> torch.Tensor:
-    """(3, size, size) identity frame from an already aligned photo or the first frame of such a video."""
-    if (image is None) == (video is None):
-        raise DiffheadsError("give exactly one of --image or --video")
-    if image is not None:
-        rgb = read_image(image)
-    else:
-        rgb = read_video(video)[0][0]
-    return to_model_frames(rgb[None], size)[0]
-
-
-def load_portrait(
-    image: str | Path | None,
-    video: str | Path | None,
-    size: int,
-    mean_face: str | Path | None = None,
-    margins: tuple[float, float, float] | None = None,
-) -> Portrait:
-    """Find and align the face of a photo or a video at the model's resolution, as `prepare` does."""
-    if (image is None) == (video is None):
-        raise DiffheadsError("give exactly one of --image or --video")
-    cfg = AlignConfig(size=size)
-    if margins is not None:
-        cfg = dataclasses.replace(cfg, margin_x=margins[0], margin_top=margins[1], margin_bottom=margins[2])
-    face = load_mean_face(mean_face)
-    return align_photo(image, cfg, face) if image is not None else align_video(video, cfg, face)
-
-
-def output_image(frames: torch.Tensor, t: int, portrait: Portrait | None) -> np.ndarray:
-    """Frame t as written: the first of `frames` (N, 3, S, S) as uint8 (S, S, 3), pasted back into `portrait` if any."""
-    crop = to_uint8(frames)[0]
-    if portrait is None:
-        return crop
-    background, to_crop = portrait.background(t)
-    return paste_back(background, crop, to_crop)
-
-
-class _FrameSink:
-    """on_frame callback of one streamed clip: uint8, pasted back into its background if given, encoded.
-
-    `on_written(done, total)` is called after each frame is encoded; an exception it raises (a
-    cancellation, say) stops the sampling and the unfinished video is removed.
-    """
-
-    def __init__(
-        self, writer: VideoWriter, portrait: Portrait | None, total: int,
-        on_written: Callable[[int, int], None] | None = None,
-    ) -> None:
-        self.writer = writer
-        self.portrait = portrait
-        self.total = total
-        self.on_written = on_written
-
-    def __call__(self, t: int, frames: torch.Tensor) -> None:
-        self.writer.write(output_image(frames, t, self.portrait))
-        if self.on_written is not None:
-            self.on_written(self.writer.frames_written, self.total)
-
-
-def load_speech(audio: str | Path) -> np.ndarray:
-    """16 kHz mono float32 samples of `audio` (any format PyAV reads); a silent recording is an error."""
-    wav = load_audio(audio)
-    if max(float(wav.max()), -float(wav.min())) < 1e-4:  # no np.abs(wav): a copy of a long recording
-        raise DiffheadsError(f"audio {audio} is silent; give a recording with speech")
-    return wav
-
-
-def identity_of(portrait: Portrait, size: int) -> torch.Tensor:
-    """(3, size, size) model-ready identity frame of an aligned portrait."""
-    return to_model_frames(portrait.identity_crop[None], size)[0]
-
-
-def write_animation(
-    model: LoadedModel,
-    identity: torch.Tensor,
-    emb: torch.Tensor,
-    wav: np.ndarray,
-    output: str | Path,
-    sample: SampleConfig,
-    seed: int = 0,
-    portrait: Portrait | None = None,
-    progress: bool = True,
-    on_written: Callable[[int, int], None] | None = None,
-) -> Path:
-    """Sample one clip from `identity` and the audio embeddings `emb` and stream it into `output` with `wav`.
-
-    With a `portrait` each frame is pasted back into its full-resolution picture, otherwise the
-    crop is written. `on_written(done, total)` follows the frames as they are encoded (see
-    _FrameSink). The output appears only once complete.
-    """
-    n_frames = len(emb) if sample.max_frames <= 0 else min(len(emb), sample.max_frames)
-    size = model.cfg.model.image_size
-    height, width = portrait.frames.shape[1:3] if portrait is not None else (size, size)
-    out = Path(output)
-    sound = wav[: round(n_frames * SAMPLE_RATE / 25)]
-    with output_dir(out.parent, "folder of --output"), VideoWriter(
-        out, 25, width, height, audio=sound, sample_rate=SAMPLE_RATE
-    ) as writer:
-        on_frame = _FrameSink(writer, portrait, n_frames, on_written)
-        sample_clips(model, identity[None], [emb], sample, seed=seed, progress=progress,
-                     on_frame=on_frame, keep_frames=False)
-    return out
-
-
-def animate(
-    checkpoint: str | Path | LoadedModel,
-    audio: str | Path,
-    output: str | Path,
-    image: str | Path | None = None,
-    video: str | Path | None = None,
-    sample: SampleConfig | None = None,
-    seed: int = 0,
-    device: str = "cpu",
-    progress: bool = True,
-    align: bool = True,
-    crop_only: bool = False,
-    mean_face: str | Path | None = None,
-    margins: tuple[float, float, float] | None = None,
-) -> Path:
-    """Make the face of `image` (or of the first frame of `video`) speak `audio`; writes an mp4 with the audio.
-
-    By default the face is found and aligned like the training data, and the generated face
-    is pasted back into the full-resolution picture (a video input plays forwards and
-    backwards under it); `crop_only` keeps the aligned crop; `align=False` takes the input as
-    an already aligned crop, as the reference code does. `mean_face` and `margins` should be
-    those the training data was prepared with (the defaults of `prepare` otherwise). Each frame is
-    pasted back and encoded as soon as it is sampled, so memory does not grow with the audio's
-    length, and the output appears only once complete (nothing is left behind on an error).
-    """
-    model = model_on(checkpoint, device)
-    sample = sample or model.cfg.sample
-    if not model.audio_encoder:
-        raise DiffheadsError(f"{checkpoint} does not record its audio encoder; retrain or re-export it with diffheads")
-    encoder = build_encoder(model.audio_encoder, device)
-    size = model.cfg.model.image_size
-    portrait = load_portrait(image, video, size, mean_face, margins) if align else None
-    identity = identity_of(portrait, size) if portrait is not None else load_identity_frame(image, video, size)
-    wav = load_speech(audio)
-    emb = encoder.encode(wav, frames_in_audio(len(wav)))
-    check_audio_width(model, emb.shape[1], str(audio))
-    return write_animation(model, identity, emb, wav, output, sample, seed,
-                           portrait=None if crop_only else portrait, progress=progress)

@@ -1,4 +1,4 @@
-"""The demos' learning checks: `python -m diffheads.demo_check outputs/demo/report.json` (or demo-grid/report.json)."""
+"""The demos' learning checks: `python -m diffheads.demo.check outputs/demo/report.json` (or demo-grid/report.json)."""
 
 from __future__ import annotations
 
@@ -61,7 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     report = json.loads(path.read_text())
     problems = check_report(report)
-    keys = ("mouth_open_r", "control_mouth_open_r") if "mouth_open_r" in report else ("lip_sync_r", "control_lip_sync_r")
+    keys = (
+        ("mouth_open_r", "control_mouth_open_r") if "mouth_open_r" in report else ("lip_sync_r", "control_lip_sync_r")
+    )
     summary = " ".join(f"{k}={report.get(k):.3f}" if _finite(report.get(k)) else f"{k}={report.get(k)}" for k in keys)
     if _finite((report.get("student") or {}).get("lip_sync_r")):
         summary += f" student_lip_sync_r={report['student']['lip_sync_r']:.3f}"

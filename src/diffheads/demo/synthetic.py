@@ -21,7 +21,7 @@ from diffheads.errors import DiffheadsError
 from diffheads.io.atomic import atomic_write_text
 from diffheads.metrics.mouth import lip_sync_r, mouth_opening, pearson_r
 
-PRESETS = Path(__file__).resolve().parent / "configs"
+PRESETS = Path(__file__).resolve().parent.parent / "configs"
 
 
 @dataclass
@@ -71,8 +71,12 @@ def measure_clips(layout: DataLayout, videos: dict[str, Path], size: int) -> dic
         generated, real = clip_openings(layout, cid, path)
         truth = np.load(layout.truth(cid))["mouth_open"].astype(np.float64)
         n = min(len(generated), len(truth))
-        out[cid] = {"truth": truth[:n], "generated": generated[:n], "real": real[:n],
-                    "pixel_mae": np.array([pixel_mae(path, layout.video(cid))])}
+        out[cid] = {
+            "truth": truth[:n],
+            "generated": generated[:n],
+            "real": real[:n],
+            "pixel_mae": np.array([pixel_mae(path, layout.video(cid))]),
+        }
     return out
 
 
@@ -115,9 +119,12 @@ def lip_sync_summary(measures: dict[str, dict[str, np.ndarray]]) -> dict[str, An
 
 def write_figures(out: Path, layout: DataLayout, videos: dict[str, Path], measures: dict[str, Any]) -> list[Path]:
     """contact_sheet.png (true/generated rows), mouth_opening.png and loss.png."""
-    from diffheads.demo_plots import contact_sheet, loss_plot, opening_plot
+    from diffheads.demo.plots import contact_sheet, loss_plot, opening_plot
 
-    paths = [contact_sheet(out / "contact_sheet.png", layout, videos), opening_plot(out / "mouth_opening.png", measures)]
+    paths = [
+        contact_sheet(out / "contact_sheet.png", layout, videos),
+        opening_plot(out / "mouth_opening.png", measures),
+    ]
     loss = loss_plot(out / "loss.png", out / "train")
     if loss is not None:
         paths.append(loss)
@@ -134,9 +141,9 @@ def run_demo(
     distil: bool = True,
 ) -> dict[str, Any]:
     """The whole demo; returns (and writes) the report (its "student" is None with `distil` off)."""
-    from diffheads.audio.embed import embed_dataset
     from diffheads.audio.encoders import LogMelEncoder
-    from diffheads.generate_set import generate_test_set
+    from diffheads.prepare.embed import embed_dataset
+    from diffheads.sample.test_set import generate_test_set
     from diffheads.synth.dataset import make_synthetic_dataset
     from diffheads.training.train import train
 
@@ -146,7 +153,9 @@ def run_demo(
     data = data or (QUICK_DATA if quick else DemoData())
     distillation = distillation or (QUICK_DISTILL if quick else DemoDistill())
     base: list[str] = [f"data.root={out / 'data'}", f"trainer.out_dir={out / 'train'}"]
-    cfg: RunConfig = load_config(config or PRESETS / "demo.yaml", base + (QUICK_OVERRIDES if quick else []) + list(overrides))
+    cfg: RunConfig = load_config(
+        config or PRESETS / "demo.yaml", base + (QUICK_OVERRIDES if quick else []) + list(overrides)
+    )
     size = cfg.model.image_size
     torch.set_num_threads(max(1, torch.get_num_threads()))
 
@@ -167,7 +176,13 @@ def run_demo(
     model_path = out / "model.ckpt"
     model_path.write_bytes(result.model_path.read_bytes())
     gen, sample_s = _timed(
-        generate_test_set, model_path, out / "data", out / "videos", cfg.sample, skip_existing=False, seed=cfg.trainer.seed
+        generate_test_set,
+        model_path,
+        out / "data",
+        out / "videos",
+        cfg.sample,
+        skip_existing=False,
+        seed=cfg.trainer.seed,
     )
     layout = DataLayout.of(out / "data")
     videos = {str(p.relative_to(out / "videos").with_suffix("")): p for p in gen.written}
@@ -198,8 +213,9 @@ def run_demo(
     report["figures"] = [str(p) for p in write_figures(out, layout, videos, measures)]
     report["evaluation"], report["evaluate_seconds"] = _evaluation(out)
     report["drift"] = drift_summary(report["evaluation"].pop("drift", None))
-    report["student"] = distil_and_measure(out, model_path, distillation, cfg.trainer.seed, layout, size) if distil \
-        else None
+    report["student"] = (
+        distil_and_measure(out, model_path, distillation, cfg.trainer.seed, layout, size) if distil else None
+    )
     atomic_write_text(out / "report.json", json.dumps(report, indent=2, default=float))
     return report
 
@@ -209,21 +225,30 @@ def mean_pixel_mae(measures: dict[str, dict[str, np.ndarray]]) -> float:
     return float(np.mean([m["pixel_mae"][0] for m in measures.values()]))
 
 
-def distil_and_measure(out: Path, teacher: Path, settings: DemoDistill, seed: int, layout: DataLayout,
-                       size: int) -> dict[str, Any]:
+def distil_and_measure(
+    out: Path, teacher: Path, settings: DemoDistill, seed: int, layout: DataLayout, size: int
+) -> dict[str, Any]:
     """Distil the demo model (out/distill/student_N.ckpt), generate the held-out clips with the last student
     (out/student/) and measure them as the teacher's: lip sync, its control and pixel error."""
     from diffheads.checkpoint import load_model
-    from diffheads.generate_set import generate_test_set
+    from diffheads.sample.test_set import generate_test_set
     from diffheads.training.distill import distill
 
-    done, distill_s = _timed(distill, teacher, out / "data", out / "distill", target_steps=settings.target_steps,
-                             teacher_steps=settings.teacher_steps, steps_per_round=settings.steps_per_round,
-                             log=lambda line: print(f"diffheads demo: distill {line}", file=sys.stderr, flush=True))
+    done, distill_s = _timed(
+        distill,
+        teacher,
+        out / "data",
+        out / "distill",
+        target_steps=settings.target_steps,
+        teacher_steps=settings.teacher_steps,
+        steps_per_round=settings.steps_per_round,
+        log=lambda line: print(f"diffheads demo: distill {line}", file=sys.stderr, flush=True),
+    )
     student = done.rounds[-1].model_path
     sample = load_model(student, "cpu").cfg.sample
-    gen, sample_s = _timed(generate_test_set, student, out / "data", out / "student", sample, skip_existing=False,
-                           seed=seed)
+    gen, sample_s = _timed(
+        generate_test_set, student, out / "data", out / "student", sample, skip_existing=False, seed=seed
+    )
     videos = {str(p.relative_to(out / "student").with_suffix("")): p for p in gen.written}
     measures = measure_clips(layout, videos, size)
     n_frames = int(sum(len(m["truth"]) for m in measures.values()))
@@ -258,8 +283,12 @@ def drift_summary(drift: dict[str, Any] | None) -> dict[str, Any] | None:
             curve = [v for v in entry["curve"] if v is not None and np.isfinite(v)]
             if curve:
                 out.setdefault(comparison, {})[name] = {
-                    "first_second": curve[0], "last_second": curve[-1], "seconds": len(entry["curve"]),
-                    "slope_per_min": entry.get("slope_per_min"), "units": entry["units"]}
+                    "first_second": curve[0],
+                    "last_second": curve[-1],
+                    "seconds": len(entry["curve"]),
+                    "slope_per_min": entry.get("slope_per_min"),
+                    "units": entry["units"],
+                }
     return out
 
 
@@ -270,7 +299,13 @@ def _evaluation(out: Path) -> tuple[dict[str, Any], float]:
 
     cfg = EvaluateConfig(metrics=("psnr", "ssim", "blinks", "smoothness", "lipsync", "drift"))
     summary, seconds = _timed(evaluate, out / "videos", out / "data", out / "eval", cfg)
-    values = {name: {"generated": m.get("value"), "real": m.get("real")} for name, m in summary["metrics"].items()
-              if name != "drift"}
-    return {"metrics": values, "report": str(out / "eval" / "report.md"),
-            "drift": summary["metrics"].get("drift")}, round(seconds, 1)
+    values = {
+        name: {"generated": m.get("value"), "real": m.get("real")}
+        for name, m in summary["metrics"].items()
+        if name != "drift"
+    }
+    return {
+        "metrics": values,
+        "report": str(out / "eval" / "report.md"),
+        "drift": summary["metrics"].get("drift"),
+    }, round(seconds, 1)

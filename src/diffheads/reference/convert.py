@@ -62,8 +62,14 @@ def network_tensors(state: dict[str, Any], source: str) -> dict[str, torch.Tenso
     The training branch's Lightning checkpoints hold the network twice (`unet.` and
     `diffusion.nn_backbone.`); the first known prefix wins, else the shortest one found.
     """
-    prefixes = sorted({k[: -len(FIRST_CONV)] for k in state if k.endswith(FIRST_CONV)
-                       and not k[: -len(FIRST_CONV)].endswith(IDENTITY_ENCODER)}, key=len)
+    prefixes = sorted(
+        {
+            k[: -len(FIRST_CONV)]
+            for k in state
+            if k.endswith(FIRST_CONV) and not k[: -len(FIRST_CONV)].endswith(IDENTITY_ENCODER)
+        },
+        key=len,
+    )
     if not prefixes:
         raise DiffheadsError(f"{source} holds no Diffused Heads UNet (no parameter named like '{FIRST_CONV}')")
     prefix = next((p for p in ("", *NETWORK_PREFIXES) if p in prefixes), prefixes[0])
@@ -98,8 +104,10 @@ def infer_conditioning(shapes: dict[str, tuple[int, ...]]) -> tuple[IdCondition,
     """The reference conditioning variants (identity, audio) that a UNet's parameter names and shapes imply."""
     ours = sorted({f for f in OUR_DESIGN_KEYS for k in shapes if k.startswith(f) or f".{f}" in k})
     if ours:
-        raise DiffheadsError(f"the weights hold {', '.join(ours)}: diffheads' own conditioning designs, not the "
-                             "reference's; a diffheads model file or checkpoint loads directly (no import needed)")
+        raise DiffheadsError(
+            f"the weights hold {', '.join(ours)}: diffheads' own conditioning designs, not the "
+            "reference's; a diffheads model file or checkpoint loads directly (no import needed)"
+        )
     if any(k.startswith(IDENTITY_ENCODER) for k in shapes):
         identity = IdCondition.POST_GN if any(".x_emb_layers." in k for k in shapes) else IdCondition.PRE_GN
     else:
@@ -115,7 +123,9 @@ def infer_conditioning(shapes: dict[str, tuple[int, ...]]) -> tuple[IdCondition,
     return identity, audio
 
 
-def infer_model_config(shapes: dict[str, tuple[int, ...]], options: ReferenceOptions = ReferenceOptions()) -> ModelConfig:
+def infer_model_config(
+    shapes: dict[str, tuple[int, ...]], options: ReferenceOptions = ReferenceOptions()
+) -> ModelConfig:
     """The ModelConfig of a reference UNet, any conditioning variant, from its parameter shapes (name -> shape)."""
     if FIRST_CONV not in shapes or "out.2.weight" not in shapes or "audio_embed.0.weight" not in shapes:
         raise DiffheadsError("the weights lack input_blocks.0.0, out.2 or audio_embed.0: not a Diffused Heads UNet")
@@ -136,8 +146,14 @@ def infer_model_config(shapes: dict[str, tuple[int, ...]], options: ReferenceOpt
         )
     outputs = _blocks(shapes, "output_blocks")
     # an output block that ends a level (all but the last level) carries an upsampling residual block
-    ups = [j for j in outputs if any(k.startswith(f"output_blocks.{j}.") and k.endswith("in_layers.2.weight")
-                                     and k.split(".")[2] != "0" for k in shapes)]
+    ups = [
+        j
+        for j in outputs
+        if any(
+            k.startswith(f"output_blocks.{j}.") and k.endswith("in_layers.2.weight") and k.split(".")[2] != "0"
+            for k in shapes
+        )
+    ]
     levels = len(ups) + 1
     if len(outputs) % levels:
         raise DiffheadsError(f"{len(outputs)} output blocks do not divide into {levels} levels: unknown layout")
@@ -157,8 +173,10 @@ def infer_model_config(shapes: dict[str, tuple[int, ...]], options: ReferenceOpt
     window = 2 * options.n_audio_motion_embs + 1
     audio_in = shapes["audio_embed.0.weight"][1]
     if audio_in % window:
-        raise DiffheadsError(f"the audio projection takes {audio_in} inputs, not a multiple of the {window}-row window; "
-                             "pass --n-audio-motion-embs")
+        raise DiffheadsError(
+            f"the audio projection takes {audio_in} inputs, not a multiple of the {window}-row window; "
+            "pass --n-audio-motion-embs"
+        )
     return ModelConfig(
         image_size=image_size,
         in_channels=in_channels,
@@ -192,8 +210,10 @@ def import_reference(
         unet.load_state_dict(state, strict=True)
     except RuntimeError as exc:
         lines = str(exc).splitlines()
-        raise DiffheadsError(f"the weights of {path} do not fit the inferred configuration: "
-                             f"{(lines[1] if len(lines) > 1 else lines[0]).strip()[:200]}") from None
+        raise DiffheadsError(
+            f"the weights of {path} do not fit the inferred configuration: "
+            f"{(lines[1] if len(lines) > 1 else lines[0]).strip()[:200]}"
+        ) from None
     encoder = {"name": "sda", "path": os.path.abspath(sda_path) if sda_path else "", "dim": model_cfg.audio_dim}
     cfg = dataclasses.replace(RunConfig(), model=model_cfg)
     save_model(out, unet, cfg, encoder)

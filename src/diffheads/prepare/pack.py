@@ -17,9 +17,9 @@ from typing import Any
 
 import numpy as np
 
-from diffheads.audio.embed import read_encoder_spec
 from diffheads.checkpoint import describe_training_data
 from diffheads.data.dataset import check_listed_clips, decode_clip
+from diffheads.data.embeddings import read_encoder_spec
 from diffheads.data.layout import SPLITS, DataLayout
 from diffheads.data.packed import FORMAT, MANIFEST, VERSION
 from diffheads.errors import DiffheadsError
@@ -43,8 +43,11 @@ def pack_item(job: tuple[str, str, str, int, bool]) -> dict[str, Any]:
 
 def _listed(layout: DataLayout) -> dict[str, list[str]]:
     """Clip ids of every split whose file list exists and is not empty."""
-    return {split: layout.clips(split) for split in SPLITS if layout.file_list(split).is_file()
-            and layout.file_list(split).read_text().strip()}
+    return {
+        split: layout.clips(split)
+        for split in SPLITS
+        if layout.file_list(split).is_file() and layout.file_list(split).read_text().strip()
+    }
 
 
 def pack_dataset(
@@ -64,8 +67,9 @@ def pack_dataset(
         raise DiffheadsError(f"{out} already holds a packed dataset; pass --overwrite to pack it again")
     splits = _listed(layout)
     if not splits:
-        raise DiffheadsError(f"{layout.root} lists no clips (file_list_train.txt / file_list_test.txt); "
-                             "run 'diffheads prepare' first")
+        raise DiffheadsError(
+            f"{layout.root} lists no clips (file_list_train.txt / file_list_test.txt); run 'diffheads prepare' first"
+        )
     for split, ids in splits.items():
         check_listed_clips(layout, ids, split)
     encoder = read_encoder_spec(layout)
@@ -101,8 +105,16 @@ def pack_dataset(
     }
 
 
-def _optimize(layout: DataLayout, ids: list[str], out: Path, size: int, with_landmarks: bool,
-              chunk_bytes: str, workers: int, progress: bool) -> None:
+def _optimize(
+    layout: DataLayout,
+    ids: list[str],
+    out: Path,
+    size: int,
+    with_landmarks: bool,
+    chunk_bytes: str,
+    workers: int,
+    progress: bool,
+) -> None:
     """litdata's optimize over one split, items in file-list order (item i is clip i)."""
     from litdata import optimize
 

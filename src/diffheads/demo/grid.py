@@ -14,7 +14,7 @@ import torch
 
 from diffheads.config import RunConfig, load_config
 from diffheads.data.layout import DataLayout
-from diffheads.demo import PRESETS, _timed, clip_openings
+from diffheads.demo.synthetic import PRESETS, _timed, clip_openings
 from diffheads.errors import DiffheadsError
 from diffheads.io.atomic import atomic_write_text
 
@@ -141,9 +141,9 @@ def run_grid_demo(
 
     quick: a smoke run of seconds (no learning expected); short: CI's shortened learning check.
     """
-    from diffheads.demo_plots import contact_sheet, loss_plot, opening_plot
+    from diffheads.demo.plots import contact_sheet, loss_plot, opening_plot
     from diffheads.evaluate.run import EvaluateConfig, evaluate
-    from diffheads.generate_set import generate_test_set
+    from diffheads.sample.test_set import generate_test_set
     from diffheads.training.train import train
 
     out = Path(out)
@@ -162,8 +162,14 @@ def run_grid_demo(
     model_path = out / "model.ckpt"
     model_path.write_bytes(result.model_path.read_bytes())
     gen, sample_s = _timed(
-        generate_test_set, model_path, out / "data", out / "videos", cfg.sample, skip_existing=False,
-        seed=cfg.trainer.seed, progress=progress,
+        generate_test_set,
+        model_path,
+        out / "data",
+        out / "videos",
+        cfg.sample,
+        skip_existing=False,
+        seed=cfg.trainer.seed,
+        progress=progress,
     )
     layout = DataLayout.of(out / "data")
     videos = {str(p.relative_to(out / "videos").with_suffix("")): p for p in gen.written}

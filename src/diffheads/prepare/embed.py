@@ -10,7 +10,9 @@ from typing import Any
 import torch
 from tqdm.auto import tqdm
 
-from diffheads.audio.encoders import AudioEncoder, LogMelEncoder, build_encoder, frames_in_audio
+from diffheads.audio.encoders import AudioEncoder, LogMelEncoder
+from diffheads.audio.frames import frames_in_audio
+from diffheads.data.embeddings import read_spec
 from diffheads.data.layout import DataLayout
 from diffheads.errors import DiffheadsError
 from diffheads.io.atomic import atomic_write_bytes, atomic_write_text
@@ -27,43 +29,12 @@ def save_embedding(path: Path, emb: torch.Tensor) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def load_embedding(path: Path) -> torch.Tensor:
-    """Read a (n_frames, dim) embedding tensor without unpickling code."""
-    if not path.is_file():
-        raise DiffheadsError(f"audio embeddings {path} not found; run 'diffheads embed DATA' first")
-    try:
-        emb = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - torch reports a damaged file as RuntimeError, UnpicklingError, EOFError...
-        raise DiffheadsError(
-            f"audio embeddings {path} cannot be read ({type(err).__name__}); delete it and run 'diffheads embed' again"
-        ) from None
-    if not isinstance(emb, torch.Tensor) or emb.dim() != 2:
-        raise DiffheadsError(f"{path} does not hold a (n_frames, audio_dim) tensor; re-run 'diffheads embed'")
-    return emb.float()
-
-
-def read_encoder_spec(layout: DataLayout) -> dict[str, Any]:
-    """The encoder description stored with the embeddings."""
-    if not layout.encoder_file.is_file():
-        raise DiffheadsError(f"{layout.encoder_file} not found; run 'diffheads embed {layout.root}' first")
-    return _read_spec(layout.encoder_file)
-
-
-def _read_spec(path: Path) -> dict[str, Any]:
-    """The JSON object of an encoder.json."""
-    try:
-        spec = json.loads(path.read_text())
-    except (ValueError, UnicodeDecodeError) as err:
-        raise DiffheadsError(f"{path} is not valid JSON ({err}); delete it and run 'diffheads embed --overwrite'") from None
-    if not isinstance(spec, dict):
-        raise DiffheadsError(f"{path} does not describe an encoder; delete it and run 'diffheads embed --overwrite'")
-    return spec
-
-
 def embed_clip(encoder: AudioEncoder, audio_path: Path, video_path: Path | None) -> torch.Tensor:
     """Embeddings of one clip: one row per video frame (or per 40 ms of audio when there is no video)."""
     audio = load_audio(audio_path)
-    n_frames = count_frames(video_path) if video_path is not None and video_path.is_file() else frames_in_audio(len(audio))
+    n_frames = (
+        count_frames(video_path) if video_path is not None and video_path.is_file() else frames_in_audio(len(audio))
+    )
     return encoder.encode(audio, n_frames)
 
 
@@ -89,7 +60,7 @@ def listed_clips(layout: DataLayout, splits: tuple[str, ...]) -> list[str]:
 def check_encoder_file(layout: DataLayout, encoder: AudioEncoder) -> None:
     """Refuse to add embeddings of `encoder` beside those of another one (EMB/encoder.json says which)."""
     if layout.encoder_file.is_file():
-        old = _read_spec(layout.encoder_file)
+        old = read_spec(layout.encoder_file)
         if old != encoder.describe():
             raise DiffheadsError(
                 f"{layout.embeddings} holds embeddings of another encoder ({old.get('name')}, dim {old.get('dim')}); "
@@ -148,14 +119,15 @@ def _embed(
         if write_encoder_file:
             write_encoder_spec(layout, encoder.describe())
     written, skipped = len(todo), len(ids) - len(todo)
-    return {"clips": len(ids), "written": written, "skipped": skipped, "dim": encoder.dim, "out": str(layout.embeddings)}
+    return {
+        "clips": len(ids),
+        "written": written,
+        "skipped": skipped,
+        "dim": encoder.dim,
+        "out": str(layout.embeddings),
+    }
 
 
 def write_encoder_spec(layout: DataLayout, spec: dict[str, Any]) -> None:
     """EMB/encoder.json, atomically."""
     atomic_write_text(layout.encoder_file, json.dumps(spec, indent=2))
-
-
-def encoder_from_embeddings(layout: DataLayout) -> AudioEncoder:
-    """Rebuild the encoder that made a dataset's embeddings."""
-    return build_encoder(read_encoder_spec(layout))

@@ -20,17 +20,17 @@ from pathlib import Path
 import torch
 from tqdm.auto import tqdm
 
-from diffheads.audio.encoders import SAMPLE_RATE
+from diffheads.audio.frames import SAMPLE_RATE
 from diffheads.checkpoint import LoadedModel
 from diffheads.config import SampleConfig
 from diffheads.data.dataset import SplitClips
 from diffheads.data.sampler import derive_seed
 from diffheads.distributed import Ranks
-from diffheads.generate import check_audio_width, model_on, sample_clips, to_uint8
 from diffheads.io.atomic import stale_temporaries
 from diffheads.io.audio import load_audio
 from diffheads.io.outdir import output_dir
 from diffheads.io.video import write_video
+from diffheads.sample.runtime import check_audio_width, model_on, sample_clips, to_uint8
 
 
 @dataclass
@@ -86,23 +86,41 @@ def generate_test_set(
         done = ranks.broadcast([skip_existing and p.is_file() for p in targets])
         todo = [b for b in plan_batches(len(targets), sample.batch_size) if not all(done[i] for i in b)]
         mine = ranks.shard(todo)
-        bar = tqdm(total=len(targets), initial=sum(done), desc="clips", unit="clip",
-                   disable=not (progress and ranks.is_zero), file=sys.stderr)
+        bar = tqdm(
+            total=len(targets),
+            initial=sum(done),
+            desc="clips",
+            unit="clip",
+            disable=not (progress and ranks.is_zero),
+            file=sys.stderr,
+        )
         written: list[int] = []
         ranks.barrier()  # every rank has its model and clip list: the sampling starts together
         started = time.perf_counter()
         for round_ in range(math.ceil(len(todo) / ranks.world_size)):  # every rank joins every round's count
             now = []
             if round_ < len(mine):
-                now = _generate_batch(model, clips, mine[round_], done, out_dir, sample, embeddings or data_root, seed,
-                                      progress and not ranks.distributed)  # frames, under the clips bar
+                now = _generate_batch(
+                    model,
+                    clips,
+                    mine[round_],
+                    done,
+                    out_dir,
+                    sample,
+                    embeddings or data_root,
+                    seed,
+                    progress and not ranks.distributed,
+                )  # frames, under the clips bar
                 written.extend(now)
             bar.update(ranks.sum(len(now)))
         bar.close()
         gathered = ranks.gather((written, time.perf_counter() - started))
         every = sorted(i for rank_written, _ in gathered for i in rank_written)
-    return GenerateResult([targets[i] for i in every], [p for p, d in zip(targets, done) if d],
-                          round(max(seconds for _, seconds in gathered), 2))
+    return GenerateResult(
+        [targets[i] for i in every],
+        [p for p, d in zip(targets, done) if d],
+        round(max(seconds for _, seconds in gathered), 2),
+    )
 
 
 def _generate_batch(

@@ -39,11 +39,24 @@ from diffheads.models.unet import UNet, count_parameters
 NETWORK_TOL = (1e-4, 1e-4)  # (atol, rtol): the reference itself moves by ~2.4e-6 between 1 and 2 threads
 NETWORK_KEYS = ("config", "state_dict", "inputs", "output")
 LIP_PADDING = 5  # the reference's lip-loss padding at 128 px, used for the golden values
-REFERENCE_REQUIRED = ("image_size", "in_channels", "model_channels", "out_channels", "num_res_blocks",
-                      "attention_resolutions")  # the reference UNet's positional arguments
+REFERENCE_REQUIRED = (
+    "image_size",
+    "in_channels",
+    "model_channels",
+    "out_channels",
+    "num_res_blocks",
+    "attention_resolutions",
+)  # the reference UNet's positional arguments
 REFERENCE_DEFAULTS: dict[str, Any] = {  # the reference UNet constructor's keyword defaults (training branch)
-    "dropout": 0.0, "channel_mult": [1, 2, 4, 8], "num_heads": 1, "num_head_channels": -1, "resblock_updown": False,
-    "id_condition_type": "frame", "audio_condition_type": "pre_gn", "n_motion_frames": 0, "grayscale_motion": False,
+    "dropout": 0.0,
+    "channel_mult": [1, 2, 4, 8],
+    "num_heads": 1,
+    "num_head_channels": -1,
+    "resblock_updown": False,
+    "id_condition_type": "frame",
+    "audio_condition_type": "pre_gn",
+    "n_motion_frames": 0,
+    "grayscale_motion": False,
     "n_audio_motion_embs": 0,
 }
 REFERENCE_ALIASES = {"img_resize": "image_size"}  # the training config's name for the frame side
@@ -79,10 +92,14 @@ def load_golden(path: str | Path) -> dict[str, Any]:
     try:
         data = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:  # noqa: BLE001 - torch reports bad files as several exception types
-        raise DiffheadsError(f"golden file {path} cannot be read weights-only ({type(exc).__name__}); is it a golden file?") from None
+        raise DiffheadsError(
+            f"golden file {path} cannot be read weights-only ({type(exc).__name__}); is it a golden file?"
+        ) from None
     missing = [k for k in NETWORK_KEYS if not isinstance(data, dict) or k not in data]
     if missing:
-        raise DiffheadsError(f"golden file {path} lacks the network part ({', '.join(missing)}); it is not in the golden format")
+        raise DiffheadsError(
+            f"golden file {path} lacks the network part ({', '.join(missing)}); it is not in the golden format"
+        )
     return data
 
 
@@ -95,14 +112,18 @@ def reference_model_config(config: dict[str, Any]) -> ModelConfig:
     config = {REFERENCE_ALIASES.get(k, k): v for k, v in config.items()}
     missing = [k for k in REFERENCE_REQUIRED if k not in config]
     if missing:
-        raise DiffheadsError(f"golden config lacks {', '.join(missing)}, required by the reference UNet; "
-                             "store the constructor's keyword arguments under 'config'")
+        raise DiffheadsError(
+            f"golden config lacks {', '.join(missing)}, required by the reference UNet; "
+            "store the constructor's keyword arguments under 'config'"
+        )
     for key, kind in (("id_condition_type", IdCondition), ("audio_condition_type", AudioCondition)):
         value = config.get(key)
         if isinstance(value, str) and value.endswith("_ours"):
             names = ", ".join(m.value for m in kind if not m.value.endswith("_ours"))
-            raise DiffheadsError(f"golden config: {key} {value!r} is a diffheads design the reference code does not "
-                                 f"have; a golden file names one of: {names}")
+            raise DiffheadsError(
+                f"golden config: {key} {value!r} is a diffheads design the reference code does not "
+                f"have; a golden file names one of: {names}"
+            )
     names = {f.name for f in dataclasses.fields(ModelConfig)}
     model = {k: v for k, v in {**REFERENCE_DEFAULTS, **config}.items() if k in names}
     return from_dict({"model": model}, source="golden config").model
@@ -122,7 +143,9 @@ def _network(g: dict[str, Any]) -> list[Comparison]:
         out.append(Comparison("param_count", float(abs(n - g["param_count"])), 0.0, 0.0, n == g["param_count"]))
     if "timestep_features" in g:
         t = torch.as_tensor(g["timestep_features_t"])
-        out.append(compare("timestep_features", timestep_features(t, cfg.model_channels), g["timestep_features"], 1e-6, 0))
+        out.append(
+            compare("timestep_features", timestep_features(t, cfg.model_channels), g["timestep_features"], 1e-6, 0)
+        )
     captured: dict[str, torch.Tensor] = {}
     hooks = [
         model.get_submodule(name).register_forward_hook(lambda m, a, o, name=name: captured.__setitem__(name, o))
@@ -176,16 +199,24 @@ def _posterior_and_vlb(g: dict[str, Any]) -> list[Comparison]:
         pp = g.get("p_params")
         if pp is not None and (legacy or "p_mean" in f64):
             sp = d.respace(100)
-            res = [sp.p_mean_variance(cast(pp["nn_out"]), cast(pp["xt"]), torch.tensor([i, i])) for i in pp["position_indices"]]
+            res = [
+                sp.p_mean_variance(cast(pp["nn_out"]), cast(pp["xt"]), torch.tensor([i, i]))
+                for i in pp["position_indices"]
+            ]
             mean_ref = pp["p_mean"] if legacy else f64["p_mean"]
             logvar_ref = pp["p_logvar"] if legacy else f64["p_logvar"]
             out.append(compare(f"p_mean{suffix}", torch.stack([r["mean"] for r in res]), mean_ref, 1e-6, 1e-5))
-            out.append(compare(f"p_logvar{suffix}", torch.stack([r["log_variance"] for r in res]), logvar_ref, 1e-6, 1e-5))
+            out.append(
+                compare(f"p_logvar{suffix}", torch.stack([r["log_variance"] for r in res]), logvar_ref, 1e-6, 1e-5)
+            )
         v = g.get("vlb")
         if v is not None:
-            cases = [("x0", "timesteps", "loss"), ("x0", "timesteps_swapped", "loss_swapped"),
-                     ("x0_quantized", "timesteps", "loss_quantized"),
-                     ("x0_quantized", "timesteps_swapped", "loss_quantized_swapped")]
+            cases = [
+                ("x0", "timesteps", "loss"),
+                ("x0", "timesteps_swapped", "loss_swapped"),
+                ("x0_quantized", "timesteps", "loss_quantized"),
+                ("x0_quantized", "timesteps_swapped", "loss_quantized_swapped"),
+            ]
             for x0_key, t_key, ref_key in cases:
                 ref = v[ref_key] if legacy else f64.get(f"vlb_{ref_key}")
                 if ref is None:
@@ -195,7 +226,9 @@ def _posterior_and_vlb(g: dict[str, Any]) -> list[Comparison]:
         c = g.get("vlb_consistent")
         if c is not None and (legacy or "vlb_consistent_loss" in f64):
             got = d.vlb_terms(cast(c["nn_out"]), cast(c["x0"]), cast(c["xt"]), c["timesteps"])
-            out.append(compare(f"vlb consistent{suffix}", got, c["loss"] if legacy else f64["vlb_consistent_loss"], 0, 1e-5))
+            out.append(
+                compare(f"vlb consistent{suffix}", got, c["loss"] if legacy else f64["vlb_consistent_loss"], 0, 1e-5)
+            )
     return out
 
 
@@ -205,8 +238,13 @@ def _lip(g: dict[str, Any]) -> list[Comparison]:
         return []
     return [
         compare("lip loss", lip_loss(lp["eps"], lp["eps_pred"], lp["landmarks"], LIP_PADDING), lp["loss"], 0, 1e-6),
-        compare("lip loss (mouth at the border)", lip_loss(lp["eps"], lp["eps_pred"], lp["landmarks_border"], LIP_PADDING),
-                lp["loss_border"], 0, 1e-6),
+        compare(
+            "lip loss (mouth at the border)",
+            lip_loss(lp["eps"], lp["eps_pred"], lp["landmarks_border"], LIP_PADDING),
+            lp["loss_border"],
+            0,
+            1e-6,
+        ),
     ]
 
 

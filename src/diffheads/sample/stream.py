@@ -23,13 +23,15 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
-from diffheads.audio.encoders import FPS, SAMPLE_RATE, LogMelEncoder, build_encoder, frames_in_audio
+from diffheads.audio.encoders import LogMelEncoder, build_encoder
+from diffheads.audio.frames import FPS, SAMPLE_RATE, frames_in_audio
 from diffheads.checkpoint import LoadedModel
 from diffheads.config import SampleConfig
 from diffheads.diffusion.video import FrameStepper, audio_window_indices
 from diffheads.errors import DiffheadsError
 from diffheads.face.portrait import Portrait
-from diffheads.generate import check_audio_width, identity_of, output_image, sampling_setup
+from diffheads.sample.inputs import identity_of, output_image
+from diffheads.sample.runtime import check_audio_width, sampling_setup
 
 SAMPLES_PER_FRAME = SAMPLE_RATE // FPS  # 640: audio of one 25 fps video frame
 GEMM_COLUMNS = 64  # STFT frames per mel projection at least: MKL multiplies narrow matrices (< 12 columns) with
@@ -108,20 +110,29 @@ class SpeechStream:
     comes from one generator seeded with `seed`, drawn frame by frame in the order `sample_clips` draws it.
     """
 
-    def __init__(self, model: LoadedModel, identity: torch.Tensor | Portrait, sample: SampleConfig | None = None,
-                 seed: int = 0) -> None:
+    def __init__(
+        self, model: LoadedModel, identity: torch.Tensor | Portrait, sample: SampleConfig | None = None, seed: int = 0
+    ) -> None:
         self.encoder = streaming_encoder(model)
         sample = sample or model.cfg.sample
         size = model.cfg.model.image_size
         self.portrait = identity if isinstance(identity, Portrait) else None
         frame = identity_of(identity, size) if isinstance(identity, Portrait) else identity
         if tuple(frame.shape) != (3, size, size):
-            raise DiffheadsError(f"the identity frame must be (3, {size}, {size}) for this model, "
-                                 f"got {tuple(frame.shape)}")
+            raise DiffheadsError(
+                f"the identity frame must be (3, {size}, {size}) for this model, got {tuple(frame.shape)}"
+            )
         setup = sampling_setup(model, sample, seed)
         self.device = setup.device
-        self.stepper = FrameStepper(setup.denoiser, setup.process, frame[None].to(setup.device), model.cfg.model,
-                                    sample, setup.generator, motion_blur=model.cfg.data.motion_blur)
+        self.stepper = FrameStepper(
+            setup.denoiser,
+            setup.process,
+            frame[None].to(setup.device),
+            model.cfg.model,
+            sample,
+            setup.generator,
+            motion_blur=model.cfg.data.motion_blur,
+        )
         self.k = model.cfg.model.n_audio_motion_embs
         self.max_frames = sample.max_frames if sample.max_frames > 0 else None
         self.frame_size = self.portrait.frames.shape[1:3] if self.portrait is not None else (size, size)

@@ -11,14 +11,15 @@ from typing import BinaryIO
 import numpy as np
 from tqdm.auto import tqdm
 
-from diffheads.audio.encoders import FPS, SAMPLE_RATE
+from diffheads.audio.frames import FPS, SAMPLE_RATE
 from diffheads.checkpoint import LoadedModel
 from diffheads.config import SampleConfig
 from diffheads.errors import DiffheadsError
-from diffheads.generate import identity_of, load_identity_frame, load_portrait, load_speech, model_on
 from diffheads.io.outdir import output_dir
 from diffheads.io.video import LiveAudioVideoWriter
-from diffheads.stream import SAMPLES_PER_FRAME, SpeechStream, StreamFrame
+from diffheads.sample.inputs import identity_of, load_identity_frame, load_portrait, load_speech
+from diffheads.sample.runtime import model_on
+from diffheads.sample.stream import SAMPLES_PER_FRAME, SpeechStream, StreamFrame
 
 PCM_HINT = "send 16 kHz mono s16le PCM: ffmpeg -i SPEECH -f s16le -ar 16000 -ac 1 - | diffheads stream ... --audio -"
 
@@ -135,8 +136,11 @@ def stream_video(
     out = Path(output)
     height, width = stream.frame_size
     timings = _Timings()
-    with output_dir(out.parent, "folder of --output"), LiveAudioVideoWriter(out, FPS, width, height, SAMPLE_RATE) \
-            as writer, tqdm(desc="frames", unit="frame", disable=not progress) as bar:
+    with (
+        output_dir(out.parent, "folder of --output"),
+        LiveAudioVideoWriter(out, FPS, width, height, SAMPLE_RATE) as writer,
+        tqdm(desc="frames", unit="frame", disable=not progress) as bar,
+    ):
         for piece, at in paced(pieces, realtime):
             began = time.monotonic()
             timings.chunk(len(piece), at)

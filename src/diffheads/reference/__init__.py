@@ -1,0 +1,1 @@
+"""The original network: golden-value check and checkpoint conversion."""

@@ -1,0 +1,1 @@
+"""Sampling runtime: model loading, animate, test-set generation and streaming."""
