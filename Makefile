@@ -1,5 +1,5 @@
 # make demo: create/refresh .venv, install, run the end-to-end demo on CPU (outputs/demo/).
-# make test: same venv, run the test suite (slow end-to-end tests included; the app's browser tests need
+# make test: same venv, lint (ruff, import layers), then the test suite (slow end-to-end tests included; the app's browser tests need
 #            Debian's chromium, which .ci/install-chromium installs when missing and allowed).
 PYTHON ?= python3
 VENV := .venv
@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 DEMO_OUT ?= outputs/demo
 
-.PHONY: venv demo demo-check demo-real demo-real-check demo-real-short-check test test-fast clean
+.PHONY: venv demo demo-check demo-real demo-real-check demo-real-short-check lint test test-fast clean
 
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -35,11 +35,17 @@ demo-real-short-check: $(STAMP)
 demo-check: demo
 	$(BIN)/python -m diffheads.demo.check $(DEMO_OUT)/report.json
 
-test: $(STAMP)
+# The house plan's guards (docs/architecture.md): lint, format and the import layers.
+lint: $(STAMP)
+	$(BIN)/ruff check src tests
+	$(BIN)/ruff format --check src tests
+	$(BIN)/lint-imports --no-logo --no-cache
+
+test: lint
 	sh .ci/install-chromium
 	$(BIN)/python -m pytest
 
-test-fast: $(STAMP)
+test-fast: lint
 	$(BIN)/python -m pytest -m "not slow"
 
 clean:

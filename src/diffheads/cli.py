@@ -9,10 +9,13 @@ import errno
 import json
 import sys
 from collections.abc import Sequence
-from typing import NoReturn
+from typing import TYPE_CHECKING, NoReturn
 
 from diffheads.config import SampleConfig, Solver
 from diffheads.errors import DiffheadsError
+
+if TYPE_CHECKING:  # imported where used: `diffheads --help` stays quick
+    from diffheads.distributed import LaunchConfig
 
 DEFAULT_GRID_HINT = "../shared/data/grid/s1"  # the GRID demo's corpus, as the project checkout lays it out
 
@@ -38,9 +41,6 @@ def _sample_overrides(args: argparse.Namespace, base: SampleConfig) -> SampleCon
         changes["channels_last"] = True
     if args.compile:
         changes["compile"] = True
-    for key in ("devices", "num_nodes"):
-        if getattr(args, key, None) is not None:
-            changes[key] = getattr(args, key)
     return dataclasses.replace(base, **changes)
 
 
@@ -304,15 +304,22 @@ def cmd_distill(args: argparse.Namespace) -> dict | None:
     }
 
 
+def generate_launch(args: argparse.Namespace) -> LaunchConfig:
+    """The processes of `diffheads generate`: its own --devices / --num-nodes, never the model file's settings."""
+    from diffheads.distributed import LaunchConfig, accelerator_of
+
+    # under torchrun or srun, launch() replaces the layout by the processes the scheduler started
+    return LaunchConfig(args.devices, args.num_nodes, accelerator_of(args.device))
+
+
 def cmd_generate(args: argparse.Namespace) -> dict | None:
     from diffheads.checkpoint import load_model
-    from diffheads.distributed import LaunchConfig, accelerator_of, launch
+    from diffheads.distributed import launch
     from diffheads.sample.test_set import generate_test_set
 
     model = load_model(args.checkpoint, "cpu", trust=args.trust_checkpoint)
     sample = _sample_overrides(args, model.cfg.sample)
-    launch_cfg = LaunchConfig(sample.devices, sample.num_nodes, accelerator_of(args.device))
-    ranks = launch(launch_cfg, args.device, quiet=args.quiet)
+    ranks = launch(generate_launch(args), args.device, quiet=args.quiet)
     result = generate_test_set(
         model,
         args.data,
@@ -494,11 +501,8 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"{self.prog}: error: {message}; see '{self.prog} --help'\n")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The `diffheads` argument parser."""
-    parser = _Parser(prog="diffheads", description="Diffused Heads talking-face diffusion toolkit")
-    sub = parser.add_subparsers(dest="command", required=True)
-
+def _synth_parser(sub: argparse._SubParsersAction) -> None:
+    """The `diffheads synth` subcommand."""
     p = sub.add_parser("synth", help="write a synthetic talking-face dataset in the data contract")
     p.add_argument("out", help="output DATA folder")
     p.add_argument("--train-identities", type=int, default=8)
@@ -511,6 +515,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_synth)
 
+
+def _embed_parser(sub: argparse._SubParsersAction) -> None:
+    """The `diffheads embed` subcommand."""
     p = sub.add_parser("embed", help="compute per-frame audio embeddings for every listed clip")
     p.add_argument("data", help="DATA folder with audio/ and file lists")
     p.add_argument("--out", help="EMB folder (default DATA/emb)")
@@ -519,21 +526,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_embed)
 
-    p = sub.add_parser(
-        "prepare", help="raw talking-head videos -> aligned training set (video, audio, lmks, lists, emb)"
-    )
-    p.add_argument("raw_dir", help="folder of raw videos (searched recursively; audio inside or beside each video)")
-    p.add_argument("out_dir", help="output DATA folder")
-    p.add_argument("--size", type=int, default=128, help="side of the aligned face crops in pixels")
-    p.add_argument(
-        "--margins",
-        type=float,
-        nargs=3,
-        metavar=("X", "TOP", "BOTTOM"),
-        help="crop margins as fractions of the mean face's landmark box (default 0.11 0.336 0.155)",
-    )
-    p.add_argument("--smoothing-window", type=int, default=7, help="frames the stable points are smoothed over")
-    p.add_argument("--mean-face", help="mean-face JSON (default: the packaged one; see scripts/make_mean_face.py)")
+
+def _add_split_flags(p: argparse.ArgumentParser) -> None:
+    """The train/test split flags of prepare (see _split_rule)."""
     split = p.add_mutually_exclusive_group()
     split.add_argument(
         "--split-preset", choices=["crema"], help="named split: crema holds out the 10 CREMA-D test actors"
@@ -549,9 +544,10 @@ def build_parser() -> argparse.ArgumentParser:
         default=0.1,
         help="share of speakers held out when no list or speakers are given (by hash of the name)",
     )
-    _add_encoder_flags(p)
-    p.add_argument("--no-embed", action="store_true", help="skip the audio embeddings (run 'diffheads embed' later)")
-    p.add_argument("--workers", type=int, help="parallel processes (default: all cores)")
+
+
+def _add_clip_checks(p: argparse.ArgumentParser) -> None:
+    """The flags of prepare that decide which clips and segments are kept."""
     p.add_argument(
         "--min-frames",
         type=int,
@@ -573,6 +569,30 @@ def build_parser() -> argparse.ArgumentParser:
         default=12.0,
         help="mean pixel change (0-255, 32 px thumbnails) across a hard scene cut, which splits the clip; 0 turns it off",
     )
+
+
+def _prepare_parser(sub: argparse._SubParsersAction) -> None:
+    """The `diffheads prepare` subcommand."""
+    p = sub.add_parser(
+        "prepare", help="raw talking-head videos -> aligned training set (video, audio, lmks, lists, emb)"
+    )
+    p.add_argument("raw_dir", help="folder of raw videos (searched recursively; audio inside or beside each video)")
+    p.add_argument("out_dir", help="output DATA folder")
+    p.add_argument("--size", type=int, default=128, help="side of the aligned face crops in pixels")
+    p.add_argument(
+        "--margins",
+        type=float,
+        nargs=3,
+        metavar=("X", "TOP", "BOTTOM"),
+        help="crop margins as fractions of the mean face's landmark box (default 0.11 0.336 0.155)",
+    )
+    p.add_argument("--smoothing-window", type=int, default=7, help="frames the stable points are smoothed over")
+    p.add_argument("--mean-face", help="mean-face JSON (default: the packaged one; see scripts/make_mean_face.py)")
+    _add_split_flags(p)
+    _add_encoder_flags(p)
+    p.add_argument("--no-embed", action="store_true", help="skip the audio embeddings (run 'diffheads embed' later)")
+    p.add_argument("--workers", type=int, help="parallel processes (default: all cores)")
+    _add_clip_checks(p)
     p.add_argument("--retry-skipped", action="store_true", help="try again the clips an earlier run skipped")
     p.add_argument(
         "--shard",
@@ -589,12 +609,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_prepare)
 
+
+def _cache_parser(sub: argparse._SubParsersAction) -> None:
+    """The `diffheads cache` subcommand."""
     p = sub.add_parser("cache", help="decode every listed clip once into DATA/cache/<size>px (data.frame_cache=disk)")
     p.add_argument("data", help="DATA folder with video/ and the file lists")
     p.add_argument("--size", type=int, required=True, help="the model's image_size")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_cache)
 
+
+def _pack_parser(sub: argparse._SubParsersAction) -> None:
+    """The `diffheads pack` subcommand."""
     p = sub.add_parser("pack", help="write the prepared clips of DATA into litdata chunks for data.format=packed")
     p.add_argument("data", help="DATA folder with video/, the file lists, emb/ and (for the lip loss) lmks/")
     p.add_argument("out", help="PACKED folder to write (copy it anywhere litdata reads: a disk, s3://, gs://, ...)")
@@ -606,6 +632,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=cmd_pack)
 
+
+def _train_parser(sub: argparse._SubParsersAction) -> None:
+    """The `diffheads train` subcommand."""
     p = sub.add_parser("train", help="train a model: diffheads train CONFIG.yaml [section.key=value ...]")
     p.add_argument("config", help="YAML config, e.g. configs/demo.yaml")
     p.add_argument("overrides", nargs="*", help="overrides such as optim.lr=1e-4 trainer.max_steps=100")
@@ -613,6 +642,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar or Lightning messages")
     p.set_defaults(func=cmd_train)
 
+
+def _distill_parser(sub: argparse._SubParsersAction) -> None:
+    """The `diffheads distill` subcommand."""
     p = sub.add_parser(
         "distill",
         help="progressive distillation: students that sample in 4, 2 or 1 DDIM steps per frame (OUT/student_N.ckpt)",
@@ -642,6 +674,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar or Lightning messages")
     p.set_defaults(func=cmd_distill)
 
+
+def _generate_parser(sub: argparse._SubParsersAction) -> None:
+    """The `diffheads generate` subcommand."""
     p = sub.add_parser("generate", help="generate one video per clip of a split")
     p.add_argument("--checkpoint", required=True)
     p.add_argument("--data", required=True, help="DATA folder with the file lists")
@@ -654,14 +689,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--devices",
         type=int,
-        help="processes on this machine, one per GPU (default: sample.devices, 1); under torchrun or srun: "
+        default=1,
+        help="processes on this machine, one per GPU (default 1); under torchrun or srun: "
         "the processes per machine it started (docs/cluster.md)",
     )
-    p.add_argument("--num-nodes", type=int, help="machines taking part (default: sample.num_nodes, 1)")
+    p.add_argument("--num-nodes", type=int, default=1, help="machines taking part (default 1)")
     _add_sampling_flags(p)
     _add_trust_flag(p)
     p.set_defaults(func=cmd_generate)
 
+
+def _animate_parser(sub: argparse._SubParsersAction) -> None:
+    """The `diffheads animate` subcommand."""
     p = sub.add_parser("animate", help="make one face speak one audio file")
     p.add_argument("--checkpoint", required=True)
     _add_face_source(p)
@@ -672,6 +711,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_trust_flag(p)
     p.set_defaults(func=cmd_animate)
 
+
+def _stream_parser(sub: argparse._SubParsersAction) -> None:
+    """The `diffheads stream` subcommand."""
     p = sub.add_parser("stream", help="make one face speak audio as it arrives (a file at its pace, or PCM on stdin)")
     p.add_argument("--checkpoint", required=True, help="a model trained on log-mel embeddings")
     _add_face_source(p)
@@ -691,6 +733,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_trust_flag(p)
     p.set_defaults(func=cmd_stream)
 
+
+def _app_parser(sub: argparse._SubParsersAction) -> None:
+    """The `diffheads app` subcommand."""
     p = sub.add_parser("app", help="a local web page to animate faces (needs the extra diffheads[app])")
     p.add_argument("--checkpoint", help="model file (default: the demo model outputs/demo/model.ckpt if present)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default loopback: only this machine)")
@@ -699,6 +744,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_trust_flag(p)
     p.set_defaults(func=cmd_app)
 
+
+def _export_parser(sub: argparse._SubParsersAction) -> None:
+    """The `diffheads export` subcommand."""
     p = sub.add_parser(
         "export", help="write the sampling weights of a checkpoint (e.g. checkpoints/last.ckpt) as a model file"
     )
@@ -707,6 +755,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_trust_flag(p)
     p.set_defaults(func=cmd_export)
 
+
+def _import_reference_parser(sub: argparse._SubParsersAction) -> None:
+    """The `diffheads import-reference` subcommand."""
     p = sub.add_parser(
         "import-reference",
         help="the authors' UNet (TorchScript release or training checkpoint) as a diffheads model file",
@@ -728,6 +779,9 @@ def build_parser() -> argparse.ArgumentParser:
     _add_trust_flag(p)
     p.set_defaults(func=cmd_import_reference)
 
+
+def _check_reference_parser(sub: argparse._SubParsersAction) -> None:
+    """The `diffheads check-reference` subcommand."""
     p = sub.add_parser(
         "check-reference",
         help="compare our network and diffusion maths with a golden file of the "
@@ -736,6 +790,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("golden", help="golden file, e.g. tests/data/golden_small.pt")
     p.set_defaults(func=cmd_check_reference)
 
+
+def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
+    """The `diffheads evaluate` subcommand."""
     p = sub.add_parser("evaluate", help="score generated videos against ground truth (FID, FVD, SyncNet, blinks, ...)")
     p.add_argument("--generated", required=True, help="folder of generated mp4s (the --out of 'diffheads generate')")
     p.add_argument(
@@ -777,6 +834,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar or Lightning messages")
     p.set_defaults(func=cmd_evaluate)
 
+
+def _demo_parser(sub: argparse._SubParsersAction) -> None:
+    """The `diffheads demo` subcommand."""
     p = sub.add_parser("demo", help="train, generate and report end to end on CPU: synthetic faces, or GRID s1")
     p.add_argument(
         "--preset",
@@ -802,6 +862,32 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("overrides", nargs="*", help="config overrides")
     p.set_defaults(func=cmd_demo)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The `diffheads` argument parser."""
+    parser = _Parser(prog="diffheads", description="Diffused Heads talking-face diffusion toolkit")
+    sub = parser.add_subparsers(dest="command", required=True)
+    # the order here is the order of `diffheads --help`
+    for add in (
+        _synth_parser,
+        _embed_parser,
+        _prepare_parser,
+        _cache_parser,
+        _pack_parser,
+        _train_parser,
+        _distill_parser,
+        _generate_parser,
+        _animate_parser,
+        _stream_parser,
+        _app_parser,
+        _export_parser,
+        _import_reference_parser,
+        _check_reference_parser,
+        _evaluate_parser,
+        _demo_parser,
+    ):
+        add(sub)
     return parser
 
 

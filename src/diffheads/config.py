@@ -241,8 +241,6 @@ class SampleConfig:
     precision: str = "fp32"  # fp32, bf16 (CPU or GPU) or fp16 (GPU): autocast around the network
     channels_last: bool = False  # channels_last memory format for the network
     compile: bool = False  # torch.compile the network (CUDA graphs on GPU)
-    devices: int = 1  # diffheads generate: processes per machine (one per GPU), as trainer.devices
-    num_nodes: int = 1  # diffheads generate: machines, as trainer.num_nodes
 
 
 @dataclass
@@ -353,6 +351,20 @@ def to_dict(cfg: Any) -> dict[str, Any]:
     return plain(dataclasses.asdict(cfg))
 
 
+# 0.1: sample.devices / sample.num_nodes were the process layout of `diffheads generate`; being saved in every
+# model file, they made a later run launch as the training config said. The layout is now generate's own
+# --devices / --num-nodes (or the scheduler's), so these keys are accepted and dropped.
+DROPPED_SAMPLE_KEYS = ("devices", "num_nodes")
+
+
+def _drop_launch_keys(data: dict[str, Any]) -> dict[str, Any]:
+    """`data` without the launch settings that older configs and model files kept in `sample`."""
+    section = data.get("sample")
+    if isinstance(section, dict) and any(key in section for key in DROPPED_SAMPLE_KEYS):
+        data = {**data, "sample": {k: v for k, v in section.items() if k not in DROPPED_SAMPLE_KEYS}}
+    return data
+
+
 def _migrate(data: dict[str, Any]) -> dict[str, Any]:
     """Keys renamed since earlier releases, rewritten so older checkpoints and configs still load."""
     section = data.get("data")
@@ -362,7 +374,7 @@ def _migrate(data: dict[str, Any]) -> dict[str, Any]:
         old = section.pop("cache_frames")
         section.setdefault("frame_cache", FrameCache.MEMORY.value if old else FrameCache.DECODE.value)
         data = {**data, "data": section}
-    return data
+    return _drop_launch_keys(data)
 
 
 def from_dict(data: dict[str, Any], source: str = "config") -> RunConfig:
@@ -411,7 +423,8 @@ def load_config(path: str | Path | None = None, overrides: list[str] | tuple[str
     for text in overrides:
         keys, value = parse_override(text)
         _merge(merged, keys, value)
-    return _build(RunConfig, merged, f"{source} + overrides" if overrides else source)
+    # an override may still name sample.devices / sample.num_nodes, as older scripts do
+    return _build(RunConfig, _drop_launch_keys(merged), f"{source} + overrides" if overrides else source)
 
 
 def save_config(cfg: RunConfig, path: str | Path) -> None:

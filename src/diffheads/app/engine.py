@@ -23,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
 from diffheads.app.live import LIVE_SECONDS, LiveSession
 from diffheads.audio.encoders import build_encoder
@@ -359,28 +360,7 @@ class Studio:
             emb = self.encoder.encode(wav, n_frames)
             check_audio_width(self.model, emb.shape[1], "the audio")
             encoded = time.perf_counter()
-
-            def written(done: int, total: int) -> None:
-                if on_progress is not None:
-                    on_progress(Progress(done, total, time.perf_counter() - encoded))
-                if flag.is_set():
-                    raise Cancelled()
-
-            sample = self._sample_config(settings)
-            if on_progress is not None:
-                on_progress(Progress(0, n_frames, 0.0))
-            out = write_animation(
-                self.model,
-                identity_of(portrait, self.size),
-                emb,
-                wav,
-                output,
-                sample,
-                settings.seed,
-                portrait=portrait if settings.output_mode == "pasted back" else None,
-                progress=False,
-                on_written=written,
-            )
+            out = self._write(flag, portrait, emb, wav, n_frames, output, settings, on_progress, encoded)
             sampled = time.perf_counter()
         finally:
             self._device_lock.release()
@@ -394,6 +374,42 @@ class Studio:
         }
         return Animation(
             out, n_frames, n_frames / FPS, settings, timing, describe_provenance(choice.provenance), choice.note
+        )
+
+    def _write(
+        self,
+        flag: threading.Event,
+        portrait: Portrait,
+        emb: torch.Tensor,
+        wav: np.ndarray,
+        n_frames: int,
+        output: str | Path,
+        settings: Settings,
+        on_progress: Callable[[Progress], None] | None,
+        encoded: float,
+    ) -> Path:
+        """Sample and write the video of `_animate` (the device is held), reporting progress from `encoded` on."""
+
+        def written(done: int, total: int) -> None:
+            if on_progress is not None:
+                on_progress(Progress(done, total, time.perf_counter() - encoded))
+            if flag.is_set():
+                raise Cancelled()
+
+        sample = self._sample_config(settings)
+        if on_progress is not None:
+            on_progress(Progress(0, n_frames, 0.0))
+        return write_animation(
+            self.model,
+            identity_of(portrait, self.size),
+            emb,
+            wav,
+            output,
+            sample,
+            settings.seed,
+            portrait=portrait if settings.output_mode == "pasted back" else None,
+            progress=False,
+            on_written=written,
         )
 
     def live_problem(self, model: str | Path | None = None) -> str | None:

@@ -7,6 +7,7 @@ import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 
 import gradio as gr
 import numpy as np
@@ -280,161 +281,183 @@ class Page:
                 "one face picture + speech -> a video of that face speaking, frame by frame."
             )
             current = self.studio.current if self.studio is not None else None
-            if current is not None:
-                model = gr.Dropdown(
-                    [(c.label, str(c.path)) for c in self.studio.choices],
-                    value=str(current.path),
-                    label="Model",
-                    info=MODEL_HELP,
-                    elem_id=ELEM["model_choice"],
-                )
-            else:
-                model = gr.State(None)
-            model_info = gr.Markdown(self._model_line(current), elem_id=ELEM["model"])
-            model_note = gr.Markdown(_note(current), elem_id=ELEM["model_note"])
-            portrait = gr.State(None)
-            face_source = gr.State(None)
+            ui = self._model_section(current)
             with gr.Row():
                 with gr.Column():
-                    with gr.Tabs():
-                        with gr.Tab("Photo"):
-                            photo = gr.Image(
-                                label="Face photo",
-                                type="filepath",
-                                sources=["upload", "webcam", "clipboard"],
-                                elem_id=ELEM["photo"],
-                                height=280,
-                            )
-                        with gr.Tab("Video"):
-                            video = gr.Video(
-                                label="Face video (its frames become the background)",
-                                sources=["upload", "webcam"],
-                                elem_id=ELEM["video"],
-                                height=280,
-                            )
-                    with gr.Row():
-                        crop = gr.Image(
-                            label="Aligned face", interactive=False, elem_id=ELEM["crop"], height=180, format="png"
-                        )
-                        face_message = gr.Markdown(
-                            "Give a photo or a video with one face, facing the camera.", elem_id=ELEM["face_message"]
-                        )
-                    with gr.Tabs():
-                        with gr.Tab("Speech file"):
-                            audio = gr.Audio(
-                                label="Speech (any format; resampled to 16 kHz mono)",
-                                type="filepath",
-                                sources=["upload", "microphone"],
-                                elem_id=ELEM["audio"],
-                            )
-                            with gr.Row():
-                                go = gr.Button(
-                                    "Generate",
-                                    variant="primary",
-                                    elem_id=ELEM["generate"],
-                                    interactive=self.studio is not None,
-                                )
-                                stop = gr.Button("Cancel", variant="stop", elem_id=ELEM["cancel"])
-                        with gr.Tab("Live"):
-                            live_note = gr.Markdown(
-                                self.live_note() if current is not None else "", elem_id=ELEM["live_note"]
-                            )
-                            mic = gr.Audio(
-                                label="Microphone (live)",
-                                sources=["microphone"],
-                                streaming=True,
-                                type="numpy",
-                                elem_id=ELEM["live_mic"],
-                            )
-                            live_frame = gr.Image(
-                                label="Live", interactive=False, elem_id=ELEM["live_frame"], height=280, format="jpeg"
-                            )
-                            live_readout = gr.Markdown(LIVE_HELP, elem_id=ELEM["live_readout"])
-                            live_video = gr.Video(
-                                label="The live recording",
-                                interactive=False,
-                                elem_id=ELEM["live_video"],
-                                autoplay=False,
-                                height=280,
-                            )
-                    with gr.Accordion("Settings", open=True):
-                        solver = gr.Dropdown(
-                            [s.value for s in Solver], value=defaults.solver, label="Sampler", info=SOLVER_HELP
-                        )
-                        steps = gr.Slider(
-                            1,
-                            200,
-                            value=defaults.steps,
-                            step=1,
-                            label="Steps per frame",
-                            info="more steps: slower, finer detail",
-                            elem_id=ELEM["steps"],
-                        )
-                        stabilize = gr.Slider(
-                            0,
-                            100,
-                            value=defaults.stabilize_every,
-                            step=1,
-                            label="Stabilisation interval (frames)",
-                            info="every N frames the identity frame re-anchors the motion; "
-                            "0: off (long videos may drift)",
-                        )
-                        seed = gr.Number(
-                            value=defaults.seed,
-                            precision=0,
-                            label="Seed",
-                            info="same seed and settings: same video",
-                            elem_id=ELEM["seed"],
-                        )
-                        mode = gr.Radio(
-                            list(OUTPUT_MODES),
-                            value=defaults.output_mode,
-                            label="Output",
-                            info="; ".join(f"{k}: {v}" for k, v in OUTPUT_MODES.items()),
-                        )
+                    self._face_inputs(ui)
+                    self._speech_tabs(ui, current)
+                    self._settings(ui, defaults)
                 with gr.Column():
-                    result = gr.Video(label="Result", interactive=False, elem_id=ELEM["result"], autoplay=False)
-                    download = gr.File(label="Download", interactive=False, elem_id=ELEM["download"])
-                    status = gr.Markdown("", elem_id=ELEM["status"])
-                    report = gr.JSON(label="Settings and timing", elem_id=ELEM["report"])
-
-            face_outputs = [crop, face_message, portrait, face_source]
-            photo.change(self.on_photo, [photo, model], face_outputs)
-            video.change(self.on_video, [video, model], face_outputs)
-            if current is not None:  # loading a model waits for the device like a job
-                model.change(
-                    self.on_model,
-                    [model, face_source],
-                    [model_info, model_note, *face_outputs],
-                    concurrency_limit=1,
-                    concurrency_id="device",
-                ).then(self.live_note, [model], [live_note], concurrency_limit=1, concurrency_id="device")
-            job = go.click(
-                self.generate,
-                [portrait, audio, solver, steps, stabilize, seed, mode, model],
-                [result, download, status, report],
-                concurrency_limit=1,
-                concurrency_id="device",
-                show_progress_on=[result],
-            )
-            stop.click(self.cancel, None, [status], cancels=[job], queue=False)
-
-            # live: the stream event holds the device's queue slot while the visitor records (a second visitor
-            # waits, as for Generate); each chunk only queues audio for the session's worker thread
-            live_outputs = [live_frame, live_readout, live_video]
-            mic.start_recording(self.live_start, None, live_outputs, concurrency_limit=None, show_progress="hidden")
-            mic.stream(
-                self.live_chunk,
-                [mic, portrait, solver, steps, stabilize, seed, mode, model],
-                [live_frame, live_readout],
-                stream_every=LIVE_CHUNK_S,
-                concurrency_limit=1,
-                concurrency_id="device",
-                show_progress_on=[live_frame],
-            )
-            mic.stop_recording(self.live_stop, None, live_outputs, concurrency_limit=None, show_progress="hidden")
+                    self._results(ui)
+            self._wire_jobs(ui, current)
+            self._wire_live(ui)
             page.unload(self.live_leave)
         return page
+
+    def _model_section(self, current: ModelChoice | None) -> SimpleNamespace:
+        """The model chooser (or a State without a model), its lines, and the face's states; the page's controls."""
+        if current is not None:
+            model = gr.Dropdown(
+                [(c.label, str(c.path)) for c in self.studio.choices],
+                value=str(current.path),
+                label="Model",
+                info=MODEL_HELP,
+                elem_id=ELEM["model_choice"],
+            )
+        else:
+            model = gr.State(None)
+        return SimpleNamespace(
+            model=model,
+            model_info=gr.Markdown(self._model_line(current), elem_id=ELEM["model"]),
+            model_note=gr.Markdown(_note(current), elem_id=ELEM["model_note"]),
+            portrait=gr.State(None),
+            face_source=gr.State(None),
+        )
+
+    @staticmethod
+    def _face_inputs(ui: SimpleNamespace) -> None:
+        """The Photo and Video tabs, then the aligned crop and its message."""
+        with gr.Tabs():
+            with gr.Tab("Photo"):
+                ui.photo = gr.Image(
+                    label="Face photo",
+                    type="filepath",
+                    sources=["upload", "webcam", "clipboard"],
+                    elem_id=ELEM["photo"],
+                    height=280,
+                )
+            with gr.Tab("Video"):
+                ui.video = gr.Video(
+                    label="Face video (its frames become the background)",
+                    sources=["upload", "webcam"],
+                    elem_id=ELEM["video"],
+                    height=280,
+                )
+        with gr.Row():
+            ui.crop = gr.Image(label="Aligned face", interactive=False, elem_id=ELEM["crop"], height=180, format="png")
+            ui.face_message = gr.Markdown(
+                "Give a photo or a video with one face, facing the camera.", elem_id=ELEM["face_message"]
+            )
+
+    def _speech_tabs(self, ui: SimpleNamespace, current: ModelChoice | None) -> None:
+        """The Speech file tab (audio, Generate, Cancel) and the Live tab (microphone, frame, readout, video)."""
+        with gr.Tabs():
+            with gr.Tab("Speech file"):
+                ui.audio = gr.Audio(
+                    label="Speech (any format; resampled to 16 kHz mono)",
+                    type="filepath",
+                    sources=["upload", "microphone"],
+                    elem_id=ELEM["audio"],
+                )
+                with gr.Row():
+                    ui.go = gr.Button(
+                        "Generate", variant="primary", elem_id=ELEM["generate"], interactive=self.studio is not None
+                    )
+                    ui.stop = gr.Button("Cancel", variant="stop", elem_id=ELEM["cancel"])
+            with gr.Tab("Live"):
+                ui.live_note = gr.Markdown(self.live_note() if current is not None else "", elem_id=ELEM["live_note"])
+                ui.mic = gr.Audio(
+                    label="Microphone (live)",
+                    sources=["microphone"],
+                    streaming=True,
+                    type="numpy",
+                    elem_id=ELEM["live_mic"],
+                )
+                ui.live_frame = gr.Image(
+                    label="Live", interactive=False, elem_id=ELEM["live_frame"], height=280, format="jpeg"
+                )
+                ui.live_readout = gr.Markdown(LIVE_HELP, elem_id=ELEM["live_readout"])
+                ui.live_video = gr.Video(
+                    label="The live recording",
+                    interactive=False,
+                    elem_id=ELEM["live_video"],
+                    autoplay=False,
+                    height=280,
+                )
+
+    @staticmethod
+    def _settings(ui: SimpleNamespace, defaults: Settings) -> None:
+        """The Settings accordion: sampler, steps, stabilisation, seed, output mode."""
+        with gr.Accordion("Settings", open=True):
+            ui.solver = gr.Dropdown([s.value for s in Solver], value=defaults.solver, label="Sampler", info=SOLVER_HELP)
+            ui.steps = gr.Slider(
+                1,
+                200,
+                value=defaults.steps,
+                step=1,
+                label="Steps per frame",
+                info="more steps: slower, finer detail",
+                elem_id=ELEM["steps"],
+            )
+            ui.stabilize = gr.Slider(
+                0,
+                100,
+                value=defaults.stabilize_every,
+                step=1,
+                label="Stabilisation interval (frames)",
+                info="every N frames the identity frame re-anchors the motion; 0: off (long videos may drift)",
+            )
+            ui.seed = gr.Number(
+                value=defaults.seed,
+                precision=0,
+                label="Seed",
+                info="same seed and settings: same video",
+                elem_id=ELEM["seed"],
+            )
+            ui.mode = gr.Radio(
+                list(OUTPUT_MODES),
+                value=defaults.output_mode,
+                label="Output",
+                info="; ".join(f"{k}: {v}" for k, v in OUTPUT_MODES.items()),
+            )
+
+    @staticmethod
+    def _results(ui: SimpleNamespace) -> None:
+        """The result column: video, download, status line, settings and timing."""
+        ui.result = gr.Video(label="Result", interactive=False, elem_id=ELEM["result"], autoplay=False)
+        ui.download = gr.File(label="Download", interactive=False, elem_id=ELEM["download"])
+        ui.status = gr.Markdown("", elem_id=ELEM["status"])
+        ui.report = gr.JSON(label="Settings and timing", elem_id=ELEM["report"])
+
+    def _wire_jobs(self, ui: SimpleNamespace, current: ModelChoice | None) -> None:
+        """The face and model events, then Generate and Cancel."""
+        face_outputs = [ui.crop, ui.face_message, ui.portrait, ui.face_source]
+        ui.photo.change(self.on_photo, [ui.photo, ui.model], face_outputs)
+        ui.video.change(self.on_video, [ui.video, ui.model], face_outputs)
+        if current is not None:  # loading a model waits for the device like a job
+            ui.model.change(
+                self.on_model,
+                [ui.model, ui.face_source],
+                [ui.model_info, ui.model_note, *face_outputs],
+                concurrency_limit=1,
+                concurrency_id="device",
+            ).then(self.live_note, [ui.model], [ui.live_note], concurrency_limit=1, concurrency_id="device")
+        job = ui.go.click(
+            self.generate,
+            [ui.portrait, ui.audio, ui.solver, ui.steps, ui.stabilize, ui.seed, ui.mode, ui.model],
+            [ui.result, ui.download, ui.status, ui.report],
+            concurrency_limit=1,
+            concurrency_id="device",
+            show_progress_on=[ui.result],
+        )
+        ui.stop.click(self.cancel, None, [ui.status], cancels=[job], queue=False)
+
+    def _wire_live(self, ui: SimpleNamespace) -> None:
+        """The microphone's events: Record, each chunk, Stop."""
+        # the stream event holds the device's queue slot while the visitor records (a second visitor waits, as
+        # for Generate); each chunk only queues audio for the session's worker thread
+        live_outputs = [ui.live_frame, ui.live_readout, ui.live_video]
+        ui.mic.start_recording(self.live_start, None, live_outputs, concurrency_limit=None, show_progress="hidden")
+        ui.mic.stream(
+            self.live_chunk,
+            [ui.mic, ui.portrait, ui.solver, ui.steps, ui.stabilize, ui.seed, ui.mode, ui.model],
+            [ui.live_frame, ui.live_readout],
+            stream_every=LIVE_CHUNK_S,
+            concurrency_limit=1,
+            concurrency_id="device",
+            show_progress_on=[ui.live_frame],
+        )
+        ui.mic.stop_recording(self.live_stop, None, live_outputs, concurrency_limit=None, show_progress="hidden")
 
     def _model_line(self, choice: ModelChoice | None) -> str:
         if self.studio is None or choice is None:

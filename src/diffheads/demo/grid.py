@@ -5,18 +5,23 @@ from __future__ import annotations
 import json
 import platform
 import shutil
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
 from diffheads.config import RunConfig, load_config
 from diffheads.data.layout import DataLayout
-from diffheads.demo.synthetic import PRESETS, _timed, clip_openings
+from diffheads.demo.synthetic import PRESETS, clip_openings
 from diffheads.errors import DiffheadsError
 from diffheads.io.atomic import atomic_write_text
+
+if TYPE_CHECKING:  # Lightning loads with these; the demo imports them when it runs
+    from diffheads.demo.steps import DemoSteps
+    from diffheads.training.train import TrainResult
 
 REAL_METRICS = ("psnr", "ssim", "smoothness", "mouth_open", "lmd")
 REPORT_KEYS = (  # metrics.json entries repeated at the top of report.json
@@ -141,9 +146,7 @@ def run_grid_demo(
 
     quick: a smoke run of seconds (no learning expected); short: CI's shortened learning check.
     """
-    from diffheads.demo.plots import contact_sheet, loss_plot, opening_plot
-    from diffheads.evaluate.run import EvaluateConfig, evaluate
-    from diffheads.sample.test_set import generate_test_set
+    from diffheads.demo.steps import DemoSteps
     from diffheads.training.train import train
 
     out = Path(out)
@@ -151,17 +154,39 @@ def run_grid_demo(
     grid_clips(Path(data.raw))  # a missing corpus fails before anything is written
     for stale in ("train", "videos", "eval"):
         shutil.rmtree(out / stale, ignore_errors=True)
-    base = [f"data.root={out / 'data'}", f"trainer.out_dir={out / 'train'}"]
-    preset = QUICK_OVERRIDES if quick else SHORT_OVERRIDES if short else []
-    cfg: RunConfig = load_config(config or PRESETS / "grid.yaml", base + preset + list(overrides))
-    size = cfg.model.image_size
+    cfg = grid_config(out, config, overrides, quick, short)
     torch.set_num_threads(max(1, torch.get_num_threads()))
-
-    prep, prepare_s = _timed(prepare_grid, out, data, size, progress)
-    result, train_s = _timed(train, cfg, progress=progress)
+    steps = DemoSteps(progress)
+    prep, prepare_s = steps.run(
+        "preparing the GRID s1 sentences", prepare_grid, out, data, cfg.model.image_size, steps.bars
+    )
+    result, train_s = steps.run("training", train, cfg, progress=progress, own_progress=True)
     model_path = out / "model.ckpt"
     model_path.write_bytes(result.model_path.read_bytes())
-    gen, sample_s = _timed(
+    videos, summary, seconds = generate_and_evaluate(out, cfg, model_path, steps)
+    run = GridRun(cfg, data, quick, short, prep, result, model_path, videos, summary, prepare_s, train_s, **seconds)
+    report = grid_report(run)
+    report["figures"] = [str(p) for p in grid_figures(out, videos)]
+    atomic_write_text(out / "report.json", json.dumps(report, indent=2, default=float))
+    return report
+
+
+def grid_config(out: Path, config: str | Path | None, overrides: Sequence[str], quick: bool, short: bool) -> RunConfig:
+    """The GRID run config: the preset (or `config`) on out/data, training into out/train, then `overrides`."""
+    base = [f"data.root={out / 'data'}", f"trainer.out_dir={out / 'train'}"]
+    preset = QUICK_OVERRIDES if quick else SHORT_OVERRIDES if short else []
+    return load_config(config or PRESETS / "grid.yaml", base + preset + list(overrides))
+
+
+def generate_and_evaluate(
+    out: Path, cfg: RunConfig, model_path: Path, steps: DemoSteps
+) -> tuple[dict[str, Path], dict[str, Any], dict[str, float]]:
+    """Speak the held-out sentences (out/videos), evaluate them (out/eval): (clip id -> video, summary, seconds)."""
+    from diffheads.evaluate.run import EvaluateConfig, evaluate
+    from diffheads.sample.test_set import generate_test_set
+
+    gen, sample_s = steps.run(
+        "generating the held-out sentences",
         generate_test_set,
         model_path,
         out / "data",
@@ -169,49 +194,78 @@ def run_grid_demo(
         cfg.sample,
         skip_existing=False,
         seed=cfg.trainer.seed,
-        progress=progress,
+        progress=steps.bars,
     )
-    layout = DataLayout.of(out / "data")
     videos = {str(p.relative_to(out / "videos").with_suffix("")): p for p in gen.written}
-    summary, evaluate_s = _timed(
-        evaluate, out / "videos", out / "data", out / "eval", EvaluateConfig(metrics=REAL_METRICS), progress=progress
+    metrics = EvaluateConfig(metrics=REAL_METRICS)
+    summary, evaluate_s = steps.run(
+        "evaluating them", evaluate, out / "videos", out / "data", out / "eval", metrics, progress=steps.bars
     )
-    metrics = summary["metrics"]
-    n_frames = int(summary["n_frames"])
-    report: dict[str, Any] = {
+    return videos, summary, {"sample_s": sample_s, "evaluate_s": evaluate_s}
+
+
+@dataclass
+class GridRun:
+    """What a GRID demo run made, for its report."""
+
+    cfg: RunConfig
+    data: GridDemoData
+    quick: bool
+    short: bool
+    prep: dict[str, Any]  # prepare's report
+    result: TrainResult
+    model_path: Path
+    videos: dict[str, Path]  # clip id -> generated video
+    summary: dict[str, Any]  # evaluate's summary
+    prepare_s: float
+    train_s: float
+    sample_s: float
+    evaluate_s: float
+
+
+def grid_report(run: GridRun) -> dict[str, Any]:
+    """report.json without its figures: the lip-sync keys first, then sizes, timings and settings."""
+    metrics, cfg = run.summary["metrics"], run.cfg
+    n_frames = int(run.summary["n_frames"])
+    return {
         **{key: metrics.get(key, {}).get("value") for key in REPORT_KEYS},
         "real_lmd_detection_rate": metrics.get("lmd_detection_rate", {}).get("real"),
         "mouth_open_measure": metrics.get("mouth_open_r", {}).get("variant"),
         "control": "each generated clip against the real frames of another held-out sentence (chance level; GRID's "
         "fixed grammar makes it a little above 0)",
-        "n_clips": len(videos),
+        "n_clips": len(run.videos),
         "n_frames": n_frames,
-        "n_train_clips": prep["train_clips"],
-        "n_test_clips": prep["test_clips"],
-        "prepare_seconds": round(prepare_s, 1),
-        "train_seconds": round(train_s, 1),
-        "sample_seconds": round(sample_s, 1),
-        "sample_seconds_per_frame": round(sample_s / max(1, n_frames), 4),
-        "evaluate_seconds": round(evaluate_s, 1),
-        "train_steps": result.steps,
-        "final_loss": result.final_loss,
+        "n_train_clips": run.prep["train_clips"],
+        "n_test_clips": run.prep["test_clips"],
+        "prepare_seconds": round(run.prepare_s, 1),
+        "train_seconds": round(run.train_s, 1),
+        "sample_seconds": round(run.sample_s, 1),
+        "sample_seconds_per_frame": round(run.sample_s / max(1, n_frames), 4),
+        "evaluate_seconds": round(run.evaluate_s, 1),
+        "train_steps": run.result.steps,
+        "final_loss": run.result.final_loss,
         "solver": cfg.sample.solver.value,
         "sample_steps": cfg.sample.steps,
-        "image_size": size,
+        "image_size": cfg.model.image_size,
         "prediction": cfg.diffusion.prediction.value,
-        "quick": quick,
-        "short": short,
-        "dataset": {"corpus": "GRID speaker s1 (Cooke et al. 2006, CC BY 4.0)", **asdict(data)},
+        "quick": run.quick,
+        "short": run.short,
+        "dataset": {"corpus": "GRID speaker s1 (Cooke et al. 2006, CC BY 4.0)", **asdict(run.data)},
         "evaluation": {name: {"generated": m.get("value"), "real": m.get("real")} for name, m in metrics.items()},
         "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads()},
-        "model": str(model_path),
+        "model": str(run.model_path),
     }
+
+
+def grid_figures(out: Path, videos: dict[str, Path]) -> list[Path]:
+    """contact_sheet.png (real rows over generated rows), mouth_opening.png and, when logged, loss.png."""
+    from diffheads.demo.plots import contact_sheet, loss_plot, opening_plot
+
+    layout = DataLayout.of(out / "data")
     measures = measure_openings(layout, videos)
     figures = [
         contact_sheet(out / "contact_sheet.png", layout, videos, max_clips=8),
         opening_plot(out / "mouth_opening.png", measures, truth_label="real frames (measured)"),
     ]
     loss = loss_plot(out / "loss.png", out / "train")
-    report["figures"] = [str(p) for p in figures + ([loss] if loss else [])]
-    atomic_write_text(out / "report.json", json.dumps(report, indent=2, default=float))
-    return report
+    return figures + ([loss] if loss else [])

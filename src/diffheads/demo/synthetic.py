@@ -7,19 +7,23 @@ import json
 import platform
 import shutil
 import sys
-import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from diffheads.config import RunConfig, load_config
+from diffheads.config import RunConfig, SampleConfig, load_config
 from diffheads.data.layout import DataLayout
 from diffheads.errors import DiffheadsError
 from diffheads.io.atomic import atomic_write_text
 from diffheads.metrics.mouth import lip_sync_r, mouth_opening, pearson_r
+
+if TYPE_CHECKING:  # Lightning loads with these; the demo imports them when it runs
+    from diffheads.demo.steps import DemoSteps
+    from diffheads.training.train import TrainResult
 
 PRESETS = Path(__file__).resolve().parent.parent / "configs"
 
@@ -56,12 +60,6 @@ QUICK_OVERRIDES = [
     "sample.steps=2",
     "optim.batch_size=4",
 ]
-
-
-def _timed(fn, *args, **kwargs):  # noqa: ANN001, ANN002, ANN003, ANN202
-    start = time.perf_counter()
-    out = fn(*args, **kwargs)
-    return out, time.perf_counter() - start
 
 
 def measure_clips(layout: DataLayout, videos: dict[str, Path], size: int) -> dict[str, dict[str, np.ndarray]]:
@@ -141,25 +139,47 @@ def run_demo(
     distil: bool = True,
 ) -> dict[str, Any]:
     """The whole demo; returns (and writes) the report (its "student" is None with `distil` off)."""
-    from diffheads.audio.encoders import LogMelEncoder
-    from diffheads.prepare.embed import embed_dataset
-    from diffheads.sample.test_set import generate_test_set
-    from diffheads.synth.dataset import make_synthetic_dataset
-    from diffheads.training.train import train
+    from diffheads.demo.steps import DemoSteps
 
     out = Path(out)
     for stale in ("data", "train", "videos", "eval", "distill", "student"):  # the demo owns these; old clips,
         shutil.rmtree(out / stale, ignore_errors=True)  # embeddings or students would leak in
     data = data or (QUICK_DATA if quick else DemoData())
     distillation = distillation or (QUICK_DISTILL if quick else DemoDistill())
-    base: list[str] = [f"data.root={out / 'data'}", f"trainer.out_dir={out / 'train'}"]
-    cfg: RunConfig = load_config(
-        config or PRESETS / "demo.yaml", base + (QUICK_OVERRIDES if quick else []) + list(overrides)
-    )
+    cfg = demo_config(out, config, overrides, quick)
     size = cfg.model.image_size
     torch.set_num_threads(max(1, torch.get_num_threads()))
+    steps = DemoSteps()
+    seconds = make_demo_data(out, data, size, steps)
+    result, model_path, videos, more = train_and_generate(out, cfg, steps)
+    layout = DataLayout.of(out / "data")
+    measures = measure_clips(layout, videos, size)
+    report = demo_report(cfg, result, measures, {**seconds, **more}, quick, data, model_path)
+    report["figures"] = [str(p) for p in write_figures(out, layout, videos, measures)]
+    report["evaluation"], report["evaluate_seconds"] = _evaluation(out, steps)
+    report["drift"] = drift_summary(report["evaluation"].pop("drift", None))
+    report["student"] = (
+        distil_and_measure(out, model_path, distillation, cfg.trainer.seed, layout, size, steps) if distil else None
+    )
+    atomic_write_text(out / "report.json", json.dumps(report, indent=2, default=float))
+    return report
 
-    _, synth_s = _timed(
+
+def demo_config(out: Path, config: str | Path | None, overrides: Sequence[str], quick: bool) -> RunConfig:
+    """The demo's run config: the preset (or `config`) reading out/data and training into out/train, then `overrides`."""
+    base = [f"data.root={out / 'data'}", f"trainer.out_dir={out / 'train'}"]
+    return load_config(config or PRESETS / "demo.yaml", base + (QUICK_OVERRIDES if quick else []) + list(overrides))
+
+
+def make_demo_data(out: Path, data: DemoData, size: int, steps: DemoSteps) -> dict[str, float]:
+    """Synthesise the faces into out/data and embed their audio; the seconds of each ("synth", "embed")."""
+    from diffheads.audio.encoders import LogMelEncoder
+    from diffheads.prepare.embed import embed_dataset
+    from diffheads.synth.dataset import make_synthetic_dataset
+
+    n_clips = data.n_train_identities * data.clips_per_identity + data.n_test_identities * data.test_clips_per_identity
+    _, synth_s = steps.run(
+        f"synthesising {n_clips} clips",
         make_synthetic_dataset,
         out / "data",
         n_train_identities=data.n_train_identities,
@@ -169,40 +189,75 @@ def run_demo(
         seconds=data.seconds,
         size=size,
         seed=data.seed,
+        progress=steps.bars,
     )
-    encoder = LogMelEncoder()
-    _, embed_s = _timed(embed_dataset, out / "data", None, encoder)
-    result, train_s = _timed(train, cfg)
+    _, embed_s = steps.run(
+        "embedding their audio", embed_dataset, out / "data", None, LogMelEncoder(), progress=steps.bars
+    )
+    return {"synth": synth_s, "embed": embed_s}
+
+
+def train_and_generate(
+    out: Path, cfg: RunConfig, steps: DemoSteps
+) -> tuple[TrainResult, Path, dict[str, Path], dict[str, float]]:
+    """Train, copy the model to out/model.ckpt, generate out/videos: (result, model, clip id -> video, seconds)."""
+    from diffheads.training.train import train
+
+    result, train_s = steps.run("training", train, cfg, own_progress=True)
     model_path = out / "model.ckpt"
     model_path.write_bytes(result.model_path.read_bytes())
-    gen, sample_s = _timed(
-        generate_test_set,
-        model_path,
-        out / "data",
-        out / "videos",
-        cfg.sample,
-        skip_existing=False,
-        seed=cfg.trainer.seed,
+    videos, sample_s = generate_clips(
+        steps, "generating the held-out clips", model_path, out, "videos", cfg.sample, cfg.trainer.seed
     )
-    layout = DataLayout.of(out / "data")
-    videos = {str(p.relative_to(out / "videos").with_suffix("")): p for p in gen.written}
-    measures = measure_clips(layout, videos, size)
+    return result, model_path, videos, {"train": train_s, "sample": sample_s}
+
+
+def generate_clips(
+    steps: DemoSteps, what: str, model: Path, out: Path, folder: str, sample: SampleConfig, seed: int
+) -> tuple[dict[str, Path], float]:
+    """Generate every held-out clip of out/data with `model` into out/`folder`: (clip id -> video, seconds)."""
+    from diffheads.sample.test_set import generate_test_set
+
+    gen, seconds = steps.run(
+        what,
+        generate_test_set,
+        model,
+        out / "data",
+        out / folder,
+        sample,
+        skip_existing=False,
+        seed=seed,
+        progress=steps.bars,
+    )
+    return {str(p.relative_to(out / folder).with_suffix("")): p for p in gen.written}, seconds
+
+
+def demo_report(
+    cfg: RunConfig,
+    result: TrainResult,
+    measures: dict[str, dict[str, np.ndarray]],
+    seconds: dict[str, float],
+    quick: bool,
+    data: DemoData,
+    model_path: Path,
+) -> dict[str, Any]:
+    """The report's lip-sync measures, timings and settings (figures, evaluation, drift and student come after)."""
     n_frames = int(sum(len(m["truth"]) for m in measures.values()))
-    report: dict[str, Any] = {
+    return {
         **lip_sync_summary(measures),
         "pixel_mae": mean_pixel_mae(measures),
-        "n_clips": len(videos),
+        "n_clips": len(measures),
         "n_frames": n_frames,
-        "train_seconds": round(train_s, 1),
-        "sample_seconds": round(sample_s, 1),
-        "sample_seconds_per_frame": round(sample_s / max(1, n_frames), 4),
-        "synth_seconds": round(synth_s, 1),
-        "embed_seconds": round(embed_s, 1),
+        "train_seconds": round(seconds["train"], 1),
+        "sample_seconds": round(seconds["sample"], 1),
+        "sample_seconds_per_frame": round(seconds["sample"] / max(1, n_frames), 4),
+        "synth_seconds": round(seconds["synth"], 1),
+        "embed_seconds": round(seconds["embed"], 1),
         "train_steps": result.steps,
         "final_loss": result.final_loss,
         "solver": cfg.sample.solver.value,
         "sample_steps": cfg.sample.steps,
-        "image_size": size,
+        "image_size": cfg.model.image_size,
         "prediction": cfg.diffusion.prediction.value,
         "quick": quick,
         "dataset": dataclasses.asdict(data),
@@ -210,14 +265,6 @@ def run_demo(
         "machine": {"platform": platform.platform(), "torch": torch.__version__, "threads": torch.get_num_threads()},
         "model": str(model_path),
     }
-    report["figures"] = [str(p) for p in write_figures(out, layout, videos, measures)]
-    report["evaluation"], report["evaluate_seconds"] = _evaluation(out)
-    report["drift"] = drift_summary(report["evaluation"].pop("drift", None))
-    report["student"] = (
-        distil_and_measure(out, model_path, distillation, cfg.trainer.seed, layout, size) if distil else None
-    )
-    atomic_write_text(out / "report.json", json.dumps(report, indent=2, default=float))
-    return report
 
 
 def mean_pixel_mae(measures: dict[str, dict[str, np.ndarray]]) -> float:
@@ -226,15 +273,23 @@ def mean_pixel_mae(measures: dict[str, dict[str, np.ndarray]]) -> float:
 
 
 def distil_and_measure(
-    out: Path, teacher: Path, settings: DemoDistill, seed: int, layout: DataLayout, size: int
+    out: Path,
+    teacher: Path,
+    settings: DemoDistill,
+    seed: int,
+    layout: DataLayout,
+    size: int,
+    steps: DemoSteps | None = None,
 ) -> dict[str, Any]:
     """Distil the demo model (out/distill/student_N.ckpt), generate the held-out clips with the last student
     (out/student/) and measure them as the teacher's: lip sync, its control and pixel error."""
     from diffheads.checkpoint import load_model
-    from diffheads.sample.test_set import generate_test_set
+    from diffheads.demo.steps import DemoSteps
     from diffheads.training.distill import distill
 
-    done, distill_s = _timed(
+    steps = steps or DemoSteps()
+    done, distill_s = steps.run(
+        "distilling the model",
         distill,
         teacher,
         out / "data",
@@ -242,14 +297,15 @@ def distil_and_measure(
         target_steps=settings.target_steps,
         teacher_steps=settings.teacher_steps,
         steps_per_round=settings.steps_per_round,
+        overrides=["trainer.accelerator=cpu"],  # the demo runs on CPU, as its training did (configs/demo.yaml)
         log=lambda line: print(f"diffheads demo: distill {line}", file=sys.stderr, flush=True),
+        own_progress=True,
     )
     student = done.rounds[-1].model_path
     sample = load_model(student, "cpu").cfg.sample
-    gen, sample_s = _timed(
-        generate_test_set, student, out / "data", out / "student", sample, skip_existing=False, seed=seed
+    videos, sample_s = generate_clips(
+        steps, "generating the held-out clips with the student", student, out, "student", sample, seed
     )
-    videos = {str(p.relative_to(out / "student").with_suffix("")): p for p in gen.written}
     measures = measure_clips(layout, videos, size)
     n_frames = int(sum(len(m["truth"]) for m in measures.values()))
     summary = lip_sync_summary(measures)
@@ -292,13 +348,15 @@ def drift_summary(drift: dict[str, Any] | None) -> dict[str, Any] | None:
     return out
 
 
-def _evaluation(out: Path) -> tuple[dict[str, Any], float]:
+def _evaluation(out: Path, steps: DemoSteps) -> tuple[dict[str, Any], float]:
     """`diffheads evaluate` on the demo's clips with the metrics that need no downloaded weights (out/eval/);
     the drift section is returned whole under "drift"."""
     from diffheads.evaluate.run import EvaluateConfig, evaluate
 
     cfg = EvaluateConfig(metrics=("psnr", "ssim", "blinks", "smoothness", "lipsync", "drift"))
-    summary, seconds = _timed(evaluate, out / "videos", out / "data", out / "eval", cfg)
+    summary, seconds = steps.run(
+        "evaluating the clips", evaluate, out / "videos", out / "data", out / "eval", cfg, progress=steps.bars
+    )
     values = {
         name: {"generated": m.get("value"), "real": m.get("real")}
         for name, m in summary["metrics"].items()

@@ -177,14 +177,11 @@ def lmd_row(gen_lm: np.ndarray, real_lm: np.ndarray) -> dict[str, float | int]:
     }
 
 
-def video_metrics(pair: LoadedPair, cfg: EvaluateConfig, scorers: Scorers) -> tuple[dict[str, Any], dict[str, Any]]:
-    """Per-video numbers (a CSV row) and the curves worth plotting for this clip."""
-    from diffheads.metrics import blinks, fidelity, smoothness
+def _pixel_columns(row: dict[str, Any], pair: LoadedPair, cfg: EvaluateConfig, wanted: set[str]) -> None:
+    """PSNR and SSIM against the real frames, and the smoothness (OFM, F-MSE) of the generated and real ones."""
+    from diffheads.metrics import fidelity, smoothness
 
-    wanted = set(cfg.metrics)
     gen, real = pair.generated, pair.real
-    row: dict[str, Any] = {"clip": pair.rel, "frames": len(gen)}
-    curves: dict[str, Any] = {}
     if real is not None and "psnr" in wanted:
         row["psnr"] = fidelity.psnr(gen, real)
     if real is not None and "ssim" in wanted:
@@ -194,6 +191,13 @@ def video_metrics(pair: LoadedPair, cfg: EvaluateConfig, scorers: Scorers) -> tu
             if frames is not None:
                 row[f"{name}ofm"] = smoothness.ofm(frames, legacy=cfg.legacy_smoothness)
                 row[f"{name}fmse"] = smoothness.fmse(frames, legacy=cfg.legacy_smoothness)
+
+
+def _video_landmarks(
+    pair: LoadedPair, wanted: set[str], scorers: Scorers
+) -> tuple[np.ndarray | None, np.ndarray | None, bool]:
+    """Face Mesh landmarks of the generated and real frames where a measure needs them, and whether any does."""
+    gen, real = pair.generated, pair.real
     # Face Mesh on the frames of both videos, so generated and real are measured the same way (one pass each)
     needs_landmarks = (
         "blinks" in wanted or scorers.syncnet is not None or ("lmd" in wanted and real is not None) or "drift" in wanted
@@ -202,29 +206,57 @@ def video_metrics(pair: LoadedPair, cfg: EvaluateConfig, scorers: Scorers) -> tu
     needs_mouth_box = needs_mouth and pair.real_landmarks is None
     gen_lm = face_landmarks(gen) if needs_landmarks else None
     real_lm = face_landmarks(real) if (needs_landmarks or needs_mouth_box) and real is not None else None
-    row["face_found"] = bool(_usable(gen_lm, len(gen))) if needs_landmarks else None
-    if "blinks" in wanted:
-        for name, frames, lm in (("", gen, gen_lm), ("real_", real, real_lm)):
-            if frames is not None and _usable(lm, len(frames)):
-                stats = blinks.blink_stats(_filled(lm), FPS, legacy=cfg.legacy_blinks, height=cfg.blink_height)
-                row[f"{name}blinks"] = stats["blinks"]
-                row[f"{name}blinks_per_second"] = stats["blinks_per_second"]
-                row[f"{name}blink_duration_frames"] = stats["mean_duration_frames"]
-                curves[f"{name}ear"] = blinks.eye_aspect_ratio(_filled(lm))
-    if scorers.syncnet is not None and pair.audio is not None:
-        from diffheads.metrics.syncnet import evaluate_sync
+    return gen_lm, real_lm, needs_landmarks
 
-        for name, frames, lm in (("", gen, gen_lm), ("real_", real, real_lm)):
-            if frames is None or not _usable(lm, len(frames)):
-                continue
-            result = evaluate_sync(scorers.syncnet, frames, _filled(lm), pair.audio)
-            row[f"{name}av_offset"] = result.av_offset
-            row[f"{name}av_confidence"] = result.av_confidence
-            row[f"{name}lse_d"] = result.lse_d
-            row[f"{name}lse_c"] = result.lse_c
-            curves[f"{name}sync"] = result.mean_dists
+
+def _blink_columns(
+    row: dict[str, Any],
+    curves: dict[str, Any],
+    pair: LoadedPair,
+    landmarks: tuple[np.ndarray | None, np.ndarray | None],
+    cfg: EvaluateConfig,
+) -> None:
+    """Blink rate and duration, and the eye aspect ratio curve, of each video with usable landmarks."""
+    from diffheads.metrics import blinks
+
+    for name, frames, lm in (("", pair.generated, landmarks[0]), ("real_", pair.real, landmarks[1])):
+        if frames is not None and _usable(lm, len(frames)):
+            stats = blinks.blink_stats(_filled(lm), FPS, legacy=cfg.legacy_blinks, height=cfg.blink_height)
+            row[f"{name}blinks"] = stats["blinks"]
+            row[f"{name}blinks_per_second"] = stats["blinks_per_second"]
+            row[f"{name}blink_duration_frames"] = stats["mean_duration_frames"]
+            curves[f"{name}ear"] = blinks.eye_aspect_ratio(_filled(lm))
+
+
+def _sync_columns(
+    row: dict[str, Any],
+    curves: dict[str, Any],
+    pair: LoadedPair,
+    landmarks: tuple[np.ndarray | None, np.ndarray | None],
+    syncnet: Any,
+) -> None:
+    """SyncNet AV offset and confidence, LSE-D and LSE-C, and the distance curve, of each video with landmarks."""
+    from diffheads.metrics.syncnet import evaluate_sync
+
+    for name, frames, lm in (("", pair.generated, landmarks[0]), ("real_", pair.real, landmarks[1])):
+        if frames is None or not _usable(lm, len(frames)):
+            continue
+        result = evaluate_sync(syncnet, frames, _filled(lm), pair.audio)
+        row[f"{name}av_offset"] = result.av_offset
+        row[f"{name}av_confidence"] = result.av_confidence
+        row[f"{name}lse_d"] = result.lse_d
+        row[f"{name}lse_c"] = result.lse_c
+        curves[f"{name}sync"] = result.mean_dists
+
+
+def _mouth_columns(
+    row: dict[str, Any], curves: dict[str, Any], pair: LoadedPair, real_lm: np.ndarray | None, wanted: set[str]
+) -> tuple[np.ndarray, np.ndarray] | None:
+    """mouth_open_r over speech; returns the (generated, real) mouth opening in the real clip's mouth box, if any."""
+    gen, real = pair.generated, pair.real
+    needs_mouth = "mouth_open" in wanted or "drift" in wanted
     box = _mouth_box(pair, real_lm) if real is not None and needs_mouth else None
-    series = None  # mouth opening of the generated and the real frames, in the real clip's mouth box
+    series = None
     if box is not None:
         from diffheads.metrics.mouth import mouth_opening
 
@@ -241,6 +273,48 @@ def video_metrics(pair: LoadedPair, cfg: EvaluateConfig, scorers: Scorers) -> tu
             row["speech_frames"] = len(spoken[0])
             curves["mouth_open_real"] = spoken
             curves["mouth_open_real_whole"] = series
+    return series
+
+
+def _lipsync_columns(row: dict[str, Any], curves: dict[str, Any], pair: LoadedPair, wanted: set[str]) -> None:
+    """Synthetic data only: Pearson r of the measured against the true mouth opening, generated and real."""
+    known = pair.real_landmarks  # the synthetic data's exact landmarks give the mouth boxes
+    if "lipsync" in wanted and pair.truth is not None and "mouth_open" in pair.truth and known is not None:
+        from diffheads.metrics.mouth import mouth_opening, pearson_r
+
+        gen, real = pair.generated, pair.real
+        truth = pair.truth["mouth_open"][: len(gen)]
+        opening = mouth_opening(gen[: len(truth)], known[: len(truth), 48:68])
+        row["lip_sync_r"] = pearson_r(opening, truth)
+        if real is not None:
+            row["real_lip_sync_r"] = pearson_r(mouth_opening(real[: len(truth)], known[: len(truth), 48:68]), truth)
+        curves["mouth_open"] = (opening, truth)
+
+
+def _update_set_scorers(scorers: Scorers, gen: np.ndarray, real: np.ndarray | None) -> None:
+    """Feed the generated and real frames to the set-level accumulators (FID, FVD)."""
+    if scorers.fid is not None and real is not None:
+        scorers.fid.update(gen, real=False)
+        scorers.fid.update(real, real=True)
+    if scorers.fvd is not None and real is not None:
+        scorers.fvd.update(gen, real=False)
+        scorers.fvd.update(real, real=True)
+
+
+def video_metrics(pair: LoadedPair, cfg: EvaluateConfig, scorers: Scorers) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Per-video numbers (a CSV row) and the curves worth plotting for this clip."""
+    wanted = set(cfg.metrics)
+    gen, real = pair.generated, pair.real
+    row: dict[str, Any] = {"clip": pair.rel, "frames": len(gen)}
+    curves: dict[str, Any] = {}
+    _pixel_columns(row, pair, cfg, wanted)
+    gen_lm, real_lm, needs_landmarks = _video_landmarks(pair, wanted, scorers)
+    row["face_found"] = bool(_usable(gen_lm, len(gen))) if needs_landmarks else None
+    if "blinks" in wanted:
+        _blink_columns(row, curves, pair, (gen_lm, real_lm), cfg)
+    if scorers.syncnet is not None and pair.audio is not None:
+        _sync_columns(row, curves, pair, (gen_lm, real_lm), scorers.syncnet)
+    series = _mouth_columns(row, curves, pair, real_lm, wanted)
     if real is not None and gen_lm is not None and real_lm is not None and "lmd" in wanted:
         to_real = _to_real_pixels(pair)
         gen_px, real_px = gen_lm * to_real, real_lm * to_real
@@ -251,22 +325,8 @@ def video_metrics(pair: LoadedPair, cfg: EvaluateConfig, scorers: Scorers) -> tu
 
         curves["drift"] = drift.video_drift(gen, gen_lm, real, real_lm, series, fps=FPS)
         row.update(drift.video_columns(curves["drift"]))
-    known = pair.real_landmarks  # the synthetic data's exact landmarks give the mouth boxes
-    if "lipsync" in wanted and pair.truth is not None and "mouth_open" in pair.truth and known is not None:
-        from diffheads.metrics.mouth import mouth_opening, pearson_r
-
-        truth = pair.truth["mouth_open"][: len(gen)]
-        opening = mouth_opening(gen[: len(truth)], known[: len(truth), 48:68])
-        row["lip_sync_r"] = pearson_r(opening, truth)
-        if real is not None:
-            row["real_lip_sync_r"] = pearson_r(mouth_opening(real[: len(truth)], known[: len(truth), 48:68]), truth)
-        curves["mouth_open"] = (opening, truth)
-    if scorers.fid is not None and real is not None:
-        scorers.fid.update(gen, real=False)
-        scorers.fid.update(real, real=True)
-    if scorers.fvd is not None and real is not None:
-        scorers.fvd.update(gen, real=False)
-        scorers.fvd.update(real, real=True)
+    _lipsync_columns(row, curves, pair, wanted)
+    _update_set_scorers(scorers, gen, real)
     return row, curves
 
 
@@ -425,13 +485,8 @@ def real_lipsync_metrics(
     return out
 
 
-def aggregate(
-    rows: list[dict[str, Any]],
-    cfg: EvaluateConfig,
-    scorers: Scorers,
-    clip_curves: dict[str, dict[str, Any]] | None = None,
-) -> dict[str, Any]:
-    """metrics.json's `metrics` section: each value with its variant and what it was computed over."""
+def _per_video_metrics(rows: list[dict[str, Any]], cfg: EvaluateConfig) -> dict[str, Any]:
+    """The metrics that are means of per_video.csv columns (generated and real), in report order."""
     metrics: dict[str, Any] = {}
 
     def per_video(name: str, key: str, variant: str, **extra: Any) -> None:
@@ -469,12 +524,12 @@ def aggregate(
     per_video(
         "lip_sync_r", "lip_sync_r", "synthetic data: Pearson r of measured vs true mouth opening (per-video mean)"
     )
-    metrics.update(real_lipsync_metrics(rows, cfg, scorers, clip_curves or {}))
-    drifts = [c["drift"] for c in (clip_curves or {}).values() if "drift" in c]
-    if "drift" in cfg.metrics and drifts:
-        from diffheads.metrics.drift import drift_metrics
+    return metrics
 
-        metrics["drift"] = drift_metrics(drifts, FPS)
+
+def _distribution_metrics(scorers: Scorers) -> dict[str, Any]:
+    """FID and FVD from the accumulated features; a scorer that cannot compute is recorded as skipped."""
+    metrics: dict[str, Any] = {}
     if scorers.fid is not None:
         try:
             result = scorers.fid.compute()
@@ -501,6 +556,24 @@ def aggregate(
             }
         except DiffheadsError as err:
             scorers.skipped["fvd"] = str(err)
+    return metrics
+
+
+def aggregate(
+    rows: list[dict[str, Any]],
+    cfg: EvaluateConfig,
+    scorers: Scorers,
+    clip_curves: dict[str, dict[str, Any]] | None = None,
+) -> dict[str, Any]:
+    """metrics.json's `metrics` section: each value with its variant and what it was computed over."""
+    metrics = _per_video_metrics(rows, cfg)
+    metrics.update(real_lipsync_metrics(rows, cfg, scorers, clip_curves or {}))
+    drifts = [c["drift"] for c in (clip_curves or {}).values() if "drift" in c]
+    if "drift" in cfg.metrics and drifts:
+        from diffheads.metrics.drift import drift_metrics
+
+        metrics["drift"] = drift_metrics(drifts, FPS)
+    metrics.update(_distribution_metrics(scorers))
     if "sync" in cfg.metrics and scorers.syncnet is not None:
         for key in ("av_offset", "av_confidence", "lse_d", "lse_c"):
             if key in metrics:

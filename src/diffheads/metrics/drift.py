@@ -242,6 +242,25 @@ def _detection_rate(landmarks: np.ndarray | None) -> float | None:
     return float(np.isfinite(landmarks).all(axis=(1, 2)).mean()) if len(landmarks) else None
 
 
+def _against_real(
+    gen_lab: np.ndarray,
+    gen_sharp: np.ndarray,
+    gen_points: np.ndarray,
+    real_lab: np.ndarray,
+    real_sharp: np.ndarray,
+    real_landmarks: np.ndarray | None,
+) -> dict[str, np.ndarray]:
+    """Per-frame colour difference, shape residual and sharpness ratio of the generated frames to the real ones."""
+    real_points = real_landmarks if real_landmarks is not None else np.full((len(gen_lab), 68, 2), np.nan)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        ratio = np.where(real_sharp > 0, gen_sharp / real_sharp, np.nan)
+    return {
+        "colour_de2000": colour_difference(gen_lab, real_lab),
+        "shape_rms_iod": similarity_residual(gen_points, real_points),
+        "sharpness_ratio": ratio,
+    }
+
+
 def video_drift(
     generated: np.ndarray,
     generated_landmarks: np.ndarray | None,
@@ -285,14 +304,7 @@ def video_drift(
         "against_real": {},
     }
     if with_real:
-        real_points = real_landmarks if real_landmarks is not None else np.full((n, 68, 2), np.nan)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            ratio = np.where(real_sharp > 0, gen_sharp / real_sharp, np.nan)
-        per_frame["against_real"] = {
-            "colour_de2000": colour_difference(gen_lab, real_lab),
-            "shape_rms_iod": similarity_residual(gen_points, real_points),
-            "sharpness_ratio": ratio,
-        }
+        per_frame["against_real"] = _against_real(gen_lab, gen_sharp, gen_points, real_lab, real_sharp, real_landmarks)
     out: dict[str, Any] = {
         "frames": n,
         "fps": fps,

@@ -43,71 +43,81 @@ _MFCC_FRAME_LEN = 400
 _MFCC_FRAME_STEP = 160
 
 
+def _audio_cnn() -> nn.Sequential:
+    """The reference `netcnnaud`: MFCC window -> (B, 512, 1, 1)."""
+    return nn.Sequential(
+        nn.Conv2d(1, 64, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1)),
+        nn.BatchNorm2d(64),
+        nn.ReLU(inplace=True),
+        # A no-op pool, kept because it occupies index 3 and so fixes the state-dict key numbering.
+        nn.MaxPool2d(kernel_size=(1, 1), stride=(1, 1)),
+        nn.Conv2d(64, 192, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1)),
+        nn.BatchNorm2d(192),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(kernel_size=(3, 3), stride=(1, 2)),
+        nn.Conv2d(192, 384, kernel_size=(3, 3), padding=(1, 1)),
+        nn.BatchNorm2d(384),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(384, 256, kernel_size=(3, 3), padding=(1, 1)),
+        nn.BatchNorm2d(256),
+        nn.ReLU(inplace=True),
+        nn.Conv2d(256, 256, kernel_size=(3, 3), padding=(1, 1)),
+        nn.BatchNorm2d(256),
+        nn.ReLU(inplace=True),
+        nn.MaxPool2d(kernel_size=(3, 3), stride=(2, 2)),
+        nn.Conv2d(256, 512, kernel_size=(5, 4), padding=(0, 0)),
+        nn.BatchNorm2d(512),
+        nn.ReLU(),
+    )
+
+
+def _embedding_head(embed_dim: int) -> nn.Sequential:
+    """The reference `netfcaud` / `netfclip`: 512 features -> embed_dim."""
+    return nn.Sequential(
+        nn.Linear(512, 512),
+        nn.BatchNorm1d(512),
+        nn.ReLU(),
+        nn.Linear(512, embed_dim),
+    )
+
+
+def _lip_cnn() -> nn.Sequential:
+    """The reference `netcnnlip`: 5-frame mouth crops -> (B, 512, 1, 1, 1)."""
+    return nn.Sequential(
+        nn.Conv3d(3, 96, kernel_size=(5, 7, 7), stride=(1, 2, 2), padding=0),
+        nn.BatchNorm3d(96),
+        nn.ReLU(inplace=True),
+        nn.MaxPool3d(kernel_size=(1, 3, 3), stride=(1, 2, 2)),
+        nn.Conv3d(96, 256, kernel_size=(1, 5, 5), stride=(1, 2, 2), padding=(0, 1, 1)),
+        nn.BatchNorm3d(256),
+        nn.ReLU(inplace=True),
+        nn.MaxPool3d(kernel_size=(1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)),
+        nn.Conv3d(256, 256, kernel_size=(1, 3, 3), padding=(0, 1, 1)),
+        nn.BatchNorm3d(256),
+        nn.ReLU(inplace=True),
+        nn.Conv3d(256, 256, kernel_size=(1, 3, 3), padding=(0, 1, 1)),
+        nn.BatchNorm3d(256),
+        nn.ReLU(inplace=True),
+        nn.Conv3d(256, 256, kernel_size=(1, 3, 3), padding=(0, 1, 1)),
+        nn.BatchNorm3d(256),
+        nn.ReLU(inplace=True),
+        nn.MaxPool3d(kernel_size=(1, 3, 3), stride=(1, 2, 2)),
+        nn.Conv3d(256, 512, kernel_size=(1, 6, 6), padding=0),
+        nn.BatchNorm3d(512),
+        nn.ReLU(inplace=True),
+    )
+
+
 class SyncNet(nn.Module):
     """The SyncNet of joonson/syncnet_python; attribute names and layer order match its state dict."""
 
     def __init__(self, embed_dim: int = EMBED_DIM) -> None:
         """Build both streams; registration order (aud cnn, aud fc, lip fc, lip cnn) follows the reference."""
         super().__init__()
-        self.netcnnaud = nn.Sequential(
-            nn.Conv2d(1, 64, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1)),
-            nn.BatchNorm2d(64),
-            nn.ReLU(inplace=True),
-            # A no-op pool, kept because it occupies index 3 and so fixes the state-dict key numbering.
-            nn.MaxPool2d(kernel_size=(1, 1), stride=(1, 1)),
-            nn.Conv2d(64, 192, kernel_size=(3, 3), stride=(1, 1), padding=(1, 1)),
-            nn.BatchNorm2d(192),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(kernel_size=(3, 3), stride=(1, 2)),
-            nn.Conv2d(192, 384, kernel_size=(3, 3), padding=(1, 1)),
-            nn.BatchNorm2d(384),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(384, 256, kernel_size=(3, 3), padding=(1, 1)),
-            nn.BatchNorm2d(256),
-            nn.ReLU(inplace=True),
-            nn.Conv2d(256, 256, kernel_size=(3, 3), padding=(1, 1)),
-            nn.BatchNorm2d(256),
-            nn.ReLU(inplace=True),
-            nn.MaxPool2d(kernel_size=(3, 3), stride=(2, 2)),
-            nn.Conv2d(256, 512, kernel_size=(5, 4), padding=(0, 0)),
-            nn.BatchNorm2d(512),
-            nn.ReLU(),
-        )
-        self.netfcaud = nn.Sequential(
-            nn.Linear(512, 512),
-            nn.BatchNorm1d(512),
-            nn.ReLU(),
-            nn.Linear(512, embed_dim),
-        )
-        self.netfclip = nn.Sequential(
-            nn.Linear(512, 512),
-            nn.BatchNorm1d(512),
-            nn.ReLU(),
-            nn.Linear(512, embed_dim),
-        )
-        self.netcnnlip = nn.Sequential(
-            nn.Conv3d(3, 96, kernel_size=(5, 7, 7), stride=(1, 2, 2), padding=0),
-            nn.BatchNorm3d(96),
-            nn.ReLU(inplace=True),
-            nn.MaxPool3d(kernel_size=(1, 3, 3), stride=(1, 2, 2)),
-            nn.Conv3d(96, 256, kernel_size=(1, 5, 5), stride=(1, 2, 2), padding=(0, 1, 1)),
-            nn.BatchNorm3d(256),
-            nn.ReLU(inplace=True),
-            nn.MaxPool3d(kernel_size=(1, 3, 3), stride=(1, 2, 2), padding=(0, 1, 1)),
-            nn.Conv3d(256, 256, kernel_size=(1, 3, 3), padding=(0, 1, 1)),
-            nn.BatchNorm3d(256),
-            nn.ReLU(inplace=True),
-            nn.Conv3d(256, 256, kernel_size=(1, 3, 3), padding=(0, 1, 1)),
-            nn.BatchNorm3d(256),
-            nn.ReLU(inplace=True),
-            nn.Conv3d(256, 256, kernel_size=(1, 3, 3), padding=(0, 1, 1)),
-            nn.BatchNorm3d(256),
-            nn.ReLU(inplace=True),
-            nn.MaxPool3d(kernel_size=(1, 3, 3), stride=(1, 2, 2)),
-            nn.Conv3d(256, 512, kernel_size=(1, 6, 6), padding=0),
-            nn.BatchNorm3d(512),
-            nn.ReLU(inplace=True),
-        )
+        self.netcnnaud = _audio_cnn()
+        self.netfcaud = _embedding_head(embed_dim)
+        self.netfclip = _embedding_head(embed_dim)
+        self.netcnnlip = _lip_cnn()
         self.eval()
 
     def forward_aud(self, x: torch.Tensor) -> torch.Tensor:

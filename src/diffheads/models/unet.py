@@ -129,44 +129,65 @@ class UNet(nn.Module):
         self.id_condition = IdCondition(cfg.id_condition_type)
         self.audio_condition = AudioCondition(cfg.audio_condition_type)
         self.audio_dim = cfg.audio_dim if cfg.audio_dim is not None else cfg.model_channels
-        c = cfg.model_channels
-        emb_dim = 4 * c
-        factors = attention_factors(cfg)
-
-        def cross_heads(ch: int) -> int:
-            # audio cross-attention runs in every block; widths the head rule cannot split get one head
-            try:
-                return head_count(ch, cfg.num_heads, cfg.num_head_channels)
-            except ValueError:
-                return 1
-
-        def res_block(ch: int, out_ch: int, **updown: bool) -> CondResBlock:
-            return CondResBlock(
-                ch,
-                emb_dim,
-                cfg.dropout,
-                out_ch,
-                audio_condition=self.audio_condition,
-                id_condition=self.id_condition,
-                num_heads=cross_heads(out_ch),
-                norm_groups=cfg.norm_groups,
-                **updown,
-            )
-
-        def attention(ch: int, ds: int) -> nn.Module:
-            if self.audio_condition is AudioCondition.ATTENTION:
-                return AudioAttentionBlock(ch, emb_dim, cfg.image_size // ds, attention_heads(cfg, ch), cfg.norm_groups)
-            return AttentionBlock(ch, attention_heads(cfg, ch), cfg.norm_groups)
-
-        def resample(ch: int, up: bool) -> nn.Module:
-            if cfg.resblock_updown:
-                return res_block(ch, ch, up=up, down=not up)
-            return nn.Upsample(scale_factor=2, mode="nearest") if up else nn.AvgPool2d(2)
-
         self.in_channels = cfg.in_channels + cfg.n_motion_frames * cfg.motion_channels
         if self.id_condition is IdCondition.FRAME:
             self.in_channels += cfg.in_channels
+        # registration order (embeddings, input, middle, output, head) fixes the seeded init and state-dict order
+        self._build_embeddings()
+        ch, ds, skip_widths = self._build_input_blocks()
+        self.middle_block = EmbedSequential(self._res_block(ch, ch), self._attention(ch, ds), self._res_block(ch, ch))
+        ch = self._build_output_blocks(ch, ds, skip_widths)
+        self.out = nn.Sequential(
+            nn.GroupNorm(cfg.norm_groups, ch),
+            nn.SiLU(),
+            zero_init(nn.Conv2d(ch, cfg.out_channels, 3, padding=1)),
+        )
 
+    @property
+    def _emb_dim(self) -> int:
+        """Width of the time, audio and identity vectors the blocks receive."""
+        return 4 * self.cfg.model_channels
+
+    def _cross_heads(self, ch: int) -> int:
+        """Heads of the audio cross-attention of a block of `ch` channels."""
+        # audio cross-attention runs in every block; widths the head rule cannot split get one head
+        try:
+            return head_count(ch, self.cfg.num_heads, self.cfg.num_head_channels)
+        except ValueError:
+            return 1
+
+    def _res_block(self, ch: int, out_ch: int, **updown: bool) -> CondResBlock:
+        """A conditioned residual block from `ch` to `out_ch` channels (optionally resampling)."""
+        return CondResBlock(
+            ch,
+            self._emb_dim,
+            self.cfg.dropout,
+            out_ch,
+            audio_condition=self.audio_condition,
+            id_condition=self.id_condition,
+            num_heads=self._cross_heads(out_ch),
+            norm_groups=self.cfg.norm_groups,
+            **updown,
+        )
+
+    def _attention(self, ch: int, ds: int) -> nn.Module:
+        """The self-attention block at downsample factor `ds` (audio-attending for audio attention)."""
+        cfg = self.cfg
+        if self.audio_condition is AudioCondition.ATTENTION:
+            return AudioAttentionBlock(
+                ch, self._emb_dim, cfg.image_size // ds, attention_heads(cfg, ch), cfg.norm_groups
+            )
+        return AttentionBlock(ch, attention_heads(cfg, ch), cfg.norm_groups)
+
+    def _resample(self, ch: int, up: bool) -> nn.Module:
+        """The block between levels: a resampling residual block, or plain up/down-sampling."""
+        if self.cfg.resblock_updown:
+            return self._res_block(ch, ch, up=up, down=not up)
+        return nn.Upsample(scale_factor=2, mode="nearest") if up else nn.AvgPool2d(2)
+
+    def _build_embeddings(self) -> None:
+        """Register the identity encoder (reference variants), time and audio embeddings, and our id encoder."""
+        cfg, c, emb_dim = self.cfg, self.cfg.model_channels, self._emb_dim
         if self.id_condition in (IdCondition.PRE_GN, IdCondition.POST_GN):
             self.identity_encoder = UNetIdentityEncoder(cfg)
         self.time_embed = TimestepEmbedding(c, standard=cfg.time_frequencies is TimeFrequencies.STANDARD)
@@ -178,42 +199,44 @@ class UNet(nn.Module):
             widths = [c * m for m in cfg.channel_mult]
             self.id_encoder = IdentityEncoder(cfg.in_channels, widths, emb_dim, cfg.norm_groups)
 
+    def _build_input_blocks(self) -> tuple[int, int, list[int]]:
+        """Register `input_blocks`; return the last width, the downsample factor reached and the skip widths."""
+        cfg, c = self.cfg, self.cfg.model_channels
+        factors = attention_factors(cfg)
         ch = c * cfg.channel_mult[0]
         self.input_blocks = nn.ModuleList([EmbedSequential(nn.Conv2d(self.in_channels, ch, 3, padding=1))])
         skip_widths = [ch]
         ds = 1
         for level, mult in enumerate(cfg.channel_mult):
             for _ in range(cfg.num_res_blocks):
-                layers: list[nn.Module] = [res_block(ch, c * mult)]
+                layers: list[nn.Module] = [self._res_block(ch, c * mult)]
                 ch = c * mult
                 if ds in factors:
-                    layers.append(attention(ch, ds))
+                    layers.append(self._attention(ch, ds))
                 self.input_blocks.append(EmbedSequential(*layers))
                 skip_widths.append(ch)
             if level != len(cfg.channel_mult) - 1:
-                self.input_blocks.append(EmbedSequential(resample(ch, up=False)))
+                self.input_blocks.append(EmbedSequential(self._resample(ch, up=False)))
                 skip_widths.append(ch)
                 ds *= 2
+        return ch, ds, skip_widths
 
-        self.middle_block = EmbedSequential(res_block(ch, ch), attention(ch, ds), res_block(ch, ch))
-
+    def _build_output_blocks(self, ch: int, ds: int, skip_widths: list[int]) -> int:
+        """Register `output_blocks`, consuming the skip widths; return the final width."""
+        cfg, c = self.cfg, self.cfg.model_channels
+        factors = attention_factors(cfg)
         self.output_blocks = nn.ModuleList()
         for level, mult in reversed(list(enumerate(cfg.channel_mult))):
             for i in range(cfg.num_res_blocks + 1):
-                layers = [res_block(ch + skip_widths.pop(), c * mult)]
+                layers = [self._res_block(ch + skip_widths.pop(), c * mult)]
                 ch = c * mult
                 if ds in factors:
-                    layers.append(attention(ch, ds))
+                    layers.append(self._attention(ch, ds))
                 if level and i == cfg.num_res_blocks:
-                    layers.append(resample(ch, up=True))
+                    layers.append(self._resample(ch, up=True))
                     ds //= 2
                 self.output_blocks.append(EmbedSequential(*layers))
-
-        self.out = nn.Sequential(
-            nn.GroupNorm(cfg.norm_groups, ch),
-            nn.SiLU(),
-            zero_init(nn.Conv2d(ch, cfg.out_channels, 3, padding=1)),
-        )
+        return ch
 
     def embed(self, t: torch.Tensor, cond: Conditioning) -> BlockEmbeddings:
         """Time, audio and identity vectors for the blocks, combined as the variants prescribe.

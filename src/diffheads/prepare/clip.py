@@ -138,6 +138,35 @@ def _matched_length(audio: np.ndarray, n_frames: int, cfg: PrepareConfig) -> np.
     return np.pad(audio[:want], (0, max(0, want - len(audio))))
 
 
+def _faces_found(landmarks: np.ndarray, faces_seen: int, cfg: PrepareConfig) -> np.ndarray:
+    """(T,) whether each frame has a face, or ClipSkipped when the clip is too short or shows no or several faces."""
+    n = len(landmarks)
+    if n == 0:
+        raise ClipSkipped("unreadable", "no frames could be decoded")
+    if n < cfg.min_frames:
+        raise ClipSkipped(
+            "too short", f"{n} frames at 25 fps, need {cfg.min_frames}; use a longer clip or lower --min-frames"
+        )
+    has_face = np.isfinite(landmarks).all(axis=(1, 2))
+    missing = int((~has_face).sum())
+    if faces_seen > 1:
+        raise ClipSkipped("several faces", f"{faces_seen} faces in one frame; crop the video to one speaker")
+    if missing == n:
+        raise ClipSkipped("no face", f"no face found in any of its {n} frames; use videos that show the speaker's face")
+    return has_face
+
+
+def _segments_record(rel: str, n: int, ids: list[str], spans: list[Span], dropped: list[Span], cuts: list[int]) -> dict:
+    """DATA/segments/<rel>.json of a split or trimmed clip: its segments, dropped spans and cuts."""
+    return {
+        "clip": rel,
+        "frames": n,
+        "segments": [{"id": cid} | span.describe() for cid, span in zip(ids, spans)],
+        "dropped": [span.describe() for span in dropped],
+        "cuts": cuts,
+    }
+
+
 def prepare_clip(raw: RawClip, layout: DataLayout, mean_face: MeanFace, cfg: PrepareConfig) -> ClipResult:
     """Align one clip and write DATA/video, audio, lmks and align for it, or for each of its segments when faceless
     stretches or scene cuts split it (segments.py); ClipSkipped says why not."""
@@ -156,18 +185,7 @@ def prepare_clip(raw: RawClip, layout: DataLayout, mean_face: MeanFace, cfg: Pre
     except DiffheadsError as err:
         raise ClipSkipped("unreadable", str(err)) from None
     n = len(landmarks)
-    if n == 0:
-        raise ClipSkipped("unreadable", "no frames could be decoded")
-    if n < cfg.min_frames:
-        raise ClipSkipped(
-            "too short", f"{n} frames at 25 fps, need {cfg.min_frames}; use a longer clip or lower --min-frames"
-        )
-    has_face = np.isfinite(landmarks).all(axis=(1, 2))
-    missing = int((~has_face).sum())
-    if faces_seen > 1:
-        raise ClipSkipped("several faces", f"{faces_seen} faces in one frame; crop the video to one speaker")
-    if missing == n:
-        raise ClipSkipped("no face", f"no face found in any of its {n} frames; use videos that show the speaker's face")
+    has_face = _faces_found(landmarks, faces_seen, cfg)
     cuts = find_cuts(np.stack(thumbs.thumbs), cfg.max_gap_frames, cfg.cut_threshold, cfg.cut_ratio)
     spans, dropped = plan_segments(has_face, cuts, cfg.min_frames, cfg.max_gap_frames, cfg.max_missing)
     if not spans:
@@ -179,15 +197,7 @@ def prepare_clip(raw: RawClip, layout: DataLayout, mean_face: MeanFace, cfg: Pre
     ]
     crops = _warp_spans(raw, kept, n, spans, transforms, cfg.align.size)
     ids = segment_ids(raw.rel, len(spans))
-    record = None
-    if len(spans) > 1 or dropped:
-        record = {
-            "clip": raw.rel,
-            "frames": n,
-            "segments": [{"id": cid} | span.describe() for cid, span in zip(ids, spans)],
-            "dropped": [span.describe() for span in dropped],
-            "cuts": cuts,
-        }
+    record = _segments_record(raw.rel, n, ids, spans, dropped, cuts) if len(spans) > 1 or dropped else None
     if record is None:
         segments_file(layout, raw.rel).unlink(missing_ok=True)  # a stale record would name segments not written now
     written: list[Path] = []

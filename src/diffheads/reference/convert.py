@@ -123,27 +123,22 @@ def infer_conditioning(shapes: dict[str, tuple[int, ...]]) -> tuple[IdCondition,
     return identity, audio
 
 
-def infer_model_config(
-    shapes: dict[str, tuple[int, ...]], options: ReferenceOptions = ReferenceOptions()
-) -> ModelConfig:
-    """The ModelConfig of a reference UNet, any conditioning variant, from its parameter shapes (name -> shape)."""
-    if FIRST_CONV not in shapes or "out.2.weight" not in shapes or "audio_embed.0.weight" not in shapes:
-        raise DiffheadsError("the weights lack input_blocks.0.0, out.2 or audio_embed.0: not a Diffused Heads UNet")
-    identity, audio = infer_conditioning(shapes)
-    channels, first_in = shapes[FIRST_CONV][:2]
-    out_channels = shapes["out.2.weight"][0]
-    in_channels = 3
+def _grayscale_motion(first_in: int, in_channels: int, identity: IdCondition, options: ReferenceOptions) -> bool:
+    """Whether the motion frames are grayscale, from the input channels of the first convolution."""
     # noisy frame + motion frames (+ identity frame when it is concatenated)
     motion = first_in - (2 if identity is IdCondition.FRAME else 1) * in_channels
     if motion == options.n_motion_frames:
-        grayscale = True
-    elif motion == 3 * options.n_motion_frames:
-        grayscale = False
-    else:
-        raise DiffheadsError(
-            f"the first convolution takes {first_in} channels, which fits no motion layout for "
-            f"{options.n_motion_frames} motion frames; pass --n-motion-frames"
-        )
+        return True
+    if motion == 3 * options.n_motion_frames:
+        return False
+    raise DiffheadsError(
+        f"the first convolution takes {first_in} channels, which fits no motion layout for "
+        f"{options.n_motion_frames} motion frames; pass --n-motion-frames"
+    )
+
+
+def _level_layout(shapes: dict[str, tuple[int, ...]], channels: int) -> tuple[int, list[int], list[int]]:
+    """num_res_blocks, channel_mult, and the downsample factors of the levels with attention."""
     outputs = _blocks(shapes, "output_blocks")
     # an output block that ends a level (all but the last level) carries an upsampling residual block
     ups = [
@@ -158,18 +153,18 @@ def infer_model_config(
     if len(outputs) % levels:
         raise DiffheadsError(f"{len(outputs)} output blocks do not divide into {levels} levels: unknown layout")
     per_level = len(outputs) // levels - 1
-    mult, attention = [], []
+    mult, factors = [], []
     for level in range(levels):
         first = 1 + level * (per_level + 1)
         width = shapes[f"input_blocks.{first}.0.out_layers.3.weight"][0]
         mult.append(width // channels)
         if any(k.startswith(f"input_blocks.{first + r}.1.") for r in range(per_level) for k in shapes):
-            attention.append(2**level)  # a downsample factor for now: a side once image_size is known
-    image_size = options.image_size
-    if audio is AudioCondition.ATTENTION:  # its projection has one output per position of the middle block's maps
-        side = round(shapes["middle_block.1.audio_emb_proj.weight"][0] ** 0.5)
-        image_size = side * 2 ** (levels - 1)
-    attention = [image_size // factor for factor in attention]
+            factors.append(2**level)  # a downsample factor: a side once image_size is known
+    return per_level, mult, factors
+
+
+def _audio_dim(shapes: dict[str, tuple[int, ...]], options: ReferenceOptions) -> int:
+    """Width of one audio embedding row: the audio projection's inputs over the window's rows."""
     window = 2 * options.n_audio_motion_embs + 1
     audio_in = shapes["audio_embed.0.weight"][1]
     if audio_in % window:
@@ -177,19 +172,39 @@ def infer_model_config(
             f"the audio projection takes {audio_in} inputs, not a multiple of the {window}-row window; "
             "pass --n-audio-motion-embs"
         )
+    return audio_in // window
+
+
+def infer_model_config(
+    shapes: dict[str, tuple[int, ...]], options: ReferenceOptions = ReferenceOptions()
+) -> ModelConfig:
+    """The ModelConfig of a reference UNet, any conditioning variant, from its parameter shapes (name -> shape)."""
+    if FIRST_CONV not in shapes or "out.2.weight" not in shapes or "audio_embed.0.weight" not in shapes:
+        raise DiffheadsError("the weights lack input_blocks.0.0, out.2 or audio_embed.0: not a Diffused Heads UNet")
+    identity, audio = infer_conditioning(shapes)
+    channels, first_in = shapes[FIRST_CONV][:2]
+    out_channels = shapes["out.2.weight"][0]
+    in_channels = 3
+    grayscale = _grayscale_motion(first_in, in_channels, identity, options)
+    per_level, mult, factors = _level_layout(shapes, channels)
+    image_size = options.image_size
+    if audio is AudioCondition.ATTENTION:  # its projection has one output per position of the middle block's maps
+        side = round(shapes["middle_block.1.audio_emb_proj.weight"][0] ** 0.5)
+        image_size = side * 2 ** (len(mult) - 1)
+    audio_dim = _audio_dim(shapes, options)
     return ModelConfig(
         image_size=image_size,
         in_channels=in_channels,
         model_channels=channels,
         out_channels=out_channels,
         num_res_blocks=per_level,
-        attention_resolutions=attention,
+        attention_resolutions=[image_size // factor for factor in factors],
         channel_mult=mult,
         num_head_channels=options.num_head_channels,
         n_motion_frames=options.n_motion_frames,
         grayscale_motion=grayscale,
         n_audio_motion_embs=options.n_audio_motion_embs,
-        audio_dim=audio_in // window,
+        audio_dim=audio_dim,
         id_condition_type=identity,
         audio_condition_type=audio,
     )

@@ -141,28 +141,44 @@ def stream_video(
         LiveAudioVideoWriter(out, FPS, width, height, SAMPLE_RATE) as writer,
         tqdm(desc="frames", unit="frame", disable=not progress) as bar,
     ):
-        for piece, at in paced(pieces, realtime):
-            began = time.monotonic()
-            timings.chunk(len(piece), at)
-            writer.append_audio(piece)
-            for frame in stream.push(piece):
-                writer.write(frame.image)
-                timings.written(frame)
-                bar.update()
-            timings.busy += time.monotonic() - began
-        if not timings.arrived:
-            raise DiffheadsError(f"no audio arrived; {PCM_HINT}")
-        began = time.monotonic()
-        end_of_input = timings.arrived[-1] if realtime else began  # a live input ends when its last chunk is spoken
-        for frame in stream.finish():
-            writer.write(frame.image)
-            timings.written(frame, end_of_input)
-            bar.update()
-        writer.limit_audio(round(writer.frames_written * SAMPLES_PER_FRAME))
-        timings.busy += time.monotonic() - began
+        _feed(stream, paced(pieces, realtime), writer, timings, bar)
+        _finish(stream, realtime, writer, timings, bar)
     return {
         "output": str(out),
         **timings.report(),
         "lookahead_ms": stream.lookahead * 1000.0 / SAMPLE_RATE,
         "matches_whole_recording": stream.matches_whole_recording,
     }
+
+
+def _feed(
+    stream: SpeechStream,
+    chunks: Iterable[tuple[np.ndarray, float]],
+    writer: LiveAudioVideoWriter,
+    timings: _Timings,
+    bar: tqdm,
+) -> None:
+    """Push each (chunk, arrival time) into `stream`, writing its audio and the frames it completes."""
+    for piece, at in chunks:
+        began = time.monotonic()
+        timings.chunk(len(piece), at)
+        writer.append_audio(piece)
+        for frame in stream.push(piece):
+            writer.write(frame.image)
+            timings.written(frame)
+            bar.update()
+        timings.busy += time.monotonic() - began
+
+
+def _finish(stream: SpeechStream, realtime: bool, writer: LiveAudioVideoWriter, timings: _Timings, bar: tqdm) -> None:
+    """Write the frames left once the input has ended, and trim the audio to the video's length."""
+    if not timings.arrived:
+        raise DiffheadsError(f"no audio arrived; {PCM_HINT}")
+    began = time.monotonic()
+    end_of_input = timings.arrived[-1] if realtime else began  # a live input ends when its last chunk is spoken
+    for frame in stream.finish():
+        writer.write(frame.image)
+        timings.written(frame, end_of_input)
+        bar.update()
+    writer.limit_audio(round(writer.frames_written * SAMPLES_PER_FRAME))
+    timings.busy += time.monotonic() - began

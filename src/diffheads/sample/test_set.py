@@ -80,20 +80,11 @@ def generate_test_set(
     targets = [out_dir / f"{cid}.mp4" for cid in clips.ids]
     with output_dir(out_dir, "--out folder"):
         if ranks.is_zero:  # what a killed run was writing when it died
-            for target in targets:
-                for tmp in stale_temporaries(target):
-                    tmp.unlink(missing_ok=True)
+            _remove_stale(targets)
         done = ranks.broadcast([skip_existing and p.is_file() for p in targets])
         todo = [b for b in plan_batches(len(targets), sample.batch_size) if not all(done[i] for i in b)]
         mine = ranks.shard(todo)
-        bar = tqdm(
-            total=len(targets),
-            initial=sum(done),
-            desc="clips",
-            unit="clip",
-            disable=not (progress and ranks.is_zero),
-            file=sys.stderr,
-        )
+        bar = _clips_bar(len(targets), sum(done), progress and ranks.is_zero)
         written: list[int] = []
         ranks.barrier()  # every rank has its model and clip list: the sampling starts together
         started = time.perf_counter()
@@ -121,6 +112,18 @@ def generate_test_set(
         [p for p, d in zip(targets, done) if d],
         round(max(seconds for _, seconds in gathered), 2),
     )
+
+
+def _remove_stale(targets: list[Path]) -> None:
+    """Delete the temporary files left next to `targets` by a killed run."""
+    for target in targets:
+        for tmp in stale_temporaries(target):
+            tmp.unlink(missing_ok=True)
+
+
+def _clips_bar(total: int, initial: int, show: bool) -> tqdm:
+    """The clips progress bar on standard error, starting at the clips already done."""
+    return tqdm(total=total, initial=initial, desc="clips", unit="clip", disable=not show, file=sys.stderr)
 
 
 def _generate_batch(

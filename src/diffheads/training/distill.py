@@ -23,7 +23,16 @@ import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 from diffheads.checkpoint import DISTILLED, TRAINED_ON, TRAINED_ON_FIELDS, LoadedModel, load_model, save_model
-from diffheads.config import Prediction, RunConfig, Solver, TimestepSpacing, from_dict, parse_override, to_dict
+from diffheads.config import (
+    Prediction,
+    RunConfig,
+    Solver,
+    TimestepSpacing,
+    TrainerConfig,
+    from_dict,
+    parse_override,
+    to_dict,
+)
 from diffheads.diffusion.gaussian import GaussianDiffusion
 from diffheads.diffusion.samplers import Denoiser
 from diffheads.diffusion.schedule import trailing_timesteps
@@ -212,6 +221,9 @@ SET_BY_DISTILL = {
     "optim.swa": "no weight averaging in distillation",
 }
 CHANGEABLE = ("optim", "trainer", "data", "sample")  # sections a distillation may set, besides model.dropout
+# how the teacher's own training was launched says nothing about this run: these come from the distill
+# overrides or the defaults (one process), never from the teacher's model file
+LAUNCH_SETTINGS = ("accelerator", "devices", "num_nodes", "strategy")
 
 
 def student_config(teacher: RunConfig, data: str | Path, overrides: Sequence[str] = ()) -> RunConfig:
@@ -219,9 +231,12 @@ def student_config(teacher: RunConfig, data: str | Path, overrides: Sequence[str
 
     The network and the diffusion stay the teacher's (only model.dropout may change); `diffusion.timestep_spacing`
     becomes trailing and `sample` becomes ddim without x0 clipping (unless sample.clip_denoised is overridden).
+    The trainer's launch settings (LAUNCH_SETTINGS) are the defaults unless overridden, whatever the teacher's were.
     """
     merged = to_dict(teacher)
     merged["data"].update(root=str(data), embeddings="")
+    defaults = to_dict(TrainerConfig())
+    merged["trainer"].update({key: defaults[key] for key in LAUNCH_SETTINGS})
     merged["optim"]["swa"] = False
     merged["sample"]["clip_denoised"] = False
     for text in overrides:
@@ -383,6 +398,7 @@ def _train_round(
             trust_checkpoint,
             progress,
             [RecordDistillation(r.trained_on, r.record)],
+            label="distill",
         )
     sampling = module.sampling_network()
     if trainer.is_global_zero:
@@ -403,6 +419,34 @@ def _train_round(
     return result, copy.deepcopy(sampling).cpu().eval().requires_grad_(False), trainer.global_rank
 
 
+def _student_record(base: RunConfig, n: int, teacher_path: Path, settings: dict[str, Any]) -> dict[str, Any]:
+    """The `distilled` record of the `n`-step student taught by the model at `teacher_path` (less round_steps)."""
+    return {
+        "method": METHOD,
+        "steps": n,
+        "solver": Solver.DDIM.value,
+        "timestep_spacing": TimestepSpacing.TRAILING.value,
+        "timesteps": round_grid(base.diffusion.n_timesteps, n).student,
+        "teacher_steps": 2 * n,
+        "teacher": str(teacher_path),
+        "first_teacher": settings["teacher"],
+        "first_teacher_steps": settings["teacher_steps"],
+        "data_root": settings["data"],
+    }
+
+
+def _finished_round(
+    cfg: RunConfig, model_path: Path, trust_checkpoint: bool, say: Callable[[str], None]
+) -> tuple[RoundResult, torch.nn.Module, bool]:
+    """A round whose student was written before: its result, the student and whether it clips x0 (the next teacher)."""
+    n = cfg.sample.steps
+    done = load_model(model_path, "cpu", trust=trust_checkpoint)
+    say(f"{model_path} is done ({2 * n} -> {n} steps)")
+    steps = int((done.distilled or {}).get("round_steps", 0))
+    result = RoundResult(n, 2 * n, model_path, Path(cfg.trainer.out_dir), steps, None, "done")
+    return result, done.unet, done.cfg.sample.clip_denoised
+
+
 def distill(
     teacher: str | Path,
     data: str | Path,
@@ -418,8 +462,9 @@ def distill(
     """Distil `teacher` (DDIM, `teacher_steps`) round by round into OUT/student_N.ckpt down to `target_steps`.
 
     Each round trains `steps_per_round` optimizer steps in OUT/round_N (Lightning checkpoints, logs, config;
-    trainer.devices / strategy as for `train`). A rerun with the same settings skips finished rounds and
-    resumes the current one from its last checkpoint. `log` receives one line per round (rank 0 only).
+    trainer.devices / strategy from the overrides as for `train`, not the teacher's). A rerun with the same settings
+    skips finished rounds and resumes the current one from its last checkpoint. `log` receives one line per round
+    (rank 0 only).
     """
     say = log if log is not None and rank_zero_only.rank == 0 else (lambda _: None)
     first = load_model(teacher, "cpu", trust=trust_checkpoint)
@@ -448,31 +493,15 @@ def distill(
         for k, n in enumerate(rounds, 1):
             model_path = out_dir / f"student_{n}.ckpt"
             cfg = round_config(base, n, out_dir / f"round_{n}", steps_per_round)
-            record = {
-                "method": METHOD,
-                "steps": n,
-                "solver": Solver.DDIM.value,
-                "timestep_spacing": TimestepSpacing.TRAILING.value,
-                "timesteps": round_grid(base.diffusion.n_timesteps, n).student,
-                "teacher_steps": 2 * n,
-                "teacher": str(net_path),
-                "first_teacher": settings["teacher"],
-                "first_teacher_steps": teacher_steps,
-                "data_root": settings["data"],
-            }
             round_say = lambda line, k=k: say(f"round {k} of {len(rounds)}: {line}")  # noqa: E731
             if model_path.is_file():
-                done = load_model(model_path, "cpu", trust=trust_checkpoint)
-                round_say(f"{model_path} is done ({2 * n} -> {n} steps)")
-                steps = int((done.distilled or {}).get("round_steps", 0))
-                results.append(RoundResult(n, 2 * n, model_path, Path(cfg.trainer.out_dir), steps, None, "done"))
-                net, clip = done.unet, done.cfg.sample.clip_denoised
+                result, net, clip = _finished_round(cfg, model_path, trust_checkpoint, round_say)
             else:
-                r = _Round(net, clip, net_path, encoder, trained_on, record)
+                r = _Round(net, clip, net_path, encoder, trained_on, _student_record(base, n, net_path, settings))
                 result, net, global_rank = _train_round(
                     cfg, r, dataset, val, model_path, trust_checkpoint, progress, round_say
                 )
-                results.append(result)
                 clip = cfg.sample.clip_denoised
+            results.append(result)
             net_path = model_path
     return DistillResult(out_dir, results, global_rank)

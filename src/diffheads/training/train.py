@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
-import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -28,6 +26,7 @@ from diffheads.io.outdir import output_dir
 from diffheads.models.unet import UNet
 from diffheads.training.checkpoint_io import AtomicCheckpointIO, remove_stale_temporaries
 from diffheads.training.module import DiffusionModule
+from diffheads.training.progress import TrainingProgress, quiet_lightning
 from diffheads.training.resume import ResumeState
 from diffheads.training.samples import SampleVideos
 
@@ -91,10 +90,11 @@ def build_trainer(
     cfg: RunConfig,
     out_dir: Path,
     val_data: TalkingFaceDataset | None,
-    extra_callbacks: list[L.Callback] = (),
+    extra_callbacks: Sequence[L.Callback] = (),
     progress: bool = True,
+    label: str = "train",
 ) -> L.Trainer:
-    """Lightning Trainer with loggers, atomic checkpointing and optional SWA / sample videos."""
+    """Lightning Trainer with loggers, atomic checkpointing, optional SWA / sample videos and progress headed `label`."""
     t = cfg.trainer
     loggers: list[Any] = [TensorBoardLogger(str(out_dir), name="tensorboard"), CSVLogger(str(out_dir), name="csv")]
     if t.wandb_project:
@@ -117,6 +117,8 @@ def build_trainer(
         callbacks.append(StochasticWeightAveraging(swa_lrs=cfg.optim.swa_lr))
     if t.sample_every_n_steps > 0 and val_data is not None:
         callbacks.append(SampleVideos(val_data, out_dir / "samples", t.sample_every_n_steps, t.sample_frames, cfg))
+    if progress:
+        callbacks.append(TrainingProgress(label))
     return L.Trainer(
         default_root_dir=str(out_dir),
         accelerator=t.accelerator,
@@ -131,7 +133,7 @@ def build_trainer(
         gradient_clip_val=cfg.optim.grad_clip or None,
         logger=loggers,
         callbacks=callbacks,
-        enable_progress_bar=progress,
+        enable_progress_bar=False,  # Lightning's bar counts batches per epoch; TrainingProgress counts the run's steps
         enable_model_summary=False,
         num_sanity_val_steps=0,
         limit_val_batches=0,
@@ -161,7 +163,7 @@ def train(cfg: RunConfig, trust_checkpoint: bool = False, progress: bool = True)
     """Train a model as configured; returns the exported model path.
 
     `trust_checkpoint` allows resuming from a checkpoint that needs arbitrary unpickling (runs code);
-    `progress=False` hides the progress bar and Lightning's informational messages.
+    `progress=False` shows no progress (Lightning's banners and advice are hidden either way).
     """
     cfg, encoder = resolve_config(cfg)
     out_dir = Path(cfg.trainer.out_dir)
@@ -182,10 +184,9 @@ def fit_module(
     trust_checkpoint: bool,
     progress: bool,
     callbacks: Sequence[L.Callback] = (),
+    label: str = "train",
 ) -> L.Trainer:
     """Fit `module` on `data`: resumable loader, atomic checkpoints, loggers, config saved in `out_dir`; returns the trainer."""
-    if not progress:
-        logging.getLogger("lightning.pytorch").setLevel(logging.WARNING)
     sampler = ExampleSampler(len(data), cfg.trainer.seed)
     loader = DataLoader(
         data,
@@ -195,10 +196,9 @@ def fit_module(
         persistent_workers=cfg.data.num_workers > 0,
         drop_last=len(data) > cfg.optim.batch_size,
     )
-    with warnings.catch_warnings():
-        if not progress:  # quiet: Lightning's advice and deprecation notes stay off the terminal too
-            warnings.filterwarnings("ignore", module=r"lightning(_fabric|_utilities)?(\.|$)")
-        trainer = build_trainer(cfg, out_dir, val, [ResumeState(sampler, cfg.optim.batch_size), *callbacks], progress)
+    with quiet_lightning():  # Lightning's banners, tips and advice: nothing a diffheads user can act on
+        extra = [ResumeState(sampler, cfg.optim.batch_size), *callbacks]
+        trainer = build_trainer(cfg, out_dir, val, extra, progress, label)
         if trainer.is_global_zero:
             save_config(cfg, out_dir / "config.yaml")
             remove_stale_temporaries(out_dir / "checkpoints")
