@@ -420,9 +420,9 @@ def cmd_check_reference(args: argparse.Namespace) -> dict:
 def cmd_evaluate(args: argparse.Namespace) -> dict | None:
     from diffheads.distributed import LaunchConfig, accelerator_of, launch, scheduler_layout
     from diffheads.evaluate.gather import JobFailed
-    from diffheads.evaluate.run import ALL_METRICS, EvaluateConfig, evaluate
+    from diffheads.evaluate.run import DEFAULT_METRICS, EvaluateConfig, evaluate
 
-    metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip()) if args.metrics else ALL_METRICS
+    metrics = tuple(m.strip() for m in args.metrics.split(",") if m.strip()) if args.metrics else DEFAULT_METRICS
     cfg = EvaluateConfig(
         metrics=metrics,
         weights_dir=args.weights_dir,
@@ -438,6 +438,7 @@ def cmd_evaluate(args: argparse.Namespace) -> dict | None:
         transcripts=args.transcripts,
         device=args.device,
         plot_clip=args.plot_clip,
+        alignments=args.alignments,
     )
     several = args.devices * args.num_nodes > 1 or scheduler_layout() is not None
     # one process keeps any device torch knows (mps, ...); several run on cpu or cuda
@@ -802,7 +803,7 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--metrics",
         help="comma-separated subset of: psnr,ssim,fid,fvd,sync,wer,blinks,smoothness,lipsync,mouth_open,lmd,drift "
-        "(default all)",
+        "(the default), and dlib's trained judges lip_open,lmd68,identity,flicker (only when named)",
     )
     p.add_argument("--weights-dir", help="folder holding the published weights files under their own names")
     p.add_argument("--inception-weights", help="weights-inception-2015-12-05-6726825d.pth (FID)")
@@ -820,6 +821,9 @@ def _evaluate_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--blink-height", type=float, default=0.0425, help="EAR drop that counts as a blink")
     p.add_argument("--lip-reader", help="WER plug-in: 'package.module:function' or 'cmd:COMMAND {video}'")
     p.add_argument("--transcripts", help="'<clip id> <text>' lines or a JSON object, for WER")
+    p.add_argument(
+        "--alignments", help="lip_open: folder of GRID <clip id or basename>.align files giving the spoken spans"
+    )
     p.add_argument("--plot-clip", help="clip id whose blink / sync / mouth curves are plotted (default: the first)")
     p.add_argument("--device", default="cpu", help="cpu, cuda, cuda:1, ...; with --devices N, each process its own GPU")
     p.add_argument(

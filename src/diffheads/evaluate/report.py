@@ -36,6 +36,13 @@ COLUMNS = (
     ("OFM", "ofm"),
     ("F-MSE", "fmse"),
     ("lip-sync r (synthetic)", "lip_sync_r"),
+    ("lip-open r (dlib)", "lip_open_r"),
+    ("lip-open r (control)", "control_lip_open_r"),
+    ("M-LMD68", "m_lmd68"),
+    ("F-LMD68", "f_lmd68"),
+    ("id distance", "id_distance"),
+    ("CSIM", "csim"),
+    ("flicker", "flicker"),
 )
 PER_VIDEO_PLOTS = (
     "psnr",

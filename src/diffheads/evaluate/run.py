@@ -20,9 +20,11 @@ from diffheads.evaluate.clips import ClipPair, LoadedPair, find_pairs, load_pair
 from diffheads.evaluate.gather import Share, VideoResult, merge_shares, on_zero, score_in_rounds
 from diffheads.face.track import track_landmarks
 from diffheads.io.outdir import output_dir
+from diffheads.metrics.judges import JUDGE_METRICS
 
 FPS = 25
-ALL_METRICS = (
+# what runs when no metrics are named: the trained judges (dlib) are opt-in, so default runs and their timings stay
+DEFAULT_METRICS = (
     "psnr",
     "ssim",
     "fid",
@@ -36,16 +38,17 @@ ALL_METRICS = (
     "lmd",
     "drift",
 )
+ALL_METRICS = DEFAULT_METRICS + JUDGE_METRICS
 WEIGHT_METRICS = {"fid": "inception", "fvd": "i3d", "sync": "syncnet"}
 # per-clip series kept for the set-level measures: lip sync against the real clips, and drift's per-second curves
-SET_CURVES = ("mouth_open_real", "mouth_open_real_whole", "lmd_landmarks", "drift")
+SET_CURVES = ("mouth_open_real", "mouth_open_real_whole", "lmd_landmarks", "drift", "judges")
 
 
 @dataclass
 class EvaluateConfig:
     """What `evaluate` computes and with which weights and variants."""
 
-    metrics: tuple[str, ...] = ALL_METRICS
+    metrics: tuple[str, ...] = DEFAULT_METRICS
     weights_dir: str | None = None  # folder holding the published weights files under their own names
     inception_weights: str | None = None  # weights-inception-2015-12-05-6726825d.pth (FID)
     i3d_weights: str | None = None  # i3d_torchscript.pt (FVD)
@@ -59,11 +62,14 @@ class EvaluateConfig:
     transcripts: str | None = None  # "<clip id> <text>" lines or a JSON object (WER)
     device: str = "cpu"
     plot_clip: str | None = None  # clip whose blink and sync curves are plotted (default: the first)
+    alignments: str | None = None  # folder of GRID <clip id or basename>.align files: lip_open's spoken spans
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.metrics) - set(ALL_METRICS))
         if unknown:
             raise DiffheadsError(f"unknown metric(s) {', '.join(unknown)}; choose from {', '.join(ALL_METRICS)}")
+        if self.alignments is not None and not Path(self.alignments).is_dir():
+            raise DiffheadsError(f"alignments folder {self.alignments} not found; pass a folder of GRID .align files")
 
 
 @dataclass
@@ -74,6 +80,7 @@ class Scorers:
     fvd: Any = None
     syncnet: Any = None
     lip_reader: Any = None
+    judges: Any = None  # dlib's detector, shape predictor and face-recognition network (metrics/dlib_face.py)
     transcripts: dict[str, str] = field(default_factory=dict)
     weights: dict[str, dict[str, str]] = field(default_factory=dict)
     skipped: dict[str, str] = field(default_factory=dict)
@@ -125,6 +132,13 @@ def build_scorers(cfg: EvaluateConfig) -> Scorers:
 
             out.lip_reader = load_lip_reader(cfg.lip_reader)
             out.transcripts = read_transcripts(cfg.transcripts)
+    if wanted & set(JUDGE_METRICS):
+        from diffheads.metrics.dlib_face import DlibJudges
+
+        try:
+            out.judges = DlibJudges()
+        except DiffheadsError as err:
+            out.skipped.update({m: str(err) for m in JUDGE_METRICS if m in wanted})
     return out
 
 
@@ -291,6 +305,24 @@ def _lipsync_columns(row: dict[str, Any], curves: dict[str, Any], pair: LoadedPa
         curves["mouth_open"] = (opening, truth)
 
 
+def _judge_columns(
+    row: dict[str, Any], curves: dict[str, Any], pair: LoadedPair, cfg: EvaluateConfig, scorers: Scorers
+) -> None:
+    """dlib's judges (lip_open, lmd68, identity, flicker) on the generated and real frames, when asked for."""
+    wanted = set(cfg.metrics) & set(JUDGE_METRICS)
+    if scorers.judges is None or pair.real is None or not wanted:
+        return
+    from diffheads.metrics.judges import video_judges
+    from diffheads.metrics.lip_open import find_alignment
+
+    alignment = find_alignment(cfg.alignments, pair.rel)
+    frames = (pair.generated, pair.real)
+    judged, curves["judges"] = video_judges(
+        scorers.judges, frames, wanted, pair.audio, alignment, _to_real_pixels(pair), FPS
+    )
+    row.update(judged)
+
+
 def _update_set_scorers(scorers: Scorers, gen: np.ndarray, real: np.ndarray | None) -> None:
     """Feed the generated and real frames to the set-level accumulators (FID, FVD)."""
     if scorers.fid is not None and real is not None:
@@ -326,6 +358,7 @@ def video_metrics(pair: LoadedPair, cfg: EvaluateConfig, scorers: Scorers) -> tu
         curves["drift"] = drift.video_drift(gen, gen_lm, real, real_lm, series, fps=FPS)
         row.update(drift.video_columns(curves["drift"]))
     _lipsync_columns(row, curves, pair, wanted)
+    _judge_columns(row, curves, pair, cfg, scorers)
     _update_set_scorers(scorers, gen, real)
     return row, curves
 
@@ -573,6 +606,13 @@ def aggregate(
         from diffheads.metrics.drift import drift_metrics
 
         metrics["drift"] = drift_metrics(drifts, FPS)
+    if scorers.judges is not None:
+        from diffheads.metrics.judges import judge_metrics
+
+        judged = {c: v["judges"] for c, v in (clip_curves or {}).items() if "judges" in v}
+        found, skipped = judge_metrics(rows, judged, set(cfg.metrics), other_clip, scorers.judges.describe())
+        metrics.update(found)
+        scorers.skipped.update(skipped)
     metrics.update(_distribution_metrics(scorers))
     if "sync" in cfg.metrics and scorers.syncnet is not None:
         for key in ("av_offset", "av_confidence", "lse_d", "lse_c"):
@@ -665,7 +705,8 @@ def summarise(
     clip_curves = {v.row["clip"]: v.set_curves for v in videos}
     plot_curves = next((v.plot_curves for v in videos if v.plot_curves is not None), {})
     metrics = aggregate(rows, cfg, scorers, clip_curves)
-    for metric in ("mouth_open", "lmd"):
+    # the judges' reasons from the set stage (one from loading dlib was printed at the start)
+    for metric in ("mouth_open", "lmd", *(JUDGE_METRICS if scorers.judges is not None else ())):
         if metric in scorers.skipped:
             print(f"diffheads evaluate: {metric} skipped: {scorers.skipped[metric]}", file=sys.stderr)
     if scorers.lip_reader is not None:
