@@ -23,8 +23,17 @@ if TYPE_CHECKING:  # Lightning loads with these; the demo imports them when it r
     from diffheads.demo.steps import DemoSteps
     from diffheads.training.train import TrainResult
 
-REAL_METRICS = ("psnr", "ssim", "smoothness", "mouth_open", "lmd")
+# the trained judges (dlib) score lip motion, identity and flicker; mouth_open stays as the earlier pixel measure
+REAL_METRICS = ("psnr", "ssim", "smoothness", "mouth_open", "lmd", "lip_open", "lmd68", "identity", "flicker")
 REPORT_KEYS = (  # metrics.json entries repeated at the top of report.json
+    "lip_open_r",
+    "control_lip_open_r",
+    "judge_detection_rate",
+    "id_distance",
+    "csim",
+    "flicker",
+    "m_lmd68",
+    "f_lmd68",
     "mouth_open_r",
     "control_mouth_open_r",
     "m_lmd",
@@ -163,7 +172,7 @@ def run_grid_demo(
     result, train_s = steps.run("training", train, cfg, progress=progress, own_progress=True)
     model_path = out / "model.ckpt"
     model_path.write_bytes(result.model_path.read_bytes())
-    videos, summary, seconds = generate_and_evaluate(out, cfg, model_path, steps)
+    videos, summary, seconds = generate_and_evaluate(out, cfg, model_path, steps, grid_alignments(Path(data.raw)))
     run = GridRun(cfg, data, quick, short, prep, result, model_path, videos, summary, prepare_s, train_s, **seconds)
     report = grid_report(run)
     report["figures"] = [str(p) for p in grid_figures(out, videos)]
@@ -178,8 +187,14 @@ def grid_config(out: Path, config: str | Path | None, overrides: Sequence[str], 
     return load_config(config or PRESETS / "grid.yaml", base + preset + list(overrides))
 
 
+def grid_alignments(raw: Path) -> Path | None:
+    """GRID's word alignments beside the videos (grid/align/s1 for grid/s1), or None (a voice detector is used)."""
+    folder = raw.parent / "align" / raw.name
+    return folder if folder.is_dir() else None
+
+
 def generate_and_evaluate(
-    out: Path, cfg: RunConfig, model_path: Path, steps: DemoSteps
+    out: Path, cfg: RunConfig, model_path: Path, steps: DemoSteps, alignments: Path | None = None
 ) -> tuple[dict[str, Path], dict[str, Any], dict[str, float]]:
     """Speak the held-out sentences (out/videos), evaluate them (out/eval): (clip id -> video, summary, seconds)."""
     from diffheads.evaluate.run import EvaluateConfig, evaluate
@@ -197,7 +212,7 @@ def generate_and_evaluate(
         progress=steps.bars,
     )
     videos = {str(p.relative_to(out / "videos").with_suffix("")): p for p in gen.written}
-    metrics = EvaluateConfig(metrics=REAL_METRICS)
+    metrics = EvaluateConfig(metrics=REAL_METRICS, alignments=str(alignments) if alignments else None)
     summary, evaluate_s = steps.run(
         "evaluating them", evaluate, out / "videos", out / "data", out / "eval", metrics, progress=steps.bars
     )
@@ -230,6 +245,7 @@ def grid_report(run: GridRun) -> dict[str, Any]:
     return {
         **{key: metrics.get(key, {}).get("value") for key in REPORT_KEYS},
         "real_lmd_detection_rate": metrics.get("lmd_detection_rate", {}).get("real"),
+        "real_judge_detection_rate": metrics.get("judge_detection_rate", {}).get("real"),
         "mouth_open_measure": metrics.get("mouth_open_r", {}).get("variant"),
         "control": "each generated clip against the real frames of another held-out sentence (chance level; GRID's "
         "fixed grammar makes it a little above 0)",
