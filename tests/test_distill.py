@@ -25,7 +25,7 @@ from diffheads.models.unet import UNet
 from diffheads.sample.runtime import sampling_process
 from diffheads.training.distill import CLEAN, DistillationModule, distillation_target, round_grid
 from runcli import run_cli
-from tiny import TINY_MODEL, tiny_checkpoint
+from tiny import TINY_MODEL, tiny_checkpoint, tiny_data
 
 
 # ---- (b) grids --------------------------------------------------------------------------------------------
@@ -216,22 +216,7 @@ def distilled(tmp_path_factory) -> dict[str, Path]:
     """A 16 px synthetic dataset, a random v-prediction teacher and `diffheads distill` 4 -> 2 -> 1, 2 steps a round."""
     root = tmp_path_factory.mktemp("distill")
     data = root / "data"
-    run_cli(
-        "synth",
-        str(data),
-        "--train-identities",
-        "2",
-        "--test-identities",
-        "1",
-        "--clips-per-identity",
-        "2",
-        "--seconds",
-        "1.2",
-        "--size",
-        "16",
-        "--quiet",
-    )
-    run_cli("embed", str(data), "--quiet")
+    tiny_data(data)
     teacher = tiny_checkpoint(
         root / "teacher.ckpt", "diffusion.prediction=v", "sample.solver=dpm++2m", "sample.steps=6"
     )

@@ -17,28 +17,14 @@ from diffheads.errors import DiffheadsError
 from diffheads.io.video import read_video
 from runcli import run_cli
 from test_training_reliability import TINY, _losses, _train_process
+from tiny import tiny_data
 
 
 @pytest.fixture(scope="module")
 def data(tmp_path_factory):
     root = tmp_path_factory.mktemp("packed")
     data = root / "data"
-    run_cli(
-        "synth",
-        str(data),
-        "--train-identities",
-        "2",
-        "--test-identities",
-        "1",
-        "--clips-per-identity",
-        "2",
-        "--seconds",
-        "1.2",
-        "--size",
-        "16",
-        "--quiet",
-    )
-    run_cli("embed", str(data), "--quiet")
+    tiny_data(data)
     summary = run_cli("pack", str(data), str(root / "packed"), "--size", "16", "--quiet")
     assert summary["clips"] == {"train": 4, "test": 2} and summary["landmarks"] is True
     return {"data": data, "packed": root / "packed", "root": root}

@@ -36,26 +36,18 @@ TINY_TRAINING = [
 ]
 
 
+def tiny_data(data: Path) -> tuple[dict, dict]:
+    """`diffheads synth` of a 16 px dataset (2 train and 1 test identities, 2 clips of 1.2 s each) and `embed`."""
+    args = ["--train-identities", "2", "--test-identities", "1", "--clips-per-identity", "2", "--seconds", "1.2"]
+    out = run_cli("synth", str(data), *args, "--size", "16", "--quiet")
+    return out, run_cli("embed", str(data), "--quiet")
+
+
 def train_tiny(root: Path) -> dict[str, Path]:
     """A 16 px synthetic dataset under `root`, its log-mel embeddings and a model trained on it for 4 steps."""
     data, run = root / "data", root / "run"
-    out = run_cli(
-        "synth",
-        str(data),
-        "--train-identities",
-        "2",
-        "--test-identities",
-        "1",
-        "--clips-per-identity",
-        "2",
-        "--seconds",
-        "1.2",
-        "--size",
-        "16",
-        "--quiet",
-    )
+    out, emb = tiny_data(data)
     assert (data / "file_list_test.txt").is_file() and out
-    emb = run_cli("embed", str(data), "--quiet")
     assert emb["written"] == 6 and emb["dim"] == 200
     res = run_cli("train", "configs/demo.yaml", f"data.root={data}", f"trainer.out_dir={run}", *TINY_TRAINING)
     assert res["steps"] == 4
