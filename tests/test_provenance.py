@@ -66,6 +66,7 @@ def test_train_records_the_data_in_the_model_file(synthetic_run):
         "train_clips": 4,  # 2 training identities x 2 clips
         "train_seconds": 4.8,  # 4 clips of 1.2 s
         "image_size": 16,
+        "person": {"descriptor": None, "reason": "synthetic cartoon faces: no person to recognise"},
         "steps": 4,
     }
     assert model_provenance(synthetic_run["model"]) == {"kind": "trained", "recorded": True, **record}
@@ -85,6 +86,13 @@ def test_real_footage_is_recorded_as_such(real_run):
     p = model_provenance(real_run)
     assert (p["synthetic"], p["train_clips"], p["steps"], p["recorded"]) == (False, 4, 2, True)
     assert describe_provenance(p).startswith("real footage, 4 clips (4.8 s) of ")
+    # 16 px cartoon faces are no face to dlib: the model records no person, and says why
+    assert p["person"] == {
+        "descriptor": None,
+        "n_faces": 0,
+        "n_frames": 4,
+        "reason": "dlib found a face in 0 of 4 training frames: no person to recognise",
+    }
 
 
 def test_animate_warns_once_about_a_synthetic_model_even_when_quiet(synthetic_run, real_run, inputs, tmp_path, capsys):
@@ -136,6 +144,7 @@ def test_an_older_model_file_is_described_from_its_config(tmp_path):
             "train_seconds": None,
             "image_size": 16,
             "steps": None,
+            "person": None,
         }
     assert describe_provenance(model_provenance(tmp_path / "synth.ckpt")) == "synthetic cartoon faces, 16 px"
 
@@ -216,6 +225,7 @@ def test_a_record_given_to_save_model_is_read_back_verbatim(tmp_path):
         "train_seconds": None,
         "image_size": 16,
         "steps": 10,
+        "person": {"descriptor": [0.5] * 128, "n_faces": 8, "n_frames": 8, "spread": 0.2, "widest_pair": 0.3},
     }
     save_model(tmp_path / "m.ckpt", UNet(cfg.model), cfg, {"name": "logmel", "dim": 200}, record)
     assert model_provenance(tmp_path / "m.ckpt") == {"kind": "trained", "recorded": True, **record}

@@ -10,6 +10,8 @@ Older exported models (torch files with format "diffheads-model") load the same 
 What a model was trained on travels with it too: `train` records a `trained_on` entry (JSON in the
 safetensors metadata of RUN/model.ckpt, a top-level key of each training checkpoint) and
 `model_provenance` reads it back, or infers what it can from the stored config for older files.
+A model of one person records that person's face (`person`: dlib's descriptor), so sampling can
+tell a portrait of someone else (sample/person.py).
 
 A file that would need arbitrary unpickling (it can run any code while loading) is refused unless
 the caller passes trust=True (`--trust-checkpoint` on the command line).
@@ -17,6 +19,7 @@ the caller passes trust=True (`--trust-checkpoint` on the command line).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import pickle
@@ -27,20 +30,24 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
 from diffheads.config import RunConfig, from_dict, to_dict
+from diffheads.data.frame_cache import resize_frames
 from diffheads.data.layout import DataLayout
 from diffheads.errors import DiffheadsError
 from diffheads.io.atomic import atomic_path
+from diffheads.io.video import iter_video_frames
+from diffheads.metrics.person import RECORD_FRAMES, person_record
 from diffheads.models.unet import UNet
 
 FORMAT = "diffheads-model"
 VERSION = 2  # 1: torch file with a "state_dict" entry; 2: safetensors with JSON metadata
 TRAINED_ON = "trained_on"  # metadata entry (and training-checkpoint key) recording the training data
-TRAINED_ON_FIELDS = ("data_root", "synthetic", "train_clips", "train_seconds", "image_size", "steps")
+TRAINED_ON_FIELDS = ("data_root", "synthetic", "train_clips", "train_seconds", "image_size", "steps", "person")
 DISTILLED = "distilled"  # metadata entry (and training-checkpoint key) of a distilled student (training/distill.py)
 IMPORTED = "imported reference weights"
 
@@ -218,16 +225,37 @@ def _wav_seconds(path: Path) -> float | None:
         return None
 
 
+def _first_frames(layout: DataLayout, clip_ids: Sequence[str], size: int) -> np.ndarray:
+    """uint8 (N, size, size, 3): frame 0 of up to RECORD_FRAMES clips spread over `clip_ids`, as the model sees it."""
+    picked = sorted({int(i) for i in np.linspace(0, len(clip_ids) - 1, min(RECORD_FRAMES, len(clip_ids))).round()})
+    frames = []
+    for i in picked:
+        with contextlib.closing(iter_video_frames(layout.video(clip_ids[i]))) as decoded:
+            first = next(decoded, None)
+        if first is not None:
+            frames.append(resize_frames(first[None], size)[0])
+    return np.stack(frames) if frames else np.zeros((0, size, size, 3), np.uint8)
+
+
+def training_person(layout: DataLayout, clip_ids: Sequence[str], image_size: int, synthetic: bool) -> dict[str, Any]:
+    """The `person` entry of `trained_on`: the face the clips show (metrics/person.py), or why there is none."""
+    if synthetic:  # cartoon faces: nothing for dlib to recognise, and no need to load it
+        return {"descriptor": None, "reason": "synthetic cartoon faces: no person to recognise"}
+    return person_record(_first_frames(layout, clip_ids, image_size))
+
+
 def describe_training_data(root: str | Path, clip_ids: Sequence[str], image_size: int) -> dict[str, Any]:
     """The `trained_on` record of a run on the clips `clip_ids` of DATA `root` (steps are added at export)."""
     layout = DataLayout.of(root)
     seconds = [_wav_seconds(layout.audio(cid)) for cid in clip_ids]
+    synthetic = (Path(root) / "synth.json").is_file()  # written by diffheads synth only
     return {
         "data_root": str(Path(root).resolve()),
-        "synthetic": (Path(root) / "synth.json").is_file(),  # written by diffheads synth only
+        "synthetic": synthetic,
         "train_clips": len(clip_ids),
         "train_seconds": round(sum(seconds), 1) if seconds and None not in seconds else None,
         "image_size": int(image_size),
+        "person": training_person(layout, clip_ids, image_size, synthetic),
     }
 
 
@@ -271,7 +299,7 @@ def model_provenance(path: str | Path, trust: bool = False) -> dict[str, Any]:
 
     Keys: kind ("trained" or "imported"), recorded (False: inferred from the stored config of a
     file without a `trained_on` entry), data_root, synthetic (None: unknown), train_clips,
-    train_seconds, image_size, steps; None where not known.
+    train_seconds, image_size, steps, person (the face the clips show: `training_person`); None where not known.
     """
     path = Path(path)
     if path.is_file() and path.stat().st_size > 0 and is_safetensors(path):

@@ -97,6 +97,11 @@ def _add_face_output_flags(p: argparse.ArgumentParser) -> None:
         metavar=("X", "TOP", "BOTTOM"),
         help="crop margins the training data was prepared with (default 0.11 0.336 0.155)",
     )
+    p.add_argument(
+        "--any-face",
+        action="store_true",
+        help="animate a face that is not the person a one-person model was trained on (warns instead of refusing)",
+    )
 
 
 def _face_options(args: argparse.Namespace, sample: SampleConfig) -> dict:
@@ -112,6 +117,7 @@ def _face_options(args: argparse.Namespace, sample: SampleConfig) -> dict:
         crop_only=args.crop_only,
         mean_face=args.mean_face,
         margins=tuple(args.margins) if args.margins else None,
+        any_face=args.any_face,
     )
 
 

@@ -34,6 +34,7 @@ from diffheads.errors import DiffheadsError
 from diffheads.face.portrait import FPS, Portrait
 from diffheads.sample.animate import write_animation
 from diffheads.sample.inputs import identity_of, load_portrait, load_speech, synthetic_faces_note
+from diffheads.sample.person import PersonCheck
 from diffheads.sample.runtime import check_audio_width
 from diffheads.sample.stream import SpeechStream, streaming_encoder
 
@@ -210,6 +211,7 @@ class Studio:
         self._device_lock = threading.Lock()
         self._jobs: dict[str, set[threading.Event]] = {}  # cancellation flags of the running jobs, per visitor
         self._jobs_lock = threading.Lock()
+        self._person = PersonCheck()  # dlib's judges, loaded when a model that records its person first needs them
 
     @classmethod
     def open(
@@ -277,16 +279,23 @@ class Studio:
             return Settings(solver=sample.solver.value, steps=sample.steps, stabilize_every=sample.stabilize_every)
         return Settings(stabilize_every=sample.stabilize_every)
 
-    def align(self, face: str | Path, is_video: bool, size: int | None = None) -> Portrait:
+    def align(
+        self, face: str | Path, is_video: bool, size: int | None = None, model: str | Path | None = None
+    ) -> Portrait:
         """Find and align the one face of an uploaded photo or video at `size` px (default: the loaded model's).
 
-        Errors name 'the photo' / 'the video', not the upload's temporary path.
+        Errors name 'the photo' / 'the video', not the upload's temporary path. A face that is not the person
+        the offered model at `model` (default: the loaded one) was trained on is refused like a missing face.
         """
         what = "the video" if is_video else "the photo"
         try:
-            return load_portrait(None if is_video else face, face if is_video else None, size or self.size)
+            portrait = load_portrait(None if is_video else face, face if is_video else None, size or self.size)
         except DiffheadsError as e:
             raise DiffheadsError(str(e).replace(str(face), what)) from None
+        stranger = self._person.mismatch(self.choice(model).provenance, portrait.identity_crop)
+        if stranger is not None:
+            raise DiffheadsError(stranger)
+        return portrait
 
     def cancel(self, key: str) -> None:
         """Stop visitor `key`'s running or waiting jobs after their current frame (later jobs are not affected)."""

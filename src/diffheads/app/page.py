@@ -99,7 +99,7 @@ class Page:
         source = (str(face), is_video)  # to align again when another model is chosen
         try:
             size = self.studio.choice(model).image_size
-            portrait = self.studio.align(face, is_video, size)
+            portrait = self.studio.align(face, is_video, size, model)
         except DiffheadsError as e:
             return None, f"**{_sentence(str(e))}**", None, source
         found = f"Face found and aligned to {size}x{size} px: this is what the model sees."

@@ -17,6 +17,7 @@ from diffheads.face.portrait import Portrait
 from diffheads.io.outdir import output_dir
 from diffheads.io.video import VideoWriter
 from diffheads.sample.inputs import identity_of, load_identity_frame, load_portrait, load_speech, output_image
+from diffheads.sample.person import refuse_strangers
 from diffheads.sample.runtime import check_audio_width, model_on, sample_clips
 
 
@@ -93,6 +94,7 @@ def animate(
     crop_only: bool = False,
     mean_face: str | Path | None = None,
     margins: tuple[float, float, float] | None = None,
+    any_face: bool = False,
 ) -> Path:
     """Make the face of `image` (or of the first frame of `video`) speak `audio`; writes an mp4 with the audio.
 
@@ -103,6 +105,7 @@ def animate(
     those the training data was prepared with (the defaults of `prepare` otherwise). Each frame is
     pasted back and encoded as soon as it is sampled, so memory does not grow with the audio's
     length, and the output appears only once complete (nothing is left behind on an error).
+    A model that records its person refuses anyone else's face (sample/person.py) unless `any_face`.
     """
     model = model_on(checkpoint, device)
     sample = sample or model.cfg.sample
@@ -112,6 +115,7 @@ def animate(
     size = model.cfg.model.image_size
     portrait = load_portrait(image, video, size, mean_face, margins) if align else None
     identity = identity_of(portrait, size) if portrait is not None else load_identity_frame(image, video, size)
+    refuse_strangers(model, identity, any_face, "animate")
     wav = load_speech(audio)
     emb = encoder.encode(wav, frames_in_audio(len(wav)))
     check_audio_width(model, emb.shape[1], str(audio))

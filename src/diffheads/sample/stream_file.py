@@ -18,6 +18,7 @@ from diffheads.errors import DiffheadsError
 from diffheads.io.outdir import output_dir
 from diffheads.io.video import LiveAudioVideoWriter
 from diffheads.sample.inputs import identity_of, load_identity_frame, load_portrait, load_speech
+from diffheads.sample.person import refuse_strangers
 from diffheads.sample.runtime import model_on
 from diffheads.sample.stream import SAMPLES_PER_FRAME, SpeechStream, StreamFrame
 
@@ -116,13 +117,15 @@ def stream_video(
     crop_only: bool = False,
     mean_face: str | Path | None = None,
     margins: tuple[float, float, float] | None = None,
+    any_face: bool = False,
 ) -> dict:
     """Animate the face of `image` / `video` (as `animate` does) with `audio` fed in chunks of `chunk_ms`, writing each
     frame into `output` (with the audio) as soon as the stream gives it; returns the frame count and timings.
 
     `audio` is a file (read at its real pace with `realtime`, else as fast as possible) or a binary stream of 16 kHz
     mono s16le PCM (standard input). Latency of a frame: from the arrival of the last sample its audio window needs
-    (the end of the input for the last frames) to its write. The output appears only once complete.
+    (the end of the input for the last frames) to its write. The output appears only once complete. A model that
+    records its person refuses anyone else's face (sample/person.py) unless `any_face`.
     """
     if chunk_ms <= 0:
         raise DiffheadsError(f"--chunk-ms must be positive, got {chunk_ms}")
@@ -130,6 +133,7 @@ def stream_video(
     size = model.cfg.model.image_size
     portrait = load_portrait(image, video, size, mean_face, margins) if align else None
     identity = identity_of(portrait, size) if portrait is not None else load_identity_frame(image, video, size)
+    refuse_strangers(model, identity, any_face, "stream")
     stream = SpeechStream(model, identity if crop_only or portrait is None else portrait, sample, seed)
     chunk = max(1, round(chunk_ms * SAMPLE_RATE / 1000.0))
     pieces = pcm_chunks(audio, chunk) if hasattr(audio, "read") else file_chunks(audio, chunk)
