@@ -15,12 +15,15 @@ class Conditioning:
     motion_frames: (B, n_motion_frames * motion_channels, H, W), oldest frame first.
     audio_window: (B, 2k + 1, audio_dim), rows t-k .. t+k.
     mouth_landmarks: (B, 20, 2) mouth points 48..67 of the target frame, pixel (x, y); training only.
+    mouth_shape: (B, 20, 2) the mouth shape to sketch (models/mouth_sketch.py) in place of the one the network's
+        audio head predicts; training only (teacher forcing), None otherwise.
     """
 
     identity_frame: torch.Tensor
     motion_frames: torch.Tensor
     audio_window: torch.Tensor
     mouth_landmarks: torch.Tensor | None = None
+    mouth_shape: torch.Tensor | None = None
 
     def to(self, device: torch.device | str, dtype: torch.dtype | None = None) -> Conditioning:
         """Move every tensor field (landmarks keep their dtype)."""
@@ -30,6 +33,7 @@ class Conditioning:
             motion_frames=move(self.motion_frames),
             audio_window=move(self.audio_window),
             mouth_landmarks=None if self.mouth_landmarks is None else self.mouth_landmarks.to(device),
+            mouth_shape=None if self.mouth_shape is None else move(self.mouth_shape),
         )
 
     def repeat(self, n: int) -> Conditioning:
@@ -41,4 +45,5 @@ class Conditioning:
             motion_frames=rep(self.motion_frames),
             audio_window=rep(self.audio_window),
             mouth_landmarks=rep(self.mouth_landmarks),
+            mouth_shape=rep(self.mouth_shape),
         )

@@ -60,6 +60,13 @@ class Prediction(str, enum.Enum):
     X0 = "x0"  # the clean frame
 
 
+class DiffusedTarget(str, enum.Enum):
+    """What the process diffuses (diffusion/target.py)."""
+
+    FRAME = "frame"  # the frame itself (the paper, SPEC)
+    RESIDUAL = "residual"  # (frame - identity frame) * residual_scale: a person model starts from its identity frame
+
+
 class TimestepSpacing(str, enum.Enum):
     """Which of the n_timesteps a respaced (sampling) process keeps (diffusion/schedule.py)."""
 
@@ -126,6 +133,15 @@ class ModelConfig:
     resblock_updown: bool = True  # resample inside residual blocks
     n_motion_frames: int = 2  # previous frames fed as motion context
     grayscale_motion: bool = True  # 1 channel per motion frame instead of 3
+    # [top, bottom, left, right] as fractions of the frame: in motion frames this box shows the identity frame, so
+    # the mouth cannot be copied from the previous frame and must come from the audio; [] (default) shows it all
+    motion_mouth_box: list[float] = field(default_factory=list)
+    # a linear head on the audio embedding that predicts the target frame's mouth shape (the 20 mouth landmarks,
+    # centred), trained with diffusion.mouth_shape_weight: the audio path learns the mouth from a direct signal
+    mouth_shape_head: bool = False
+    # [x, y] fractions of the frame: the predicted mouth shape is drawn there as an extra input channel
+    # (models/mouth_sketch.py; needs mouth_shape_head); [] (default): no sketch
+    mouth_sketch_centre: list[float] = field(default_factory=list)
     n_audio_motion_embs: int = 2  # k: audio rows on each side of the target frame
     audio_dim: int | None = None  # width of one audio embedding row; null: taken from the embeddings
     id_condition_type: IdCondition = IdCondition.FRAME
@@ -134,6 +150,20 @@ class ModelConfig:
     norm_groups: int = (
         32  # GroupNorm groups; with 32 channels, 32 groups is a per-channel norm that drops colour offsets
     )
+
+    def __post_init__(self) -> None:
+        centre = self.mouth_sketch_centre
+        if centre and not (len(centre) == 2 and all(0 <= v <= 1 for v in centre) and self.mouth_shape_head):
+            raise DiffheadsError(
+                f"model.mouth_sketch_centre must be [] or [x, y] in [0, 1] with model.mouth_shape_head: true, got "
+                f"{centre} (mouth_shape_head {self.mouth_shape_head})"
+            )
+        box = self.motion_mouth_box
+        if box and not (len(box) == 4 and 0 <= box[0] < box[1] <= 1 and 0 <= box[2] < box[3] <= 1):
+            raise DiffheadsError(
+                f"model.motion_mouth_box must be [] or [top, bottom, left, right] with 0 <= top < bottom <= 1 and "
+                f"0 <= left < right <= 1 (fractions of the frame), got {box}"
+            )
 
     @property
     def motion_channels(self) -> int:
@@ -160,6 +190,14 @@ class DiffusionConfig:
     lip_padding: int = 5  # pixels added around the mouth box (at 128 px; scaled with image_size)
     legacy_float32_schedule: bool = False  # derive the schedule in float32 exactly as the reference (less precise)
     timestep_spacing: TimestepSpacing = TimestepSpacing.REFERENCE  # sampling grid; distilled students use trailing
+    target: DiffusedTarget = DiffusedTarget.FRAME  # frame (the paper) or residual to the identity frame (person models)
+    mouth_shape_weight: float = 1.0  # weight of the mouth-shape loss of model.mouth_shape_head (when it is on)
+    sketch_teacher_forcing: float = 0.5  # share of training examples whose mouth sketch is drawn from the truth
+    residual_scale: float = 4.0  # target residual: the residual is multiplied by this (about 1 / its std x 0.3)
+
+    def __post_init__(self) -> None:
+        if not self.residual_scale > 0:
+            raise DiffheadsError(f"diffusion.residual_scale must be > 0, got {self.residual_scale}")
 
 
 @dataclass

@@ -25,7 +25,7 @@ from diffheads.data.frame_cache import (
 )
 from diffheads.data.layout import DataLayout
 from diffheads.data.packed import PackedClips
-from diffheads.diffusion.motion import motion_transform, perturb_motion
+from diffheads.diffusion.motion import hide_mouth, motion_transform, perturb_motion
 from diffheads.errors import DiffheadsError
 
 MOUTH = slice(48, 68)
@@ -280,6 +280,7 @@ class TalkingFaceDataset(Dataset):
         # the identity frame (t = 0, dropout) are perturbed too, or equality with the identity frame would tell
         # the network which motion frames carry the true colour; before the transform, as the sampler's own
         # errors are in the frame it then grayscales and blurs
+        motion = hide_mouth(motion, identity, self.model.motion_mouth_box)
         motion = perturb_motion(motion, rng, self.data.motion_colour_jitter, self.data.motion_noise)
         motion = motion_transform(motion, self.model.grayscale_motion, self.data.motion_blur)
         rows = audio_rows(idx.target, self.model.n_audio_motion_embs, source.n)

@@ -9,10 +9,14 @@ from pathlib import Path
 
 MIN_LIP_SYNC_R = 0.5  # issue acceptance; the goal is 0.8
 MAX_ABS_CONTROL_R = 0.2  # chance-level control must stay near 0
-# The GRID demo (issue acceptance): lip motion within clips follows the real frames, a mismatched sentence does not.
+# The GRID demo: dlib's trained detector finds a face on (almost) every generated frame, and the pixel measure of
+# mouth opening follows the real frames within the speech while a mismatched sentence does not. The trained
+# judge's lip_open_r is reported beside it but not yet required: the lips do not yet follow the speech by that
+# measure (docs/demo.md, issue 25), and a check that always fails would check nothing.
 MIN_MOUTH_OPEN_R = 0.5
-MIN_MOUTH_OPEN_R_SHORT = 0.25  # `--short` (CI): 300 steps; the calibration's 225-step runs reached 0.35-0.36
+MIN_MOUTH_OPEN_R_SHORT = 0.25  # `--short` (CI): 300 steps; the calibration's runs reached 0.35-0.44
 MAX_CONTROL_MOUTH_OPEN_R = 0.2
+MIN_JUDGE_DETECTION_RATE = 0.9
 
 
 def _finite(x: object) -> bool:
@@ -20,8 +24,11 @@ def _finite(x: object) -> bool:
 
 
 def check_grid_report(report: dict, min_r: float = MIN_MOUTH_OPEN_R) -> list[str]:
-    """Problems with a GRID demo report (empty when lip motion was learned on the held-out sentences)."""
+    """Problems with a GRID demo report (empty when it made faces whose mouths move with the held-out sentences)."""
     problems = []
+    detection = report.get("judge_detection_rate")
+    if not _finite(detection) or detection < MIN_JUDGE_DETECTION_RATE:
+        problems.append(f"judge_detection_rate = {detection} < {MIN_JUDGE_DETECTION_RATE} (no face on the frames)")
     r, control = report.get("mouth_open_r"), report.get("control_mouth_open_r")
     if not _finite(r) or r < min_r:
         problems.append(f"mouth_open_r = {r} < {min_r}")
@@ -61,9 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     report = json.loads(path.read_text())
     problems = check_report(report)
-    keys = (
-        ("mouth_open_r", "control_mouth_open_r") if "mouth_open_r" in report else ("lip_sync_r", "control_lip_sync_r")
-    )
+    grid = ("mouth_open_r", "control_mouth_open_r", "judge_detection_rate", "lip_open_r", "control_lip_open_r")
+    keys = grid if "mouth_open_r" in report else ("lip_sync_r", "control_lip_sync_r")
     summary = " ".join(f"{k}={report.get(k):.3f}" if _finite(report.get(k)) else f"{k}={report.get(k)}" for k in keys)
     if _finite((report.get("student") or {}).get("lip_sync_r")):
         summary += f" student_lip_sync_r={report['student']['lip_sync_r']:.3f}"

@@ -274,13 +274,15 @@ def grid_report(run: GridRun) -> dict[str, Any]:
 
 
 def grid_figures(out: Path, videos: dict[str, Path]) -> list[Path]:
-    """contact_sheet.png (real rows over generated rows), mouth_opening.png and, when logged, loss.png."""
-    from diffheads.demo.plots import contact_sheet, loss_plot, opening_plot
+    """contact_sheet.png (real rows over generated rows), mouth_strip.png (the mouth enlarged, real over generated),
+    mouth_opening.png and, when logged, loss.png."""
+    from diffheads.demo.plots import contact_sheet, loss_plot, mouth_strip, opening_plot
 
     layout = DataLayout.of(out / "data")
     measures = measure_openings(layout, videos)
     figures = [
         contact_sheet(out / "contact_sheet.png", layout, videos, max_clips=8),
+        mouth_strip(out / "mouth_strip.png", layout, videos),
         opening_plot(out / "mouth_opening.png", measures, truth_label="real frames (measured)"),
     ]
     loss = loss_plot(out / "loss.png", out / "train")

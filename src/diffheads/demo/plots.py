@@ -36,9 +36,7 @@ def contact_sheet(
         picks = np.linspace(0, n - 1, n_cols).round().astype(int)
         size = fake.shape[1]
         if real.shape[1] != size:
-            step = real.shape[1] / size
-            grid = (np.arange(size) * step + step / 2).astype(int)
-            real = real[:, grid][:, :, grid]
+            real = _nearest(real, size)
         rows.append(np.concatenate(list(real[picks]), axis=1))
         rows.append(np.concatenate(list(fake[picks]), axis=1))
         rows.append(np.full((2, rows[-1].shape[1], 3), 255, np.uint8))
@@ -46,6 +44,50 @@ def contact_sheet(
     scale = max(1, 96 // rows[0].shape[0])
     sheet = sheet.repeat(scale, axis=0).repeat(scale, axis=1)
     return write_png(path, sheet)
+
+
+def _mouth_box(points: np.ndarray, size: int, pad: float = 0.35) -> tuple[slice, slice]:
+    """(rows, cols) of one box holding the mouth (68-point indices 48-67) in every frame, padded by `pad` x width."""
+    mouth = points[:, 48:68]
+    lo, hi = mouth.min(axis=(0, 1)), mouth.max(axis=(0, 1))
+    margin = pad * (hi[0] - lo[0])
+    x0, y0 = (np.floor(lo - margin).astype(int)).clip(0, size - 1)
+    x1, y1 = (np.ceil(hi + margin).astype(int) + 1).clip(1, size)
+    return slice(y0, y1), slice(x0, x1)
+
+
+def mouth_strip(
+    path: Path, layout: DataLayout, videos: dict[str, Path], n_cols: int = 16, max_clips: int = 3, height: int = 64
+) -> Path:
+    """PNG: per clip, the mouth on consecutive frames from the middle of the sentence (every other frame), real row
+    above generated row, enlarged to `height` px; the box holds the mouth of the real clip in all its frames."""
+    from diffheads.io.video import read_video
+
+    rows = []
+    for cid in sorted(videos)[:max_clips]:
+        fake, _ = read_video(videos[cid])
+        real, _ = read_video(layout.video(cid))
+        n, size = min(len(fake), len(real)), fake.shape[1]
+        points = np.load(layout.landmarks(cid)) * (size / real.shape[1])
+        box = _mouth_box(points[:n], size)
+        picks = np.clip(n // 2 - n_cols + 2 * np.arange(n_cols), 0, n - 1)
+        for frames in (real[:n] if real.shape[1] == size else _nearest(real[:n], size), fake[:n]):
+            crops = frames[picks][:, box[0], box[1]]
+            zoom = max(1, height // crops.shape[1])
+            crops = crops.repeat(zoom, axis=1).repeat(zoom, axis=2)
+            gap = np.full((crops.shape[1], 2, 3), 255, np.uint8)
+            rows.append(np.concatenate([c for crop in crops for c in (crop, gap)][:-1], axis=1))
+        rows.append(np.full((6, rows[-1].shape[1], 3), 255, np.uint8))
+    width = max(r.shape[1] for r in rows)
+    rows = [np.pad(r, ((0, 0), (0, width - r.shape[1]), (0, 0)), constant_values=255) for r in rows[:-1]]
+    return write_png(path, np.concatenate(rows, axis=0))
+
+
+def _nearest(frames: np.ndarray, size: int) -> np.ndarray:
+    """Frames (T, S, S, 3) resampled to (T, size, size, 3) by nearest pixel centres."""
+    step = frames.shape[1] / size
+    grid = (np.arange(size) * step + step / 2).astype(int)
+    return frames[:, grid][:, :, grid]
 
 
 def _zscore(x: np.ndarray) -> np.ndarray:

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from diffheads.config import DiffusionConfig, Prediction
+from diffheads.diffusion import target as diffused
 from diffheads.diffusion.schedule import Schedule, cosine_schedule
 
 
@@ -96,6 +97,11 @@ class GaussianDiffusion:
         return self if n_steps >= self.n_steps else self.respace(n_steps)
 
     @property
+    def x0_bound(self) -> float:
+        """The largest |x0| of the diffused signal (1 for frames in [-1, 1]; see diffusion/target.py)."""
+        return diffused.bound(self.cfg)
+
+    @property
     def n_steps(self) -> int:
         """Number of positions of this process."""
         return self.schedule.n_steps
@@ -156,7 +162,7 @@ class GaussianDiffusion:
         pred, var_out = self.split_output(model_out)
         eps, x0 = self.predict_eps_x0(pred, xt, idx)
         if clip_denoised:
-            x0 = x0.clamp(-1.0, 1.0)
+            x0 = x0.clamp(-self.x0_bound, self.x0_bound)
         mean, _ = self.q_posterior(x0, xt, idx)
         return {"mean": mean, "log_variance": self.model_log_variance(var_out, xt, idx), "x0": x0, "eps": eps}
 

@@ -3,6 +3,9 @@ perturbation of motion frames against exposure bias (docs/model.md)."""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -28,6 +31,20 @@ def blur(frames: torch.Tensor, kernel_size: int = 5, sigma: float = 2.0) -> torc
     x = F.conv2d(x, k.view(1, 1, 1, -1))
     x = F.conv2d(x, k.view(1, 1, -1, 1))
     return x.reshape(n, c, h, w)
+
+
+def hide_mouth(frames: torch.Tensor, identity_frames: torch.Tensor, box: Sequence[float]) -> torch.Tensor:
+    """(B, M, 3, H, W) or (B, 3, H, W) frames with `box` ([top, bottom, left, right], fractions of the frame)
+    copied from their (B, 3, H, W) identity frames; `frames` itself when the box is empty."""
+    if not box:
+        return frames
+    h, w = frames.shape[-2:]
+    rows = slice(math.floor(box[0] * h), math.ceil(box[1] * h))
+    cols = slice(math.floor(box[2] * w), math.ceil(box[3] * w))
+    out = frames.clone()
+    ident = identity_frames if frames.dim() == identity_frames.dim() else identity_frames.unsqueeze(-4)
+    out[..., rows, cols] = ident[..., rows, cols].expand_as(out[..., rows, cols])
+    return out
 
 
 def motion_transform(frames: torch.Tensor, grayscale: bool, blurred: bool) -> torch.Tensor:

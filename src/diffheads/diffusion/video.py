@@ -12,8 +12,9 @@ from tqdm.auto import tqdm
 
 from diffheads.conditioning import Conditioning
 from diffheads.config import ModelConfig, SampleConfig
+from diffheads.diffusion import target as diffused
 from diffheads.diffusion.gaussian import GaussianDiffusion
-from diffheads.diffusion.motion import motion_transform
+from diffheads.diffusion.motion import hide_mouth, motion_transform
 from diffheads.diffusion.samplers import Generators, randn, sample_frame
 
 
@@ -77,13 +78,15 @@ class FrameStepper:
         self.model, self.process, self.sample_cfg, self.generator = model, process, sample_cfg, generator
         self.identity_frames = identity_frames
         self.grayscale, self.motion_blur = model_cfg.grayscale_motion, motion_blur
-        self.identity_motion = self.to_motion(identity_frames)
+        self.mouth_box = model_cfg.motion_mouth_box
+        self.identity_motion = self.to_motion(identity_frames, identity_frames)
         self.motion = [self.identity_motion.clone() for _ in range(model_cfg.n_motion_frames)]  # oldest first
         self.t = 0  # the frame the next step samples
 
-    def to_motion(self, frames: torch.Tensor) -> torch.Tensor:
-        """Frames as the network sees them in the motion slots (grayscale / blur as trained)."""
-        return motion_transform(frames, self.grayscale, self.motion_blur)
+    def to_motion(self, frames: torch.Tensor, identity_frames: torch.Tensor) -> torch.Tensor:
+        """Frames as the network sees them in the motion slots (mouth box from the identity frame, grayscale / blur,
+        as trained)."""
+        return motion_transform(hide_mouth(frames, identity_frames, self.mouth_box), self.grayscale, self.motion_blur)
 
     @torch.no_grad()
     def step(self, audio_window: torch.Tensor, active: torch.Tensor | None = None) -> torch.Tensor:
@@ -105,7 +108,7 @@ class FrameStepper:
             else [generator[i] for i in active.tolist()]
         )
         noise = randn(cond.identity_frame.shape, rows_generator, self.identity_frames.device)
-        frame = sample_frame(
+        signal = sample_frame(
             lambda x, tt: self.model(x, tt, cond),
             noise,
             self.process,
@@ -113,11 +116,12 @@ class FrameStepper:
             rows_generator,
             self.sample_cfg.clip_denoised,
             self.sample_cfg.eta,
-        ).clamp(-1.0, 1.0)
+        )
+        frame = diffused.decode(signal, cond.identity_frame, self.process.cfg)
         if self.sample_cfg.colour_anchor:
             frame = anchor_colour(frame, cond.identity_frame)
         newest = self.motion[-1].clone()
-        newest[active] = self.to_motion(frame)
+        newest[active] = self.to_motion(frame, cond.identity_frame)
         self.motion = self.motion[1:] + [newest]
         self.t += 1
         return frame

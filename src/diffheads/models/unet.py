@@ -19,6 +19,7 @@ from diffheads.models.blocks import (
     zero_init,
 )
 from diffheads.models.embeddings import AudioTokenEmbedding, IdentityEncoder, TimestepEmbedding, audio_mlp
+from diffheads.models.mouth_sketch import MOUTH_POINTS, render_sketch
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -132,6 +133,8 @@ class UNet(nn.Module):
         self.in_channels = cfg.in_channels + cfg.n_motion_frames * cfg.motion_channels
         if self.id_condition is IdCondition.FRAME:
             self.in_channels += cfg.in_channels
+        if cfg.mouth_sketch_centre:
+            self.in_channels += 1
         # registration order (embeddings, input, middle, output, head) fixes the seeded init and state-dict order
         self._build_embeddings()
         ch, ds, skip_widths = self._build_input_blocks()
@@ -195,6 +198,13 @@ class UNet(nn.Module):
             self.audio_embed: nn.Module = AudioTokenEmbedding(cfg.audio_window_len, self.audio_dim, emb_dim)
         else:
             self.audio_embed = audio_mlp(cfg.audio_window_len, self.audio_dim, emb_dim)
+        if cfg.mouth_shape_head:
+            if self.audio_condition is AudioCondition.ATTENTION_OURS:
+                raise DiffheadsError(
+                    "model.mouth_shape_head needs one audio vector per frame; audio_condition_type attention_ours "
+                    "makes tokens: choose another audio_condition_type or turn the head off"
+                )
+            self.mouth_head = nn.Linear(emb_dim, 2 * MOUTH_POINTS)
         if self.id_condition in (IdCondition.PRE_GN_OURS, IdCondition.POST_GN_OURS):
             widths = [c * m for m in cfg.channel_mult]
             self.id_encoder = IdentityEncoder(cfg.in_channels, widths, emb_dim, cfg.norm_groups)
@@ -265,6 +275,12 @@ class UNet(nn.Module):
                 emb.identity = identity
         return emb
 
+    def mouth_shape(self, audio_window: torch.Tensor) -> torch.Tensor:
+        """(B, 2k+1, audio_dim) -> (B, 20, 2): the mouth shape the audio embedding predicts (model.mouth_shape_head;
+        models/mouth_sketch.py gives its units)."""
+        audio = self.audio_embed(audio_window.reshape(audio_window.shape[0], -1))
+        return self.mouth_head(audio).view(-1, MOUTH_POINTS, 2)
+
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         """(B, 3, H, W) noisy frame, (B,) original timesteps -> (B, out_channels, H, W)."""
         window = cond.audio_window
@@ -285,6 +301,9 @@ class UNet(nn.Module):
         parts = [x_t, cond.motion_frames]
         if self.id_condition is IdCondition.FRAME:
             parts.append(cond.identity_frame)
+        if self.cfg.mouth_sketch_centre:
+            shape = cond.mouth_shape if cond.mouth_shape is not None else self.mouth_shape(window)
+            parts.append(render_sketch(shape.to(x_t.dtype), self.cfg.mouth_sketch_centre, x_t.shape[-1]))
         h = torch.cat(parts, dim=1)
         if h.shape[1] != self.in_channels:
             raise DiffheadsError(

@@ -33,6 +33,7 @@ from diffheads.config import (
     parse_override,
     to_dict,
 )
+from diffheads.diffusion import target as diffused
 from diffheads.diffusion.gaussian import GaussianDiffusion
 from diffheads.diffusion.samplers import Denoiser
 from diffheads.diffusion.schedule import trailing_timesteps
@@ -86,7 +87,7 @@ def teacher_x0(
 ) -> torch.Tensor:
     """The teacher's x0 prediction at z_t (any parameterisation), clipped to [-1, 1] when its sampler clips."""
     _, x0 = process.predict_eps_x0(process.split_output(teacher(z, process.model_timesteps(t)))[0].to(z.dtype), z, t)
-    return x0.clamp(-1.0, 1.0) if clip else x0
+    return x0.clamp(-process.x0_bound, process.x0_bound) if clip else x0
 
 
 def ddim_step(
@@ -162,7 +163,7 @@ class DistillationModule(DiffusionModule):
 
     def compute_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """The student's loss at a uniformly drawn position of its grid, against the teacher's two-step target."""
-        x0 = batch["target"]
+        x0 = diffused.encode(batch["target"], batch["identity_frame"], self.cfg.diffusion)
         if self.diffusion.schedule.beta.device != x0.device:
             self.diffusion = self.diffusion.to(x0.device)
         position = torch.randint(0, self.student_steps, (x0.shape[0],), device=x0.device)

@@ -9,12 +9,15 @@ from typing import Any
 
 import lightning as L
 import torch
+import torch.nn.functional as F
 
 from diffheads.conditioning import Conditioning
 from diffheads.config import NonFinite, RunConfig, to_dict
 from diffheads.data.sampler import derive_seed
+from diffheads.diffusion import target as diffused
 from diffheads.diffusion.gaussian import GaussianDiffusion
 from diffheads.errors import DiffheadsError
+from diffheads.models.mouth_sketch import mouth_shape
 
 
 def conditioning_of(batch: dict[str, Any]) -> Conditioning:
@@ -48,16 +51,36 @@ class DiffusionModule(L.LightningModule):
         return self.unet(x_t, t, cond)
 
     def compute_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
-        """Hybrid loss of one batch at uniformly drawn timesteps."""
-        x0 = batch["target"]
+        """Hybrid loss of one batch at uniformly drawn timesteps (plus the mouth-shape loss when the head is on)."""
+        x0 = diffused.encode(batch["target"], batch["identity_frame"], self.cfg.diffusion)
         if self.diffusion.schedule.beta.device != x0.device:
             self.diffusion = self.diffusion.to(x0.device)
         idx = torch.randint(0, self.diffusion.n_steps, (x0.shape[0],), device=x0.device)
         noise = torch.randn_like(x0)
         xt = self.diffusion.q_sample(x0, idx, noise)
         cond = conditioning_of(batch)
+        shape_loss = self.mouth_shape_loss(cond, x0.shape[-1]) if self.cfg.model.mouth_shape_head else None
         out = self.unet(xt, self.diffusion.model_timesteps(idx), cond)
-        return self.diffusion.training_losses(out, x0, xt, noise, idx, cond.mouth_landmarks)
+        losses = self.diffusion.training_losses(out, x0, xt, noise, idx, cond.mouth_landmarks)
+        if shape_loss is not None:
+            losses["mouth_shape"] = shape_loss
+            losses["loss"] = losses["loss"] + self.cfg.diffusion.mouth_shape_weight * shape_loss
+        return losses
+
+    def mouth_shape_loss(self, cond: Conditioning, image_size: int) -> torch.Tensor:
+        """MSE of the audio head's mouth shape against the target frame's; with a mouth sketch, sets the shape the
+        network sketches: the truth for a `sketch_teacher_forcing` share of the examples, else the prediction."""
+        if cond.mouth_landmarks is None:
+            raise DiffheadsError(
+                "model.mouth_shape_head learns from the mouth landmarks, but the batch has none; "
+                "prepare the data with its lmks/ and set data.use_landmarks=true"
+            )
+        predicted = self.unet.mouth_shape(cond.audio_window)
+        truth = mouth_shape(cond.mouth_landmarks.to(predicted.dtype), image_size)
+        if self.cfg.model.mouth_sketch_centre:
+            forced = torch.rand(truth.shape[0], device=truth.device) < self.cfg.diffusion.sketch_teacher_forcing
+            cond.mouth_shape = torch.where(forced[:, None, None], truth, predicted.detach())
+        return F.mse_loss(predicted, truth)
 
     @contextlib.contextmanager
     def step_randomness(self) -> Iterator[None]:

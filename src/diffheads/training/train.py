@@ -147,9 +147,10 @@ def training_data(
 ) -> tuple[TalkingFaceDataset, TalkingFaceDataset | None, dict[str, Any]]:
     """(training examples, held-out clips for sample videos or None, the `trained_on` record) of a run.
 
-    `lip_loss` None: landmarks are read when the config's lip loss is on.
+    `lip_loss` None: landmarks are read when the config's lip loss or mouth-shape head is on.
     """
-    lip = cfg.diffusion.lip_loss_weight > 0 if lip_loss is None else lip_loss
+    wanted = cfg.diffusion.lip_loss_weight > 0 or cfg.model.mouth_shape_head
+    lip = wanted if lip_loss is None else lip_loss
     data = TalkingFaceDataset(cfg.data, cfg.model, "train", lip_loss=lip)  # checks every listed clip first
     val = TalkingFaceDataset(cfg.data, cfg.model, "test", lip_loss=False) if cfg.trainer.sample_every_n_steps else None
     if data.packed is not None:  # what the clips were packed from
