@@ -109,3 +109,28 @@ def test_grid_learning_check_needs_a_face_and_mouth_motion():
     assert check_report(dict(good, judge_detection_rate=None))
     assert check_report(dict(good, mouth_open_r=0.3, short=True)) == []  # CI's shortened run has its own floor
     assert check_report(dict(good, mouth_open_r=0.2, short=True))
+
+
+def test_mouth_strip_shows_the_real_mouth_over_the_generated_one_enlarged(tmp_path):
+    from diffheads.data.layout import DataLayout
+    from diffheads.demo.plots import mouth_strip
+    from diffheads.io.video import write_video
+
+    n, size = 40, 64
+    points = np.zeros((n, 68, 2), np.float32)
+    points[:, 48:68] = np.stack(np.meshgrid(np.linspace(24, 40, 5), np.linspace(44, 50, 4)), -1).reshape(20, 2)
+    real = np.full((n, size, size, 3), 200, np.uint8)
+    real[:, 44:51, 24:41] = (200, 30, 30)  # a red mouth where the landmarks are
+    fake = real.copy()
+    fake[:, 44:51, 24:41] = (30, 30, 200)  # the generated one blue
+    write_video(tmp_path / "data" / "video" / "c.mp4", real)
+    (tmp_path / "data" / "lmks").mkdir()
+    np.save(tmp_path / "data" / "lmks" / "c.npy", points)
+    write_video(tmp_path / "gen" / "c.mp4", fake)
+    strip = read_png(
+        mouth_strip(tmp_path / "strip.png", DataLayout.of(tmp_path / "data"), {"c": tmp_path / "gen" / "c.mp4"})
+    )
+    top, bottom = strip[: strip.shape[0] // 2].astype(int), strip[strip.shape[0] // 2 :].astype(int)
+    assert strip.shape[0] >= 2 * 3 * 19  # two rows of the 19 px box (mouth + 35% of its width), enlarged 3x
+    assert (top[..., 0] - top[..., 2]).max() > 100 and (bottom[..., 2] - bottom[..., 0]).max() > 100
+    assert (top[..., 2] - top[..., 0]).max() < 60 and (bottom[..., 0] - bottom[..., 2]).max() < 60

@@ -60,7 +60,8 @@ def mouth_strip(
     path: Path, layout: DataLayout, videos: dict[str, Path], n_cols: int = 16, max_clips: int = 3, height: int = 64
 ) -> Path:
     """PNG: per clip, the mouth on consecutive frames from the middle of the sentence (every other frame), real row
-    above generated row, enlarged to `height` px; the box holds the mouth of the real clip in all its frames."""
+    above generated row, enlarged by a whole factor to about `height` px; the box holds the mouth of the real clip
+    in all its frames."""
     from diffheads.io.video import read_video
 
     rows = []
