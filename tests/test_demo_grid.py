@@ -46,8 +46,6 @@ def test_quick_grid_demo_writes_every_artefact(tmp_path, capsys):
     report = json.loads(printed.out)
     assert f"--checkpoint {out}/model.ckpt" in printed.err
     for key in (
-        "mouth_open_r",
-        "control_mouth_open_r",
         "m_lmd",
         "f_lmd",
         "control_m_lmd",
@@ -59,6 +57,7 @@ def test_quick_grid_demo_writes_every_artefact(tmp_path, capsys):
         "prepare_seconds",
     ):
         assert key in report, key
+    assert "mouth_open_r" not in report  # the pixel measure that missed the lips is no longer reported
     assert report["n_clips"] == 2 and report["n_train_clips"] == 4 and report["train_steps"] == 3
     # the trained judges run on the demo's clips; a 3-step model's frames need not hold a face, the real ones do
     for key in ("lip_open_r", "control_lip_open_r", "id_distance", "csim", "flicker", "m_lmd68", "f_lmd68"):
@@ -97,18 +96,22 @@ def read_png(path: Path) -> np.ndarray:
     return np.asarray(Image.open(path))
 
 
-def test_grid_learning_check_needs_a_face_and_mouth_motion():
-    good = {"mouth_open_r": 0.6, "control_mouth_open_r": 0.1, "judge_detection_rate": 1.0, "n_clips": 20}
+def test_grid_learning_check_needs_a_face_and_lips_that_follow_the_speech():
+    good = {"lip_open_r": 0.6, "control_lip_open_r": 0.1, "judge_detection_rate": 1.0, "n_clips": 20}
     assert check_report(good) == []
-    assert check_report(dict(good, mouth_open_r=0.4))
-    assert check_report(dict(good, control_mouth_open_r=0.3))
-    assert check_report(dict(good, mouth_open_r=None))
+    assert check_report(dict(good, lip_open_r=0.45))
+    assert check_report(dict(good, control_lip_open_r=0.18))
+    assert check_report(dict(good, lip_open_r=None))
     assert check_report(dict(good, n_clips=1))
-    # a high pixel r on frames where the trained detector finds no face (coloured noise) fails
+    # lips judged on frames where the trained detector finds no face (coloured noise) fail
     assert check_report(dict(good, judge_detection_rate=0.0))
     assert check_report(dict(good, judge_detection_rate=None))
-    assert check_report(dict(good, mouth_open_r=0.3, short=True)) == []  # CI's shortened run has its own floor
-    assert check_report(dict(good, mouth_open_r=0.2, short=True))
+    # CI's shortened run has its own floors
+    assert check_report(dict(good, lip_open_r=0.35, control_lip_open_r=0.18, short=True)) == []
+    assert check_report(dict(good, lip_open_r=0.25, short=True))
+    assert check_report(dict(good, control_lip_open_r=0.25, short=True))
+    # the old pixel measure no longer passes a model on its own
+    assert check_report(dict(good, lip_open_r=0.1, mouth_open_r=0.9))
 
 
 def test_mouth_strip_shows_the_real_mouth_over_the_generated_one_enlarged(tmp_path):

@@ -282,7 +282,8 @@ def _looks_imported(cfg: dict[str, Any], encoder: dict[str, Any]) -> bool:
 def _provenance(data: dict[str, Any], path: Path) -> dict[str, Any]:
     """model_provenance of a checkpoint's contents (weights are not needed)."""
     cfg, encoder = _config_and_encoder(data, path)
-    size = cfg.get("model", {}).get("image_size", RunConfig().model.image_size)
+    model_cfg = cfg.get("model", {})
+    size = model_cfg.get("output_size") or model_cfg.get("image_size", RunConfig().model.image_size)  # frame side
     steps = data.get("global_step")  # training checkpoints only
     record = data.get(TRAINED_ON)
     if isinstance(record, dict):

@@ -121,6 +121,10 @@ class ModelConfig:
     """The conditional UNet (SPEC, network); names follow the reference constructor."""
 
     image_size: int = 128  # frame side in pixels; frames are resized to it
+    # N > image_size: the videos are N px; the network still runs at image_size and each frame is its base frame at
+    # N px (identity frame, with model.mouth_bank the bank's N px mouth) plus the upsampled residual of the network's
+    # frame to its base (docs/model.md, "Sharper than the network"). 0: image_size
+    output_size: int = 0
     in_channels: int = 3  # channels of the noisy frame
     model_channels: int = 256  # C, width of the first level
     out_channels: int = 6  # 3 mean channels + 3 variance-interpolation channels
@@ -142,6 +146,13 @@ class ModelConfig:
     # [x, y] fractions of the frame: the predicted mouth shape is drawn there as an extra input channel
     # (models/mouth_sketch.py; needs mouth_shape_head); [] (default): no sketch
     mouth_sketch_centre: list[float] = field(default_factory=list)
+    # N > 0: the person's own mouths (models/mouth_bank.py): N mouths of the training frames and an audio ->
+    # mouth-shape predictor, both fitted before training; the network's identity frame (and, with the residual
+    # target, what the residual is taken from) gets the bank's mouth for the shape the audio asks for. 0: off
+    mouth_bank: int = 0
+    # [top, bottom, left, right] fractions of the aligned frame: where the bank's mouths are cut and pasted
+    # (the mean-face template puts every person's mouth there)
+    mouth_bank_box: list[float] = field(default_factory=lambda: [0.62, 0.9, 0.28, 0.72])
     n_audio_motion_embs: int = 2  # k: audio rows on each side of the target frame
     audio_dim: int | None = None  # width of one audio embedding row; null: taken from the embeddings
     id_condition_type: IdCondition = IdCondition.FRAME
@@ -158,12 +169,26 @@ class ModelConfig:
                 f"model.mouth_sketch_centre must be [] or [x, y] in [0, 1] with model.mouth_shape_head: true, got "
                 f"{centre} (mouth_shape_head {self.mouth_shape_head})"
             )
-        box = self.motion_mouth_box
-        if box and not (len(box) == 4 and 0 <= box[0] < box[1] <= 1 and 0 <= box[2] < box[3] <= 1):
+        for name, box in (("motion_mouth_box", self.motion_mouth_box), ("mouth_bank_box", self.mouth_bank_box)):
+            if box and not (len(box) == 4 and 0 <= box[0] < box[1] <= 1 and 0 <= box[2] < box[3] <= 1):
+                raise DiffheadsError(
+                    f"model.{name} must be [] or [top, bottom, left, right] with 0 <= top < bottom <= 1 and "
+                    f"0 <= left < right <= 1 (fractions of the frame), got {box}"
+                )
+        if self.output_size and self.output_size < self.image_size:
             raise DiffheadsError(
-                f"model.motion_mouth_box must be [] or [top, bottom, left, right] with 0 <= top < bottom <= 1 and "
-                f"0 <= left < right <= 1 (fractions of the frame), got {box}"
+                f"model.output_size must be 0 or at least model.image_size ({self.image_size}), got {self.output_size}"
             )
+        if self.mouth_bank < 0 or (self.mouth_bank and not self.mouth_bank_box):
+            raise DiffheadsError(
+                f"model.mouth_bank must be 0 (off) or a number of mouths with a model.mouth_bank_box, got "
+                f"{self.mouth_bank} and {self.mouth_bank_box}"
+            )
+
+    @property
+    def frame_size(self) -> int:
+        """Side of the frames a user gets (and of the identity frame they start from): output_size or image_size."""
+        return self.output_size or self.image_size
 
     @property
     def motion_channels(self) -> int:

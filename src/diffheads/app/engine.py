@@ -204,7 +204,7 @@ class Studio:
     """
 
     def __init__(self, model: LoadedModel, name: str, device: str, choices: Sequence[ModelChoice] = ()) -> None:
-        provenance = model.provenance or {"image_size": model.cfg.model.image_size}
+        provenance = model.provenance or {"image_size": model.cfg.model.frame_size}
         self.choices = list(choices) or [ModelChoice(Path(name), provenance)]
         self.device = device
         self._set(model, self.choices[0])
@@ -248,7 +248,7 @@ class Studio:
 
     @property
     def size(self) -> int:
-        return self.model.cfg.model.image_size
+        return self.model.cfg.model.frame_size
 
     def choice(self, path: str | Path | None) -> ModelChoice:
         """The offered model at `path` (None: the loaded one); a one-line error for a file not offered."""

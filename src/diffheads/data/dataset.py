@@ -302,7 +302,7 @@ class SplitClips(Dataset):
         self.layout = DataLayout.of(data.root, data.embeddings or None)
         self.ids = self.layout.clips(split)
         check_listed_clips(self.layout, self.ids, split)
-        self.size = model.image_size
+        self.size = model.frame_size  # the identity frame at the size of the videos
 
     def __len__(self) -> int:
         return len(self.ids)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable, Sequence
 
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from diffheads.conditioning import Conditioning
@@ -16,6 +17,12 @@ from diffheads.diffusion import target as diffused
 from diffheads.diffusion.gaussian import GaussianDiffusion
 from diffheads.diffusion.motion import hide_mouth, motion_transform
 from diffheads.diffusion.samplers import Generators, randn, sample_frame
+from diffheads.errors import DiffheadsError
+
+
+def downscale(frames: torch.Tensor, size: int) -> torch.Tensor:
+    """(B, 3, S, S) -> (B, 3, size, size): antialiased bilinear, as the training loader resizes."""
+    return F.interpolate(frames, size=(size, size), mode="bilinear", antialias=True, align_corners=False)
 
 
 def audio_window_indices(t: int, k: int, lengths: torch.Tensor) -> torch.Tensor:
@@ -76,12 +83,44 @@ class FrameStepper:
         motion_blur: bool = False,
     ) -> None:
         self.model, self.process, self.sample_cfg, self.generator = model, process, sample_cfg, generator
+        # identity frames at model.output_size: the network gets them at image_size, the frames come back upscaled
+        self.identity_out = identity_frames if identity_frames.shape[-1] != model_cfg.image_size else None
+        if self.identity_out is not None:
+            if identity_frames.shape[-1] != model_cfg.frame_size:
+                raise DiffheadsError(
+                    f"identity frames are {identity_frames.shape[-1]} px; the model takes {model_cfg.image_size} px "
+                    f"(or {model_cfg.frame_size} px, its output size)"
+                )
+            identity_frames = downscale(identity_frames, model_cfg.image_size)
         self.identity_frames = identity_frames
         self.grayscale, self.motion_blur = model_cfg.grayscale_motion, motion_blur
         self.mouth_box = model_cfg.motion_mouth_box
+        self.mouth_bank = model_cfg.mouth_bank > 0
+        if self.mouth_bank and not hasattr(model, "base_frame"):
+            raise TypeError("a model.mouth_bank network must be sampled through a model with base_frame")
         self.identity_motion = self.to_motion(identity_frames, identity_frames)
         self.motion = [self.identity_motion.clone() for _ in range(model_cfg.n_motion_frames)]  # oldest first
         self.t = 0  # the frame the next step samples
+
+    def base_frame(
+        self, identity_frames: torch.Tensor, audio_window: torch.Tensor, output: bool = False
+    ) -> torch.Tensor:
+        """The identity frames with, for a model.mouth_bank network, the mouths their audio windows ask for."""
+        if not self.mouth_bank:
+            return identity_frames
+        if output:
+            return self.model.base_frame(identity_frames, audio_window, output=True)
+        return self.model.base_frame(identity_frames, audio_window)
+
+    def to_output(
+        self, frame: torch.Tensor, base: torch.Tensor, audio_window: torch.Tensor, active: torch.Tensor
+    ) -> torch.Tensor:
+        """model.output_size: the base frame at the output size plus the upsampled residual of `frame` to `base`."""
+        if self.identity_out is None:
+            return frame
+        base_out = self.base_frame(self.identity_out[active], audio_window, output=True)
+        residual = F.interpolate(frame - base, size=base_out.shape[-2:], mode="bilinear", align_corners=False)
+        return (base_out + residual).clamp(-1.0, 1.0)
 
     def to_motion(self, frames: torch.Tensor, identity_frames: torch.Tensor) -> torch.Tensor:
         """Frames as the network sees them in the motion slots (mouth box from the identity frame, grayscale / blur,
@@ -96,8 +135,9 @@ class FrameStepper:
             active = torch.arange(self.identity_frames.shape[0], device=self.identity_frames.device)
         if self.sample_cfg.stabilize_every > 0 and self.t > 0 and self.t % self.sample_cfg.stabilize_every == 0:
             self.motion[0] = self.identity_motion.clone()
+        identity = self.identity_frames[active]
         cond = Conditioning(
-            identity_frame=self.identity_frames[active],
+            identity_frame=self.base_frame(identity, audio_window),
             motion_frames=torch.cat([m[active] for m in self.motion], dim=1),
             audio_window=audio_window,
         )
@@ -121,10 +161,10 @@ class FrameStepper:
         if self.sample_cfg.colour_anchor:
             frame = anchor_colour(frame, cond.identity_frame)
         newest = self.motion[-1].clone()
-        newest[active] = self.to_motion(frame, cond.identity_frame)
+        newest[active] = self.to_motion(frame, identity)
         self.motion = self.motion[1:] + [newest]
         self.t += 1
-        return frame
+        return self.to_output(frame, cond.identity_frame, audio_window, active)
 
 
 @torch.no_grad()
@@ -162,7 +202,7 @@ def sample_video(
         lengths = lengths.clamp(max=sample_cfg.max_frames)
     n_clips, t_max = identity_frames.shape[0], int(lengths.max())
     stepper = FrameStepper(model, process, identity_frames, model_cfg, sample_cfg, generator, motion_blur)
-    frames = torch.zeros(n_clips, t_max, *identity_frames.shape[1:], device=device) if keep_frames else None
+    frames = torch.zeros(n_clips, t_max, *identity_frames.shape[1:], device=device) if keep_frames else None  # out size
     bar = tqdm(total=int(lengths.sum()), desc="frames", unit="frame", disable=not progress)
     for t in range(t_max):
         active = torch.nonzero(lengths > t).flatten()

@@ -19,6 +19,7 @@ from diffheads.models.blocks import (
     zero_init,
 )
 from diffheads.models.embeddings import AudioTokenEmbedding, IdentityEncoder, TimestepEmbedding, audio_mlp
+from diffheads.models.mouth_bank import MouthBank, MouthPredictor
 from diffheads.models.mouth_sketch import MOUTH_POINTS, render_sketch
 
 
@@ -145,6 +146,11 @@ class UNet(nn.Module):
             nn.SiLU(),
             zero_init(nn.Conv2d(ch, cfg.out_channels, 3, padding=1)),
         )
+        if cfg.mouth_bank:  # registered last: every other variant keeps its seeded init
+            self.mouth_bank = MouthBank(cfg.mouth_bank, cfg.mouth_bank_box, cfg.image_size)
+            self.mouth_predictor = MouthPredictor(cfg.audio_window_len * self.audio_dim)
+            if cfg.frame_size != cfg.image_size:  # the same mouths at the output size
+                self.mouth_bank_out = MouthBank(cfg.mouth_bank, cfg.mouth_bank_box, cfg.frame_size)
 
     @property
     def _emb_dim(self) -> int:
@@ -280,6 +286,23 @@ class UNet(nn.Module):
         models/mouth_sketch.py gives its units)."""
         audio = self.audio_embed(audio_window.reshape(audio_window.shape[0], -1))
         return self.mouth_head(audio).view(-1, MOUTH_POINTS, 2)
+
+    def base_frame(
+        self,
+        identity_frames: torch.Tensor,
+        audio_window: torch.Tensor,
+        shapes: torch.Tensor | None = None,
+        output: bool = False,
+    ) -> torch.Tensor:
+        """The frame this network starts from: the identity frame, with model.mouth_bank its mouth box showing the
+        person's mouth for `shapes` (B, 20, 2) or, when None, for the shapes the audio predicts. `output`: the
+        identity frames are at model.output_size and so is the base (the bank's mouths at that size)."""
+        if not self.cfg.mouth_bank:
+            return identity_frames
+        if shapes is None:
+            shapes = self.mouth_predictor(audio_window)
+        bank = self.mouth_bank_out if output and self.cfg.frame_size != self.cfg.image_size else self.mouth_bank
+        return bank.base(identity_frames, shapes)
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         """(B, 3, H, W) noisy frame, (B,) original timesteps -> (B, out_channels, H, W)."""

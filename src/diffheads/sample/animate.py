@@ -65,7 +65,7 @@ def write_animation(
     _FrameSink). The output appears only once complete.
     """
     n_frames = len(emb) if sample.max_frames <= 0 else min(len(emb), sample.max_frames)
-    size = model.cfg.model.image_size
+    size = model.cfg.model.frame_size
     height, width = portrait.frames.shape[1:3] if portrait is not None else (size, size)
     out = Path(output)
     sound = wav[: round(n_frames * SAMPLE_RATE / 25)]
@@ -112,7 +112,7 @@ def animate(
     if not model.audio_encoder:
         raise DiffheadsError(f"{checkpoint} does not record its audio encoder; retrain or re-export it with diffheads")
     encoder = build_encoder(model.audio_encoder, device)
-    size = model.cfg.model.image_size
+    size = model.cfg.model.frame_size
     portrait = load_portrait(image, video, size, mean_face, margins) if align else None
     identity = identity_of(portrait, size) if portrait is not None else load_identity_frame(image, video, size)
     refuse_strangers(model, identity, any_face, "animate")

@@ -104,6 +104,13 @@ class _Denoiser(torch.nn.Module):
         self.channels_last = channels_last
         self.cudagraphs = cudagraphs
 
+    def base_frame(
+        self, identity_frames: torch.Tensor, audio_window: torch.Tensor, output: bool = False
+    ) -> torch.Tensor:
+        """The network's base frame (UNet.base_frame), computed eagerly in float32 outside the compiled call."""
+        net = getattr(self.net, "_orig_mod", self.net)
+        return net.base_frame(identity_frames, audio_window, output=output)
+
     def forward(self, x: torch.Tensor, t: torch.Tensor, cond: Conditioning) -> torch.Tensor:
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)

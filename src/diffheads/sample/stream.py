@@ -115,7 +115,7 @@ class SpeechStream:
     ) -> None:
         self.encoder = streaming_encoder(model)
         sample = sample or model.cfg.sample
-        size = model.cfg.model.image_size
+        size = model.cfg.model.frame_size
         self.portrait = identity if isinstance(identity, Portrait) else None
         frame = identity_of(identity, size) if isinstance(identity, Portrait) else identity
         if tuple(frame.shape) != (3, size, size):

@@ -130,7 +130,7 @@ def stream_video(
     if chunk_ms <= 0:
         raise DiffheadsError(f"--chunk-ms must be positive, got {chunk_ms}")
     model = model_on(checkpoint, device)
-    size = model.cfg.model.image_size
+    size = model.cfg.model.frame_size
     portrait = load_portrait(image, video, size, mean_face, margins) if align else None
     identity = identity_of(portrait, size) if portrait is not None else load_identity_frame(image, video, size)
     refuse_strangers(model, identity, any_face, "stream")

@@ -40,7 +40,7 @@ from diffheads.diffusion.schedule import trailing_timesteps
 from diffheads.errors import DiffheadsError
 from diffheads.io.atomic import atomic_write_text
 from diffheads.io.outdir import output_dir
-from diffheads.training.module import DiffusionModule, conditioning_of
+from diffheads.training.module import DiffusionModule, conditioning_of, with_base_frame
 from diffheads.training.train import _resume_path, fit_module, resolve_config, training_data
 
 CLEAN = -1
@@ -163,13 +163,13 @@ class DistillationModule(DiffusionModule):
 
     def compute_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """The student's loss at a uniformly drawn position of its grid, against the teacher's two-step target."""
-        x0 = diffused.encode(batch["target"], batch["identity_frame"], self.cfg.diffusion)
+        cond = with_base_frame(self.unet, conditioning_of(batch))
+        x0 = diffused.encode(batch["target"], cond.identity_frame, self.cfg.diffusion)
         if self.diffusion.schedule.beta.device != x0.device:
             self.diffusion = self.diffusion.to(x0.device)
         position = torch.randint(0, self.student_steps, (x0.shape[0],), device=x0.device)
         t, t_mid, t_end = (table.to(x0.device)[position] for table in self._steps)
         z_t = self.diffusion.q_sample(x0, t, torch.randn_like(x0))
-        cond = conditioning_of(batch)
         with torch.no_grad():
             target = distillation_target(
                 lambda x, tt: self.teacher(x, tt, cond).float(), self.diffusion, z_t, t, t_mid, t_end, self.teacher_clip
@@ -474,7 +474,7 @@ def distill(
     base = student_config(first.cfg, data, overrides)
     encoder = _check_encoder(first, base)
     base, _ = resolve_config(base)
-    dataset, val, _ = training_data(base, lip_loss=False)
+    dataset, val, _ = training_data(base, lip_loss=bool(base.model.mouth_bank))  # a bank builds on true mouths
     p = first.provenance
     trained_on = {k: p[k] for k in TRAINED_ON_FIELDS if k in p} if p.get("recorded") else None
     settings = {

@@ -30,6 +30,21 @@ def conditioning_of(batch: dict[str, Any]) -> Conditioning:
     )
 
 
+def with_base_frame(unet: torch.nn.Module, cond: Conditioning) -> Conditioning:
+    """`cond` with, for a model.mouth_bank network, the identity frame replaced by its base frame for the target
+    frame's true mouth shape (models/mouth_bank.py); unchanged otherwise."""
+    if not unet.cfg.mouth_bank:
+        return cond
+    if cond.mouth_landmarks is None:
+        raise DiffheadsError(
+            "model.mouth_bank builds each frame on the mouth its landmarks show, but the batch has none; "
+            "prepare the data with its lmks/ and set data.use_landmarks=true"
+        )
+    truth = mouth_shape(cond.mouth_landmarks.to(cond.identity_frame.dtype), cond.identity_frame.shape[-1])
+    cond.identity_frame = unet.base_frame(cond.identity_frame, cond.audio_window, truth)
+    return cond
+
+
 class DiffusionModule(L.LightningModule):
     """Training wrapper; `unet` is the network, `ema_unet` its moving average when enabled."""
 
@@ -52,13 +67,13 @@ class DiffusionModule(L.LightningModule):
 
     def compute_losses(self, batch: dict[str, Any]) -> dict[str, torch.Tensor]:
         """Hybrid loss of one batch at uniformly drawn timesteps (plus the mouth-shape loss when the head is on)."""
-        x0 = diffused.encode(batch["target"], batch["identity_frame"], self.cfg.diffusion)
+        cond = with_base_frame(self.unet, conditioning_of(batch))
+        x0 = diffused.encode(batch["target"], cond.identity_frame, self.cfg.diffusion)
         if self.diffusion.schedule.beta.device != x0.device:
             self.diffusion = self.diffusion.to(x0.device)
         idx = torch.randint(0, self.diffusion.n_steps, (x0.shape[0],), device=x0.device)
         noise = torch.randn_like(x0)
         xt = self.diffusion.q_sample(x0, idx, noise)
-        cond = conditioning_of(batch)
         shape_loss = self.mouth_shape_loss(cond, x0.shape[-1]) if self.cfg.model.mouth_shape_head else None
         out = self.unet(xt, self.diffusion.model_timesteps(idx), cond)
         losses = self.diffusion.training_losses(out, x0, xt, noise, idx, cond.mouth_landmarks)

@@ -26,6 +26,7 @@ from diffheads.io.outdir import output_dir
 from diffheads.models.unet import UNet
 from diffheads.training.checkpoint_io import AtomicCheckpointIO, remove_stale_temporaries
 from diffheads.training.module import DiffusionModule
+from diffheads.training.mouth_bank import prepare_mouth_bank
 from diffheads.training.progress import TrainingProgress, quiet_lightning
 from diffheads.training.resume import ResumeState
 from diffheads.training.samples import SampleVideos
@@ -149,14 +150,14 @@ def training_data(
 
     `lip_loss` None: landmarks are read when the config's lip loss or mouth-shape head is on.
     """
-    wanted = cfg.diffusion.lip_loss_weight > 0 or cfg.model.mouth_shape_head
+    wanted = cfg.diffusion.lip_loss_weight > 0 or cfg.model.mouth_shape_head or cfg.model.mouth_bank > 0
     lip = wanted if lip_loss is None else lip_loss
     data = TalkingFaceDataset(cfg.data, cfg.model, "train", lip_loss=lip)  # checks every listed clip first
     val = TalkingFaceDataset(cfg.data, cfg.model, "test", lip_loss=False) if cfg.trainer.sample_every_n_steps else None
     if data.packed is not None:  # what the clips were packed from
         trained_on = {**data.packed.manifest["source"], "packed": cfg.data.root}
     else:
-        trained_on = describe_training_data(cfg.data.root, data.ids, cfg.model.image_size)
+        trained_on = describe_training_data(cfg.data.root, data.ids, cfg.model.frame_size)
     return data, val, trained_on
 
 
@@ -221,6 +222,12 @@ def _fit(
     """Build the network, fit it, and export the sampling weights with what they learnt from."""
     L.seed_everything(cfg.trainer.seed, workers=True, verbose=False)
     unet = UNet(cfg.model)
+    if cfg.model.mouth_bank:
+        if data.packed is not None:
+            raise DiffheadsError(
+                "model.mouth_bank picks its mouths from a DATA folder, not a packed one; train on the folder"
+            )
+        prepare_mouth_bank(unet, cfg, data.layout, list(data.ids))
     if cfg.trainer.channels_last:
         unet = unet.to(memory_format=torch.channels_last)
     module = DiffusionModule(unet, cfg, encoder)
