@@ -5,7 +5,7 @@
 1. Lag scan: dlib's inner-lip opening on the generated frames against the real ones within the spoken spans,
    clip-centred and pooled, with the generated series shifted by -6..+6 frames (a model that follows the speech
    late peaks at a positive lag), and the spread of both series.
-2. The audio head (models with model.mouth_shape_head): the opening of the mouth shape it predicts from each held-out
+2. The audio head (models with model.mouth_shape_head, or model.mouth_bank's predictor): the opening of the mouth shape it predicts from each held-out
    clip's audio against the opening of the prepared landmarks (Face Mesh), clip-centred over whole clips. High here
    and low in 1 means the audio path knows the mouth and the network does not draw it.
 """
@@ -68,8 +68,10 @@ def lag_scan(clips: list[tuple[np.ndarray, np.ndarray, slice]], max_lag: int = 6
 def head_r(out: Path) -> float | None:
     """r of the audio head's predicted opening against the prepared landmarks' on the held-out clips (None: no head)."""
     model = load_model(out / "model.ckpt")
-    if not model.cfg.model.mouth_shape_head:
+    m = model.cfg.model
+    if not (m.mouth_shape_head or m.mouth_bank):
         return None
+    predict = model.unet.mouth_predictor if m.mouth_bank else model.unet.mouth_shape
     layout, k, pairs = DataLayout.of(out / "data"), model.cfg.model.n_audio_motion_embs, []
     for cid in layout.clips("test"):
         emb = torch.load(layout.embedding(cid), weights_only=True).float()
@@ -77,7 +79,7 @@ def head_r(out: Path) -> float | None:
         n = min(len(emb), len(mouth))
         rows = np.clip(np.arange(n)[:, None] + np.arange(-k, k + 1)[None], 0, n - 1)
         with torch.no_grad():
-            shape = model.unet.mouth_shape(emb[torch.from_numpy(rows)]).numpy()
+            shape = predict(emb[torch.from_numpy(rows)]).numpy()
         full = np.zeros((n, 68, 2))
         full[:, 48:68] = shape
         real = np.zeros((n, 68, 2))

@@ -11,6 +11,7 @@ from diffheads.diffusion.gaussian import GaussianDiffusion
 from diffheads.diffusion.motion import motion_transform
 from diffheads.diffusion.samplers import sample_ancestral, sample_ddim
 from diffheads.diffusion.video import anchor_colour, sample_video
+from diffheads.errors import DiffheadsError
 
 MU, S = 0.3, 0.4  # data: every pixel i.i.d. N(MU, S^2)
 
@@ -168,3 +169,41 @@ def test_colour_anchor_flag_overrides_the_checkpoint(flags, want):
         args = build_parser().parse_args(["generate", "--checkpoint", "m.ckpt", "--data", "d", "--out", "o", *flags])
         expected = base.colour_anchor if want is None else want  # no flag: the checkpoint's own setting
         assert _sample_overrides(args, base).colour_anchor is expected
+
+
+class FirstInputModel(torch.nn.Module):
+    """Predicts x0 = 0 and records the noisy input of every call."""
+
+    def __init__(self):
+        super().__init__()
+        self.inputs: list = []
+
+    def forward(self, x, t, cond):  # noqa: ANN001, ANN201
+        self.inputs.append(x.clone())
+        return torch.zeros(x.shape[0], 2 * x.shape[1], *x.shape[2:])
+
+
+@pytest.mark.parametrize("c", [0.0, 0.6, 1.0])
+def test_noise_correlation_mixes_each_frames_noise_with_the_first_frames(c):
+    steps, lengths = 2, [3, 2]
+    mcfg = ModelConfig(n_motion_frames=1, n_audio_motion_embs=1, grayscale_motion=False)
+    process = GaussianDiffusion.from_config(DiffusionConfig(prediction=Prediction.X0)).respace(steps)
+    embs = [torch.zeros(n, 3) for n in lengths]
+    identity = torch.zeros(2, 3, 4, 4)
+    model = FirstInputModel()
+    sample = SampleConfig(solver=Solver.DDIM, steps=steps, noise_correlation=c)
+    sample_video(model, process, identity, embs, mcfg, sample, torch.Generator().manual_seed(0), progress=False)
+    starts = model.inputs[::steps]  # the first solver call of each frame sees its starting noise, scaled
+    # by hand: DDIM (eta 0) draws only each frame's fresh noise, (active clips, 3, 4, 4), in frame order
+    g = torch.Generator().manual_seed(0)
+    fresh = [torch.randn(2, 3, 4, 4, generator=g), torch.randn(2, 3, 4, 4, generator=g)]
+    fresh.append(torch.randn(1, 3, 4, 4, generator=g))  # frame 2: only the 3-frame clip runs
+    scale = starts[0].flatten()[0] / fresh[0].flatten()[0]
+    for t, rows in enumerate([[0, 1], [0, 1], [0]]):
+        want = fresh[t] if t == 0 else c * fresh[0][rows] + (1 - c * c) ** 0.5 * fresh[t]
+        torch.testing.assert_close(starts[t], want * scale, atol=1e-5, rtol=0)
+
+
+def test_noise_correlation_is_checked():
+    with pytest.raises(DiffheadsError, match="noise_correlation"):
+        SampleConfig(noise_correlation=1.5)

@@ -31,6 +31,8 @@ def _sample_overrides(args: argparse.Namespace, base: SampleConfig) -> SampleCon
         changes["stabilize_every"] = args.stabilize_every
     if args.colour_anchor is not None:
         changes["colour_anchor"] = args.colour_anchor
+    if args.noise_correlation is not None:
+        changes["noise_correlation"] = args.noise_correlation
     if getattr(args, "max_frames", None) is not None:
         changes["max_frames"] = args.max_frames
     if getattr(args, "batch_size", None) is not None:
@@ -66,6 +68,12 @@ def _add_sampling_flags(p: argparse.ArgumentParser) -> None:
         "--colour-anchor",
         action=argparse.BooleanOptionalAction,
         help="shift each frame's colour back onto the identity frame's (default: the checkpoint's)",
+    )
+    p.add_argument(
+        "--noise-correlation",
+        type=float,
+        help="0..1: how much of each frame's starting noise is its clip's first frame's (1: the same noise, no "
+        "shimmer; 0: fresh noise per frame; default: the checkpoint's)",
     )
     p.add_argument(
         "--precision", choices=["fp32", "bf16", "fp16"], help="autocast precision of the network (fp16: GPU only)"

@@ -5,6 +5,7 @@ The loop only feeds motion frames and audio windows; the per-frame solver is plu
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import torch
@@ -17,7 +18,6 @@ from diffheads.diffusion import target as diffused
 from diffheads.diffusion.gaussian import GaussianDiffusion
 from diffheads.diffusion.motion import hide_mouth, motion_transform
 from diffheads.diffusion.samplers import Generators, randn, sample_frame
-from diffheads.errors import DiffheadsError
 
 
 def downscale(frames: torch.Tensor, size: int) -> torch.Tensor:
@@ -84,13 +84,9 @@ class FrameStepper:
     ) -> None:
         self.model, self.process, self.sample_cfg, self.generator = model, process, sample_cfg, generator
         # identity frames at model.output_size: the network gets them at image_size, the frames come back upscaled
-        self.identity_out = identity_frames if identity_frames.shape[-1] != model_cfg.image_size else None
-        if self.identity_out is not None:
-            if identity_frames.shape[-1] != model_cfg.frame_size:
-                raise DiffheadsError(
-                    f"identity frames are {identity_frames.shape[-1]} px; the model takes {model_cfg.image_size} px "
-                    f"(or {model_cfg.frame_size} px, its output size)"
-                )
+        upscaled = model_cfg.frame_size != model_cfg.image_size and identity_frames.shape[-1] == model_cfg.frame_size
+        self.identity_out = identity_frames if upscaled else None
+        if upscaled:
             identity_frames = downscale(identity_frames, model_cfg.image_size)
         self.identity_frames = identity_frames
         self.grayscale, self.motion_blur = model_cfg.grayscale_motion, motion_blur
@@ -101,6 +97,7 @@ class FrameStepper:
         self.identity_motion = self.to_motion(identity_frames, identity_frames)
         self.motion = [self.identity_motion.clone() for _ in range(model_cfg.n_motion_frames)]  # oldest first
         self.t = 0  # the frame the next step samples
+        self.first_noise: torch.Tensor | None = None  # sample.noise_correlation: every clip's first-frame noise
 
     def base_frame(
         self, identity_frames: torch.Tensor, audio_window: torch.Tensor, output: bool = False
@@ -121,6 +118,20 @@ class FrameStepper:
         base_out = self.base_frame(self.identity_out[active], audio_window, output=True)
         residual = F.interpolate(frame - base, size=base_out.shape[-2:], mode="bilinear", align_corners=False)
         return (base_out + residual).clamp(-1.0, 1.0)
+
+    def start_noise(self, shape: torch.Size, generator: Generators, active: torch.Tensor) -> torch.Tensor:
+        """The noise frame t starts from: fresh, or with sample.noise_correlation c mixed with the clips'
+        first-frame noise (c x first + sqrt(1 - c^2) x fresh, again standard normal)."""
+        fresh = randn(shape, generator, self.identity_frames.device)
+        c = self.sample_cfg.noise_correlation
+        if c == 0:
+            return fresh
+        if self.first_noise is None:
+            if len(active) != self.identity_frames.shape[0]:
+                raise ValueError("with sample.noise_correlation every clip must take part in the first frame")
+            self.first_noise = fresh
+            return fresh
+        return c * self.first_noise[active] + math.sqrt(1.0 - c * c) * fresh
 
     def to_motion(self, frames: torch.Tensor, identity_frames: torch.Tensor) -> torch.Tensor:
         """Frames as the network sees them in the motion slots (mouth box from the identity frame, grayscale / blur,
@@ -147,7 +158,7 @@ class FrameStepper:
             if generator is None or isinstance(generator, torch.Generator)
             else [generator[i] for i in active.tolist()]
         )
-        noise = randn(cond.identity_frame.shape, rows_generator, self.identity_frames.device)
+        noise = self.start_noise(cond.identity_frame.shape, rows_generator, active)
         signal = sample_frame(
             lambda x, tt: self.model(x, tt, cond),
             noise,
