@@ -75,7 +75,9 @@ def test_quick_grid_demo_writes_every_artefact(tmp_path, capsys):
     videos = sorted((out / "videos").rglob("*.mp4"))
     assert len(videos) == 2
     frames, _ = read_video(videos[0])
-    assert frames.shape[1:] == (64, 64, 3) and len(frames) == 10  # sample.max_frames of the quick run
+    # the preset's 128 px videos (model.output_size) from its 64 px network; sample.max_frames of the quick run
+    assert frames.shape[1:] == (128, 128, 3) and len(frames) == 10
+    assert report["image_size"] == 128 and report["network_size"] == 64
     # the held-out sentences are the listed test clips, never trained on
     test = (out / "data" / "file_list_test.txt").read_text().split()
     train = (out / "data" / "file_list_train.txt").read_text().split()
