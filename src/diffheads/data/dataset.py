@@ -105,7 +105,7 @@ def _check_lengths(cid: str, n_frames: int, emb: torch.Tensor, path: Path) -> No
         )
 
 
-def _check_video(layout: DataLayout, cid: str) -> Path:
+def check_video(layout: DataLayout, cid: str) -> Path:
     """The clip's video path, which must exist."""
     path = layout.video(cid)
     if not path.is_file():
@@ -113,7 +113,7 @@ def _check_video(layout: DataLayout, cid: str) -> Path:
     return path
 
 
-def _load_landmarks(layout: DataLayout, cid: str, size: int, source_width: int) -> torch.Tensor:
+def load_landmarks(layout: DataLayout, cid: str, size: int, source_width: int) -> torch.Tensor:
     """(T, 68, 2) landmarks rescaled from source-video pixels to `size`."""
     path = layout.landmarks(cid)
     if not path.is_file():
@@ -160,21 +160,21 @@ class _ClipFrames:
 
 def decode_clip(layout: DataLayout, cid: str, size: int, with_landmarks: bool) -> _ClipFrames:
     """Decode a clip's video (uint8 at `size`), embeddings and (optionally) landmarks."""
-    frames, width = decode_resized(_check_video(layout, cid), size)
+    frames, width = decode_resized(check_video(layout, cid), size)
     emb = load_embedding(layout.embedding(cid))
     _check_lengths(cid, len(frames), emb, layout.embedding(cid))
-    landmarks = _load_landmarks(layout, cid, size, width) if with_landmarks else None
+    landmarks = load_landmarks(layout, cid, size, width) if with_landmarks else None
     return _ClipFrames(cid, len(frames), emb, landmarks, frames=frames)
 
 
 def _cached(layout: DataLayout, cid: str, size: int, with_landmarks: bool) -> _ClipFrames:
     """A clip read from the disk frame cache (filled now when missing or stale); frames stay on disk."""
-    video = _check_video(layout, cid)
+    video = check_video(layout, cid)
     path = ensure_cached(layout, cid, size)
     n_frames = len(open_cached(path))
     emb = load_embedding(layout.embedding(cid))
     _check_lengths(cid, n_frames, emb, layout.embedding(cid))
-    landmarks = _load_landmarks(layout, cid, size, source_width(video)) if with_landmarks else None
+    landmarks = load_landmarks(layout, cid, size, source_width(video)) if with_landmarks else None
     return _ClipFrames(cid, n_frames, emb, landmarks, path=path)
 
 

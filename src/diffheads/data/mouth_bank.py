@@ -14,7 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from diffheads.data.dataset import MOUTH, _check_video, _load_landmarks, audio_rows
+from diffheads.data.dataset import MOUTH, audio_rows, check_video, load_landmarks
 from diffheads.data.embeddings import load_embedding
 from diffheads.data.frame_cache import decode_resized, frames_to_model, source_width
 from diffheads.data.layout import DataLayout
@@ -40,8 +40,8 @@ def mouth_frames(layout: DataLayout, clip_ids: Sequence[str], size: int, k: int)
     """The mouths of every frame of `clip_ids` with their audio windows of k rows each side (as training draws)."""
     points, windows, where = [], [], []
     for i, cid in enumerate(clip_ids):
-        video = _check_video(layout, cid)
-        lm = _load_landmarks(layout, cid, size, source_width(video))[:, MOUTH]
+        video = check_video(layout, cid)
+        lm = load_landmarks(layout, cid, size, source_width(video))[:, MOUTH]
         emb = load_embedding(layout.embedding(cid))
         n = min(len(lm), len(emb))
         rows = np.stack([audio_rows(t, k, n) for t in range(n)])
@@ -93,7 +93,7 @@ def collect_mouth_bank(
         cuts = torch.empty(entries, 3, bottom - top, right - left)
         shift = np.round(offsets * (size / sizes[0])).astype(int)
         for clip in np.unique(where[chosen, 0]):
-            video, _ = decode_resized(_check_video(layout, frames.clip_ids[clip]), size)
+            video, _ = decode_resized(check_video(layout, frames.clip_ids[clip]), size)
             for slot in np.flatnonzero(where[chosen, 0] == clip):
                 dx, dy = shift[slot]
                 image = video[min(where[chosen[slot], 1], len(video) - 1)]
